@@ -1,0 +1,184 @@
+"""One settings object, read once at start-up from the environment.
+
+Every value has a local default so that a fresh clone runs with nothing set. Names follow the
+ecosystem where one exists (``KAFKA_BOOTSTRAP_SERVERS``, ``DATABASE_URL``); everything else is
+prefixed ``PIPELINE_``. The README's configuration table lists each of them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+DEFAULT_KAFKA_VERSION = "4.4.0"
+
+
+class SettingsError(ValueError):
+    """A setting has a value the pipeline cannot use; the message names the variable."""
+
+
+class Secret:
+    """A string that never shows itself in reprs, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('**********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap_servers: str
+    kafka_external: bool
+    kafka_version: str
+    kafka_port: int
+    kafka_controller_port: int
+    kafka_data_dir: Path
+    kafka_heap: str
+    database_url: str
+    data_dir: Path
+    state_dir: Path
+    cache_dir: Path
+    app_id: str
+    topic_prefix: str
+    partitions: int
+    replication_factor: int
+    store: str
+    web_host: str
+    web_port: int
+    api_token: Secret = field(repr=True)
+    log_level: str = "info"
+    dedupe_window: int = 1000
+
+    @property
+    def web_is_loopback(self) -> bool:
+        return is_loopback(self.web_host)
+
+    def topic_name(self, base: str) -> str:
+        """Full name of a topic: tests give each run a prefix so runs never share topics."""
+        return f"{self.topic_prefix}{base}"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name}={value} is out of range ({low}..{high})")
+    return value
+
+
+def _path(env: Mapping[str, str], name: str, default: Path) -> Path:
+    raw = env.get(name)
+    return Path(raw).expanduser().resolve() if raw else default.resolve()
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from ``environ`` (``os.environ`` when not given)."""
+    env = os.environ if environ is None else environ
+
+    data_dir = _path(env, "PIPELINE_DATA_DIR", Path.cwd() / "data")
+    cache_dir = _path(env, "PIPELINE_CACHE_DIR", PROJECT_ROOT / ".cache")
+    kafka_port = _int(env, "PIPELINE_KAFKA_PORT", 9092, low=1024, high=65535)
+    controller_port = _int(
+        env, "PIPELINE_KAFKA_CONTROLLER_PORT", kafka_port + 1, low=1024, high=65535
+    )
+    if controller_port == kafka_port:
+        raise SettingsError("PIPELINE_KAFKA_CONTROLLER_PORT must differ from PIPELINE_KAFKA_PORT")
+
+    bootstrap = env.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+    kafka_external = bool(bootstrap)
+    if not bootstrap:
+        bootstrap = f"127.0.0.1:{kafka_port}"
+
+    kafka_version = env.get("PIPELINE_KAFKA_VERSION", DEFAULT_KAFKA_VERSION).strip()
+    if not kafka_version or not kafka_version.replace(".", "").isdigit():
+        raise SettingsError(
+            f"PIPELINE_KAFKA_VERSION={kafka_version!r} is not a release number like 4.4.0"
+        )
+
+    database_url = env.get("DATABASE_URL", "").strip()
+    if not database_url:
+        database_url = f"sqlite+aiosqlite:///{data_dir / 'pipeline.db'}"
+    database_url = normalize_database_url(database_url)
+
+    store = env.get("PIPELINE_STORE", "rocksdb://").strip()
+    if not store.endswith("://"):
+        raise SettingsError(f"PIPELINE_STORE={store!r} must be a Faust store URL like rocksdb://")
+
+    log_level = env.get("PIPELINE_LOG_LEVEL", "info").strip().lower()
+    if log_level not in {"debug", "info", "warning", "warn", "error", "critical"}:
+        raise SettingsError(f"PIPELINE_LOG_LEVEL={log_level!r} is not a log level")
+
+    return Settings(
+        kafka_bootstrap_servers=bootstrap,
+        kafka_external=kafka_external,
+        kafka_version=kafka_version,
+        kafka_port=kafka_port,
+        kafka_controller_port=controller_port,
+        kafka_data_dir=_path(env, "PIPELINE_KAFKA_DATA_DIR", data_dir / "kafka"),
+        kafka_heap=env.get("PIPELINE_KAFKA_HEAP", "1G"),
+        database_url=database_url,
+        data_dir=data_dir,
+        state_dir=_path(env, "PIPELINE_STATE_DIR", data_dir / "state"),
+        cache_dir=cache_dir,
+        app_id=env.get("PIPELINE_APP_ID", "orders-pipeline"),
+        topic_prefix=env.get("PIPELINE_TOPIC_PREFIX", ""),
+        partitions=_int(env, "PIPELINE_PARTITIONS", 4, low=1, high=1024),
+        replication_factor=_int(env, "PIPELINE_REPLICATION_FACTOR", 1, low=1, high=16),
+        store=store,
+        web_host=env.get("PIPELINE_WEB_HOST", "127.0.0.1").strip(),
+        web_port=_int(env, "PIPELINE_WEB_PORT", 6066, low=1024, high=65535),
+        api_token=Secret(env.get("PIPELINE_API_TOKEN", "")),
+        log_level=log_level,
+        dedupe_window=_int(env, "PIPELINE_DEDUPE_WINDOW", 1000, low=1, high=1_000_000),
+    )
+
+
+def normalize_database_url(url: str) -> str:
+    """Pick the async driver for the URL's database, so users can paste a plain URL."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+asyncpg://" + url.split("://", 1)[1]
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url.split(":///", 1)[1]
+    if url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+        return url
+    raise SettingsError(
+        "DATABASE_URL must be a PostgreSQL URL (postgresql://user@host/db) "
+        "or a SQLite URL (sqlite:///path/to/file.db)"
+    )
