@@ -1,0 +1,34 @@
+"""``python -m pipeline <command>``: our operator commands, else Faust's (``worker``, ...)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> int:
+    argv = sys.argv[1:]
+    from pipeline.cli import OUR_COMMANDS, run, web_bind_refusal
+
+    if argv and argv[0] in OUR_COMMANDS:
+        return run(argv)
+
+    from pipeline.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if argv and argv[0] == "worker":
+        refusal = web_bind_refusal(settings, argv[1:])
+        if refusal:
+            print(f"error: {refusal}", file=sys.stderr)
+            return 2
+    from pipeline.app import app
+
+    app.main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

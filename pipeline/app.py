@@ -1,0 +1,44 @@
+"""The Faust application, and nothing else: agents, tables and views register themselves.
+
+This module is the composition root: it reads the settings once and builds the app from them.
+"""
+
+from __future__ import annotations
+
+import faust
+
+from pipeline.settings import Settings, load_settings
+
+
+def broker_urls(bootstrap_servers: str) -> list[str]:
+    return [f"kafka://{host.strip()}" for host in bootstrap_servers.split(",") if host.strip()]
+
+
+def create_app(settings: Settings) -> faust.App:
+    return faust.App(
+        settings.app_id,
+        origin="pipeline.app",
+        broker=broker_urls(settings.kafka_bootstrap_servers),
+        # Faust's default store is memory://; ours is RocksDB unless a test says otherwise.
+        store=settings.store,
+        datadir=str(settings.state_dir),
+        autodiscover=["agents", "tables", "pipeline.views"],
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        # Agents decode their own bytes (pipeline.events), so a bad record is ours to handle.
+        key_serializer="raw",
+        value_serializer="raw",
+        producer_acks=-1,
+        # Bind to loopback unless told otherwise; the raw /table endpoints expose every value.
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_tables_enabled=False,
+        web_stats_enabled=False,
+        web_graph_enabled=False,
+        web_application_options={"client_max_size": 64 * 1024},
+    )
+
+
+settings = load_settings()
+app = create_app(settings)

@@ -1,0 +1,141 @@
+"""The operator commands that are not Faust's own: ``migrate``, ``kafka``, ``postgres``.
+
+Everything else (``worker``, ``send``, ...) goes to Faust's command line in ``__main__``.
+Each command exits non-zero with a message saying what to do when it cannot do its job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from pipeline.settings import Settings, SettingsError, is_loopback, load_settings
+
+OUR_COMMANDS = {"migrate", "kafka", "postgres", "demo"}
+
+
+def local_kafka(settings: Settings):  # type: ignore[no-untyped-def]
+    from pipeline.local.kafka import LocalKafka
+
+    return LocalKafka(
+        version=settings.kafka_version,
+        port=settings.kafka_port,
+        controller_port=settings.kafka_controller_port,
+        data_dir=settings.kafka_data_dir,
+        cache_dir=settings.cache_dir,
+        heap=settings.kafka_heap,
+    )
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.db import migrate, schema_revision
+
+    migrate(settings.database_url, args.revision)
+    print(f"schema at revision {schema_revision(settings.database_url)} ({_safe_url(settings)})")
+    return 0
+
+
+def cmd_kafka(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.local.kafka import LocalKafkaError, broker_answers
+
+    if settings.kafka_external:
+        state = "answers" if broker_answers(settings.kafka_bootstrap_servers) else "DOES NOT answer"
+        print(
+            f"KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers} is set: using that "
+            f"cluster ({state}); nothing started or stopped"
+        )
+        return 0 if args.action != "status" or state == "answers" else 1
+    kafka = local_kafka(settings)
+    try:
+        if args.action == "jars":
+            print(kafka.ensure_jars())
+        elif args.action == "up":
+            print(kafka.start())
+        elif args.action == "down":
+            print("stopped" if kafka.stop() else "not running")
+        else:
+            pid = kafka.running_pid()
+            print(f"running (pid {pid}) at {kafka.bootstrap_servers}" if pid else "not running")
+            return 0 if pid else 1
+    except LocalKafkaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_postgres(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.local.postgres import LocalPostgres, LocalPostgresError, default_data_dir
+
+    pg = LocalPostgres(port=args.port, data_dir=default_data_dir(args.port, settings.cache_dir))
+    try:
+        if args.action == "up":
+            pg.start()
+            print(pg.create_database(args.database).replace("+asyncpg", ""))
+        elif args.action == "down":
+            pg.stop()
+            print("stopped")
+        else:
+            running = pg.is_running()
+            print(f"running at {pg.dsn()}" if running else "not running")
+            return 0 if running else 1
+    except LocalPostgresError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _safe_url(settings: Settings) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(settings.database_url).render_as_string(hide_password=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline")
+    sub = parser.add_subparsers(dest="command", required=True)
+    migrate = sub.add_parser("migrate", help="create or upgrade the database schema")
+    migrate.add_argument("--revision", default="head", help="target revision (default: head)")
+    kafka = sub.add_parser("kafka", help="start/stop the local Kafka broker")
+    kafka.add_argument("action", choices=["up", "down", "status", "jars"])
+    pg = sub.add_parser("postgres", help="start/stop a private local PostgreSQL (tests, demo)")
+    pg.add_argument("action", choices=["up", "down", "status"])
+    pg.add_argument("--port", type=int, default=55432)
+    pg.add_argument("--database", default="pipeline")
+    sub.add_parser("demo", help="run the whole pipeline locally (see --help)", add_help=False)
+    return parser
+
+
+def run(argv: Sequence[str]) -> int:
+    if argv[0] == "demo":
+        from pipeline.demo import main as demo
+
+        return demo(list(argv[1:]))
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    handler = {"migrate": cmd_migrate, "kafka": cmd_kafka, "postgres": cmd_postgres}
+    return handler[args.command](settings, args)
+
+
+def web_bind_refusal(settings: Settings, argv: Sequence[str]) -> str | None:
+    """Why a worker must not start with this web binding, or None when it may.
+
+    A worker reachable from other machines must protect its write and admin endpoints.
+    """
+    bind = settings.web_host
+    for i, arg in enumerate(argv):
+        for flag in ("--web-bind", "-b", "--web-host", "-h"):
+            if flag.startswith("--") and arg.startswith(flag + "="):
+                bind = arg.split("=", 1)[1]
+            elif arg == flag and i + 1 < len(argv) and flag != "-h":
+                bind = argv[i + 1]
+    if is_loopback(bind) or settings.api_token:
+        return None
+    return (
+        f"refusing to bind the web server to {bind!r} without PIPELINE_API_TOKEN: set a token "
+        "for the write and admin endpoints, or bind to 127.0.0.1"
+    )

@@ -1,0 +1,267 @@
+"""``make demo``: the whole pipeline on the embedded defaults, and a stop for all it started.
+
+It starts the local broker (unless ``KAFKA_BOOTSTRAP_SERVERS`` names a cluster of yours), the
+SQLite schema and worker processes, then feeds orders from many customers and shows what the
+workers made of them. Ctrl-C, SIGTERM or ``--duration`` stop it; it stops the workers and the
+broker it started, and leaves running what was running before.
+
+Until the order service and the outbox forwarder land, the order generator writes order events
+to ``orders.events`` itself, in the same wire format the forwarder will use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from pipeline.db import migrate
+from pipeline.events import OrderCancelled, OrderCreated, OrderLine, encode
+from pipeline.settings import PROJECT_ROOT, Settings, load_settings
+
+ORDER_EVENTS = "orders.events"
+ANALYTICS_EVENTS = "analytics.events"
+
+
+@dataclass
+class Worker:
+    index: int
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
+class Progress:
+    created: int = 0
+    cancelled: int = 0
+    customers: set[str] = field(default_factory=set)
+
+
+def _get(url: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:  # noqa: S310 - loopback only
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, None
+    except (OSError, ValueError):
+        return 0, None
+
+
+def start_workers(settings: Settings, count: int, base_port: int) -> list[Worker]:
+    logs = settings.data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    started = []
+    for i in range(count):
+        port = base_port + i
+        log = logs / f"worker-{i + 1}.log"
+        # One SQLite database for all, one RocksDB state directory each.
+        env = {**os.environ, "PIPELINE_STATE_DIR": str(settings.data_dir / f"state-{i + 1}"),
+               "DATABASE_URL": settings.database_url}  # fmt: skip
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pipeline", "worker", "-l", "info", "--web-port", str(port)],
+                cwd=PROJECT_ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                # Our own session: Ctrl-C reaches the demo, which then stops workers in order.
+                start_new_session=True,
+            )  # fmt: skip
+        started.append(Worker(i + 1, port, proc, log))
+    return started
+
+
+def wait_ready(workers: list[Worker], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(workers)
+    while pending and time.monotonic() < deadline:
+        for w in list(pending):
+            if w.proc.poll() is not None:
+                tail = w.log.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"worker {w.index} exited while starting:\n{tail}")
+            if _get(w.url + "/readyz")[0] == 200:
+                pending.remove(w)
+        time.sleep(0.5)
+    if pending:
+        raise RuntimeError(f"workers {[w.index for w in pending]} not ready after {timeout}s")
+
+
+def stop_workers(workers: list[Worker]) -> None:
+    for w in workers:
+        if w.proc.poll() is None:
+            w.proc.send_signal(signal.SIGTERM)
+    for w in workers:
+        try:
+            w.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            w.proc.kill()
+            w.proc.wait(10)
+
+
+async def ensure_topics(settings: Settings) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [settings.topic_name(t) for t in (ORDER_EVENTS, ANALYTICS_EVENTS)]
+        new = [
+            NewTopic(name, settings.partitions, settings.replication_factor)
+            for name in wanted
+            if name not in existing
+        ]
+        if new:
+            await admin.create_topics(new)
+    finally:
+        await admin.close()
+
+
+async def generate_orders(
+    settings: Settings, rate: float, stop: asyncio.Event, progress: Progress, seed: int
+) -> None:
+    """Orders from many customers (a few of them frequent), some cancelled later."""
+    rng = random.Random(seed)  # noqa: S311 - a reproducible load, not a secret
+    customers = [f"customer-{i:04d}" for i in range(200)]
+    weights = [1 / (i + 1) for i in range(len(customers))]
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", enable_idempotence=True
+    )
+    await producer.start()
+    recent: list[OrderCreated] = []
+    topic = settings.topic_name(ORDER_EVENTS)
+    try:
+        while not stop.is_set():
+            customer = rng.choices(customers, weights)[0]
+            lines = tuple(
+                OrderLine(
+                    sku=f"sku-{rng.randrange(50):03d}",
+                    quantity=rng.randint(1, 3),
+                    unit_price=Decimal(rng.randrange(199, 9999)) / 100,
+                )
+                for _ in range(rng.randint(1, 3))
+            )
+            event = OrderCreated(
+                event_id=str(uuid.uuid4()),
+                order_id=str(uuid.uuid4()),
+                customer_id=customer,
+                customer_email=f"{customer}@example.com",
+                items=lines,
+                total=sum((ln.unit_price * ln.quantity for ln in lines), Decimal("0.00")),
+                created_at=datetime.now(UTC),
+            )
+            await producer.send(topic, encode(event), key=customer.encode())
+            progress.created += 1
+            progress.customers.add(customer)
+            recent.append(event)
+            if len(recent) > 20 and rng.random() < 0.1:
+                victim = recent.pop(rng.randrange(len(recent)))
+                cancel = OrderCancelled(
+                    event_id=str(uuid.uuid4()),
+                    order_id=victim.order_id,
+                    customer_id=victim.customer_id,
+                    total=victim.total,
+                    cancelled_at=datetime.now(UTC),
+                )
+                await producer.send(topic, encode(cancel), key=victim.customer_id.encode())
+                progress.cancelled += 1
+            recent = recent[-200:]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1 / rate)
+    finally:
+        await producer.stop()
+
+
+def report(workers: list[Worker], progress: Progress, started: float) -> str:
+    # Any worker answers for any customer: the read is routed to the key's owner.
+    top = "customer-0000"
+    status, stats = _get(f"{workers[-1].url}/customers/{top}/stats")
+    seen = f"{stats['order_count']} orders, {stats['total_spent']} spent" if status == 200 else "-"
+    return (
+        f"[{time.monotonic() - started:6.1f}s] orders sent {progress.created:6d}  "
+        f"cancellations {progress.cancelled:5d}  customers {len(progress.customers):4d}  "
+        f"| {top}: {seen}"
+    )
+
+
+async def run_flow(settings: Settings, workers: list[Worker], args: argparse.Namespace) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if args.duration:
+        loop.call_later(args.duration, stop.set)
+    progress = Progress()
+    started = time.monotonic()
+    generator = asyncio.create_task(generate_orders(settings, args.rate, stop, progress, args.seed))
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 2.0)
+        print(await asyncio.to_thread(report, workers, progress, started), flush=True)
+    await generator
+    await asyncio.sleep(2)  # let the workers drain what was just sent
+    print(await asyncio.to_thread(report, workers, progress, started), flush=True)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline demo")
+    parser.add_argument("--duration", type=float, default=0, help="seconds; 0 runs until Ctrl-C")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rate", type=float, default=50.0, help="orders per second")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args(argv)
+    settings = load_settings()
+
+    from pipeline.cli import local_kafka
+
+    broker = None if settings.kafka_external else local_kafka(settings)
+    we_started_broker = False
+    workers: list[Worker] = []
+    try:
+        if broker is not None:
+            we_started_broker = broker.running_pid() is None
+            print(f"starting local Kafka {settings.kafka_version} ...", flush=True)
+            print(f"kafka at {broker.start()}", flush=True)
+        else:
+            print(f"using your Kafka at {settings.kafka_bootstrap_servers}", flush=True)
+        migrate(settings.database_url)
+        asyncio.run(ensure_topics(settings))
+        workers = start_workers(settings, args.workers, settings.web_port)
+        print(f"starting {len(workers)} workers (logs in {settings.data_dir / 'logs'}) ...")
+        wait_ready(workers)
+        for w in workers:
+            print(f"worker {w.index}: {w.url}  (try {w.url}/customers/customer-0000/stats)")
+        print("feeding orders; Ctrl-C stops everything the demo started", flush=True)
+        asyncio.run(run_flow(settings, workers, args))
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        print("stopping workers ...", flush=True)
+        stop_workers(workers)
+        if broker is not None and we_started_broker:
+            print("stopping local Kafka ...", flush=True)
+            broker.stop()
+        print("demo stopped", flush=True)
