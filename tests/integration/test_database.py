@@ -1,0 +1,74 @@
+"""The schema on both databases: created and upgraded by migrations, money exact."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from sqlalchemy import insert, inspect, select
+
+from pipeline.db import make_engine, migrate, order_items, orders, schema_revision
+from pipeline.settings import PROJECT_ROOT
+
+
+def test_migrate_creates_the_schema_and_is_repeatable(database_url: str) -> None:
+    assert schema_revision(database_url) is None
+    migrate(database_url)
+    migrate(database_url)  # a second run is a no-op, not an error
+    assert schema_revision(database_url) == "0001"
+
+    async def tables() -> set[str]:
+        engine = make_engine(database_url)
+        async with engine.connect() as conn:
+            names = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
+        await engine.dispose()
+        return names
+
+    assert {"orders", "order_items", "outbox", "alembic_version"} <= asyncio.run(tables())
+
+
+def test_money_round_trips_exactly(database_url: str) -> None:
+    migrate(database_url)
+    now = datetime.now(UTC)
+
+    async def round_trip() -> tuple[Decimal, Decimal]:
+        engine = make_engine(database_url)
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(orders).values(
+                    order_id="o-1", customer_id="c-1", customer_email="c@example.com",
+                    status="created", total=Decimal("0.30"), created_at=now, updated_at=now,
+                )
+            )  # fmt: skip
+            await conn.execute(
+                insert(order_items).values(
+                    order_id="o-1", line_no=1, sku="s", quantity=3, unit_price=Decimal("0.10")
+                )
+            )
+        async with engine.connect() as conn:
+            total = (await conn.execute(select(orders.c.total))).scalar_one()
+            price = (await conn.execute(select(order_items.c.unit_price))).scalar_one()
+        await engine.dispose()
+        return total, price
+
+    total, price = asyncio.run(round_trip())
+    assert isinstance(total, Decimal) and total == Decimal("0.30")
+    assert price * 3 == total
+
+
+def test_migrate_command_reports_the_revision(database_url: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "migrate"],
+        cwd=PROJECT_ROOT,
+        env={"DATABASE_URL": database_url, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "schema at revision 0001" in result.stdout
+    assert schema_revision(database_url) == "0001"

@@ -1,0 +1,50 @@
+"""The analytics agent through Faust's test_context (memory store, no broker)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import pytest
+
+import agents.analytics as analytics
+from pipeline.app import app
+from pipeline.events import CustomerStatsUpdated, encode
+from tables.customer_stats import read_customer_stats
+from tests.conftest import order_cancelled, order_created
+
+
+@pytest.fixture
+async def published(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[list[CustomerStatsUpdated]]:
+    """The agent's outbound dependency: collects derived events instead of sending them."""
+    sent: list[CustomerStatsUpdated] = []
+
+    async def collect(event: CustomerStatsUpdated) -> None:
+        sent.append(event)
+
+    monkeypatch.setattr(analytics, "publish_stats_updated", collect)
+    app.finalize()
+    app.conf.store = "memory://"
+    app.flow_control.resume()
+    yield sent
+
+
+async def test_agent_applies_each_event_once_and_republishes_duplicates(
+    published: list[CustomerStatsUpdated],
+) -> None:
+    created = order_created("cust-a", total="12.00")
+    other = order_created("cust-a", total="8.00")
+    async with analytics.customer_analytics.test_context() as agent:
+        for event in (created, created, other, order_cancelled(created)):
+            await agent.put(encode(event), key=b"cust-a")
+        await agent.put(b"not json at all", key=b"cust-a")
+
+    stats = read_customer_stats("cust-a")
+    assert stats is not None
+    assert (stats.order_count, stats.cancelled_count) == (2, 1)
+    assert stats.total_spent == Decimal("8.00")
+    # The duplicate is re-sent with the same deterministic id, so nothing is lost downstream.
+    ids = [e.event_id for e in published]
+    assert len(published) == 4
+    assert ids[0] == ids[1] and len(set(ids)) == 3
+    assert published[-1].total_spent == Decimal("8.00")
