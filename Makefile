@@ -1,0 +1,78 @@
+# Two commands for users: `make demo` and `make test`. Everything they need is installed here:
+# the virtualenv and Python packages, the Kafka jars (Maven), PostgreSQL (Debian's package).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# The first Python >= 3.11 on PATH (3.11 is what the suite is pinned and tested with).
+PYTHON ?= $(shell for p in python3.11 python3.12 python3.13 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	2>/dev/null && { command -v $$p; break; }; done)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TEST_POSTGRES_PORT ?= 55432
+PYTEST_ARGS ?=
+
+.PHONY: help install lint format test unit integration demo kafka-jars kafka-up kafka-down \
+	postgres-up postgres-down clean
+
+help:
+	@echo "make demo         run the pipeline locally (Kafka, SQLite, two workers); Ctrl-C stops it"
+	@echo "make test         install everything needed, lint, run the whole test suite"
+	@echo "make lint         ruff check, ruff format --check, mypy"
+	@echo "make unit         offline unit tests only"
+	@echo "make integration  tests on the real local Kafka and PostgreSQL"
+	@echo "make kafka-up     start the local broker (prints its bootstrap address)"
+	@echo "make kafka-down   stop it"
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -n "$(PYTHON)" || { echo "error: Python 3.11 or newer is needed (python3.11 on PATH)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@# `agents` and `tables` must be ours, not the PyPI packages of the same import names.
+	$(BIN)/python -c "import agents, tables, pathlib; \
+		assert all(pathlib.Path(m.__file__).resolve().is_relative_to(pathlib.Path('.').resolve()) \
+		for m in (agents, tables)), 'foreign agents/tables package installed'"
+	touch $@
+
+install: $(STAMP)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+kafka-jars: install
+	$(BIN)/python -m pipeline kafka jars
+
+kafka-up: install
+	$(BIN)/python -m pipeline kafka up
+
+kafka-down: install
+	$(BIN)/python -m pipeline kafka down
+
+postgres-up: install
+	$(BIN)/python -m pipeline postgres up --port $(TEST_POSTGRES_PORT) --database pipeline_test
+
+postgres-down: install
+	$(BIN)/python -m pipeline postgres down --port $(TEST_POSTGRES_PORT)
+
+unit: install
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+integration: install kafka-jars postgres-up
+	TEST_POSTGRES_PORT=$(TEST_POSTGRES_PORT) $(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+test: lint kafka-jars postgres-up
+	TEST_POSTGRES_PORT=$(TEST_POSTGRES_PORT) $(BIN)/pytest tests -ra $(PYTEST_ARGS)
+
+demo: install
+	$(BIN)/python -m pipeline demo $(DEMO_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
