@@ -112,11 +112,15 @@ def test_table_is_rebuilt_from_its_changelog_on_an_empty_data_dir(
     assert after == before
 
 
-def test_web_server_listens_on_loopback_only(workers: WorkerFactory, kafka_bootstrap: str) -> None:
+def test_web_server_listens_on_loopback_only_without_raw_table_endpoints(
+    workers: WorkerFactory, kafka_bootstrap: str
+) -> None:
     asyncio.run(create_topics(kafka_bootstrap, [workers.topic(ORDERS)]))
     worker = workers.start()
-    listening = _listening_addresses(worker.web_port)
-    assert listening == {"127.0.0.1"}
+    assert _listening_addresses(worker.web_port) == {"127.0.0.1"}
+    # Faust's /table endpoints would serve every value, dedupe state included.
+    assert worker.get("/table/")[0] == 404
+    assert worker.get("/table/customer_stats/alice/")[0] == 404
 
 
 def test_worker_refuses_a_public_bind_without_a_token(workers: WorkerFactory) -> None:
