@@ -71,6 +71,14 @@ class Settings:
     api_token: Secret = field(repr=True)
     log_level: str = "info"
     dedupe_window: int = 1000
+    max_body_bytes: int = 64 * 1024
+    max_order_items: int = 100
+    forwarder_enabled: bool = True
+    outbox_batch_size: int = 500
+    outbox_poll_interval: float = 0.2
+    outbox_retention_seconds: int = 86400
+    outbox_max_message_bytes: int = 1024 * 1024
+    idempotency_key_ttl_seconds: int = 86400
 
     @property
     def web_is_loopback(self) -> bool:
@@ -101,6 +109,30 @@ def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int
     if not low <= value <= high:
         raise SettingsError(f"{name}={value} is out of range ({low}..{high})")
     return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, *, low: float, high: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name}={value} is out of range ({low}..{high})")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name}={raw!r} is not a boolean (true/false)")
 
 
 def _path(env: Mapping[str, str], name: str, default: Path) -> Path:
@@ -167,6 +199,22 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         api_token=Secret(env.get("PIPELINE_API_TOKEN", "")),
         log_level=log_level,
         dedupe_window=_int(env, "PIPELINE_DEDUPE_WINDOW", 1000, low=1, high=1_000_000),
+        max_body_bytes=_int(env, "PIPELINE_MAX_BODY_BYTES", 64 * 1024, low=1024, high=16 << 20),
+        max_order_items=_int(env, "PIPELINE_MAX_ORDER_ITEMS", 100, low=1, high=10_000),
+        forwarder_enabled=_bool(env, "PIPELINE_FORWARDER_ENABLED", True),
+        outbox_batch_size=_int(env, "PIPELINE_OUTBOX_BATCH_SIZE", 500, low=1, high=100_000),
+        outbox_poll_interval=_float(
+            env, "PIPELINE_OUTBOX_POLL_INTERVAL", 0.2, low=0.001, high=60.0
+        ),
+        outbox_retention_seconds=_int(
+            env, "PIPELINE_OUTBOX_RETENTION_SECONDS", 86400, low=0, high=365 * 86400
+        ),
+        outbox_max_message_bytes=_int(
+            env, "PIPELINE_OUTBOX_MAX_MESSAGE_BYTES", 1024 * 1024, low=1024, high=64 << 20
+        ),
+        idempotency_key_ttl_seconds=_int(
+            env, "PIPELINE_IDEMPOTENCY_KEY_TTL_SECONDS", 86400, low=60, high=365 * 86400
+        ),
     )
 
 

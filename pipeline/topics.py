@@ -24,6 +24,10 @@ def _topic(base: str) -> faust.TopicT:
         key_serializer="raw",
         value_serializer="raw",
         partitions=settings.partitions,
+        replicas=settings.replication_factor,
+        # Faust creates only "internal" topics before subscribing; an agent whose source topic
+        # is missing at start-up ignores it and never picks it up once it appears.
+        internal=True,
     )
 
 

@@ -6,16 +6,25 @@ worker answers any read. Errors are ``{"error": "<code>", "detail": ...}``.
 
 from __future__ import annotations
 
-from typing import Any
+import logging
 
 from faust.web import Request, Response, View
+from sqlalchemy.exc import DBAPIError, OperationalError
 
-from pipeline.app import app
+from pipeline.app import app, settings
+from pipeline.http import HttpError, error, read_json, require_token
+from pipeline.orders import Reply, ValidationFailed
+from pipeline.runtime import runtime
 from tables.customer_stats import customer_stats_table, read_customer_stats
 
+log = logging.getLogger(__name__)
+DB_DOWN = HttpError(503, "database_unavailable", "the database is unavailable; retry shortly",
+                    {"Retry-After": "2"})  # fmt: skip
 
-def error(view: View, status: int, code: str, detail: Any) -> Response:
-    return view.json({"error": code, "detail": detail}, status=status)
+
+def _reply(view: View, reply: Reply) -> Response:
+    headers = {"Idempotent-Replayed": "true"} if reply.replayed else None
+    return view.json(reply.body, status=reply.status, headers=headers)
 
 
 @app.page("/healthz")
@@ -39,6 +48,67 @@ class Ready(View):
                 headers={"Retry-After": "1"},
             )
         return self.json({"status": "ready"})
+
+
+@app.page("/metrics")
+class MetricsView(View):
+    async def get(self, request: Request) -> Response:
+        return self.bytes(runtime.metrics.render(), content_type="text/plain; version=0.0.4")
+
+
+@app.page("/orders")
+class Orders(View):
+    """``POST /orders``: the order, its items and its event commit together, or nothing."""
+
+    async def post(self, request: Request) -> Response:
+        try:
+            require_token(request, settings)
+            body = await read_json(request, settings.max_body_bytes)
+            reply = await runtime.orders.place_order(body, request.headers.get("Idempotency-Key"))
+        except HttpError as exc:
+            runtime.metrics.http_rejected.labels(exc.code).inc()
+            return exc.response(self)
+        except ValidationFailed as exc:
+            runtime.metrics.http_rejected.labels("validation_failed").inc()
+            return error(self, 422, "validation_failed", [e.to_dict() for e in exc.errors])
+        except (OperationalError, DBAPIError, OSError) as exc:
+            log.warning("POST /orders: database unavailable: %s", type(exc).__name__)
+            runtime.metrics.http_rejected.labels("database_unavailable").inc()
+            return DB_DOWN.response(self)
+        if reply.status == 201 and not reply.replayed:
+            runtime.metrics.orders_created.inc()
+        return _reply(self, reply)
+
+
+@app.page("/orders/{order_id}/cancel")
+class CancelOrder(View):
+    """``POST /orders/{order_id}/cancel``: 200, 404 unknown, 409 already cancelled."""
+
+    async def post(self, request: Request, order_id: str) -> Response:
+        try:
+            require_token(request, settings)
+            reply = await runtime.orders.cancel_order(order_id)
+        except HttpError as exc:
+            return exc.response(self)
+        except (OperationalError, DBAPIError, OSError):
+            return DB_DOWN.response(self)
+        if reply.status == 200:
+            runtime.metrics.orders_cancelled.inc()
+        return _reply(self, reply)
+
+
+@app.page("/orders/{order_id}")
+class OrderDetail(View):
+    """``GET /orders/{order_id}``: the order, its items and its status."""
+
+    async def get(self, request: Request, order_id: str) -> Response:
+        try:
+            order = await runtime.order_store.get_order(order_id)
+        except (OperationalError, DBAPIError, OSError):
+            return DB_DOWN.response(self)
+        if order is None:
+            return error(self, 404, "not_found", f"no order {order_id!r}")
+        return self.json(order)
 
 
 @app.page("/customers/{customer_id}/stats")

@@ -29,16 +29,36 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, Any]:
+def _call(request: urllib.request.Request | str, timeout: float) -> tuple[int, Any]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as err:
-        body = err.read()
+        raw = err.read()
         try:
-            return err.code, json.loads(body)
+            return err.code, json.loads(raw)
         except ValueError:
-            return err.code, body.decode(errors="replace")
+            return err.code, raw.decode(errors="replace")
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, Any]:
+    return _call(url, timeout)
+
+
+def http_post(
+    url: str, body: Any, headers: dict[str, str] | None = None, timeout: float = 10.0
+) -> tuple[int, Any]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return _call(urllib.request.Request(url, data=data, method="POST", headers=headers or {}),
+                 timeout)  # fmt: skip
+
+
+def metric(text: str, name: str) -> float | None:
+    """The value of an unlabelled sample in Prometheus text output."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
@@ -66,6 +86,13 @@ class Worker:
 
     def get(self, path: str) -> tuple[int, Any]:
         return http_get(self.url + path)
+
+    def post(self, path: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        return http_post(self.url + path, body, headers)
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as resp:
+            return str(resp.read().decode())
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

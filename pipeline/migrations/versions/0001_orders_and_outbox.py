@@ -1,4 +1,4 @@
-"""Orders, their items and the transactional outbox.
+"""Orders, their items, the transactional outbox and idempotency keys.
 
 Revision ID: 0001
 Revises:
@@ -53,7 +53,7 @@ def upgrade() -> None:
         sa.Column("partition_key", sa.String(64), nullable=False),
         sa.Column("event_type", sa.String(64), nullable=False),
         sa.Column("schema_version", sa.Integer(), nullable=False),
-        sa.Column("payload", sa.JSON(), nullable=False),
+        sa.Column("payload", sa.Text(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("published_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("status", sa.String(16), server_default="pending", nullable=False),
@@ -63,9 +63,21 @@ def upgrade() -> None:
         sa.UniqueConstraint("event_id", name="uq_outbox_event_id"),
     )
     op.create_index("ix_outbox_status_id", "outbox", ["status", "id"])
+    op.create_table(
+        "idempotency_keys",
+        sa.Column("key", sa.String(200), nullable=False),
+        sa.Column("request_hash", sa.String(64), nullable=False),
+        sa.Column("status_code", sa.Integer(), nullable=False),
+        sa.Column("response_body", sa.Text(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("key", name="pk_idempotency_keys"),
+    )
+    op.create_index("ix_idempotency_keys_created_at", "idempotency_keys", ["created_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_idempotency_keys_created_at", table_name="idempotency_keys")
+    op.drop_table("idempotency_keys")
     op.drop_index("ix_outbox_status_id", table_name="outbox")
     op.drop_table("outbox")
     op.drop_table("order_items")

@@ -1,0 +1,267 @@
+"""The order service: validate a request, then commit the order and its event together.
+
+``place_order`` writes the order, its items and an ``OrderCreated`` outbox row in one
+transaction; ``cancel_order`` flips the status and writes ``OrderCancelled`` the same way. A
+success means all of it is durable; any error means none of it was written. Publishing is the
+forwarder's job (``pipeline.outbox``), woken as soon as the transaction commits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from pipeline.events import CENTS, OrderCancelled, OrderCreated, OrderLine, money, utc_now
+from pipeline.order_store import (
+    CancelOutcome,
+    IdempotencyConflict,
+    OrderStore,
+    StoredResponse,
+)
+
+MAX_ID_LENGTH = 64
+MAX_EMAIL_LENGTH = 254
+MAX_QUANTITY = 10_000
+MAX_UNIT_PRICE = Decimal("1000000.00")
+MAX_IDEMPOTENCY_KEY_LENGTH = 200
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+ORDER_FIELDS = {"customer_id", "customer_email", "items"}
+ITEM_FIELDS = {"sku", "quantity", "unit_price"}
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    field: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"field": self.field, "message": self.message}
+
+
+class ValidationFailed(ValueError):
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True, slots=True)
+class NewOrder:
+    customer_id: str
+    customer_email: str
+    items: tuple[OrderLine, ...]
+
+    @property
+    def total(self) -> Decimal:
+        return sum((i.unit_price * i.quantity for i in self.items), Decimal("0")).quantize(CENTS)
+
+
+def _text(value: Any, field: str, max_length: int, errors: list[FieldError]) -> str | None:
+    if not isinstance(value, str):
+        errors.append(FieldError(field, "must be a string"))
+        return None
+    if not value.strip():
+        errors.append(FieldError(field, "must not be empty"))
+        return None
+    if len(value) > max_length:
+        errors.append(FieldError(field, f"must be at most {max_length} characters"))
+        return None
+    if _CONTROL.search(value):
+        errors.append(FieldError(field, "must not contain control characters"))
+        return None
+    return value
+
+
+def _price(value: Any, field: str, errors: list[FieldError]) -> Decimal | None:
+    # Prices are decimal strings ("12.50"); JSON numbers are accepted too, parsed exactly.
+    if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
+        errors.append(FieldError(field, 'must be a decimal string such as "12.50"'))
+        return None
+    try:
+        price = Decimal(value) if not isinstance(value, str) else Decimal(value.strip())
+    except InvalidOperation:
+        errors.append(FieldError(field, f"{str(value)[:40]!r} is not a decimal number"))
+        return None
+    if not price.is_finite():
+        errors.append(FieldError(field, "must be a finite number"))
+    elif price < 0:
+        errors.append(FieldError(field, "must not be negative"))
+    elif price > MAX_UNIT_PRICE:
+        errors.append(FieldError(field, f"must be at most {MAX_UNIT_PRICE}"))
+    elif price != price.quantize(CENTS):
+        errors.append(FieldError(field, "must have at most two decimal places"))
+    else:
+        return price.quantize(CENTS)
+    return None
+
+
+def _unknown(body: Mapping[str, Any], allowed: set[str], prefix: str) -> list[FieldError]:
+    return [FieldError(f"{prefix}{k}", "unknown field") for k in sorted(set(body) - allowed)]
+
+
+def validate_order(body: Any, *, max_items: int) -> NewOrder:
+    """A :class:`NewOrder` from a decoded JSON body, or :class:`ValidationFailed` naming
+    every field at fault."""
+    if not isinstance(body, dict):
+        raise ValidationFailed([FieldError("body", "must be a JSON object")])
+    errors = _unknown(body, ORDER_FIELDS, "")
+    for name in sorted(ORDER_FIELDS - set(body)):
+        errors.append(FieldError(name, "is required"))
+    customer_id = _text(body.get("customer_id"), "customer_id", MAX_ID_LENGTH, errors) if (
+        "customer_id" in body) else None  # fmt: skip
+    email = None
+    if "customer_email" in body:
+        email = _text(body["customer_email"], "customer_email", MAX_EMAIL_LENGTH, errors)
+        if email is not None and not _EMAIL.match(email):
+            errors.append(FieldError("customer_email", "is not a valid email address"))
+            email = None
+    lines: list[OrderLine] = []
+    raw_items = body.get("items")
+    if "items" in body:
+        if not isinstance(raw_items, list):
+            errors.append(FieldError("items", "must be a list"))
+        elif not raw_items:
+            errors.append(FieldError("items", "must contain at least one item"))
+        elif len(raw_items) > max_items:
+            errors.append(FieldError("items", f"must contain at most {max_items} items"))
+        else:
+            for i, raw in enumerate(raw_items):
+                line = _item(raw, f"items[{i}]", errors)
+                if line is not None:
+                    lines.append(line)
+    if errors:
+        raise ValidationFailed(errors)
+    assert customer_id is not None and email is not None
+    return NewOrder(customer_id=customer_id, customer_email=email, items=tuple(lines))
+
+
+def _item(raw: Any, prefix: str, errors: list[FieldError]) -> OrderLine | None:
+    if not isinstance(raw, dict):
+        errors.append(FieldError(prefix, "must be an object"))
+        return None
+    before = len(errors)
+    errors.extend(_unknown(raw, ITEM_FIELDS, f"{prefix}."))
+    for name in sorted(ITEM_FIELDS - set(raw)):
+        errors.append(FieldError(f"{prefix}.{name}", "is required"))
+    sku = _text(raw["sku"], f"{prefix}.sku", MAX_ID_LENGTH, errors) if "sku" in raw else None
+    quantity = raw.get("quantity")
+    if "quantity" in raw:
+        if isinstance(quantity, bool) or not isinstance(quantity, int):
+            errors.append(FieldError(f"{prefix}.quantity", "must be an integer"))
+        elif not 1 <= quantity <= MAX_QUANTITY:
+            errors.append(FieldError(f"{prefix}.quantity", f"must be between 1 and {MAX_QUANTITY}"))
+    price = (
+        _price(raw["unit_price"], f"{prefix}.unit_price", errors) if "unit_price" in raw else None
+    )
+    if len(errors) > before or sku is None or price is None or not isinstance(quantity, int):
+        return None
+    return OrderLine(sku=sku, quantity=quantity, unit_price=price)
+
+
+def request_fingerprint(body: Any) -> str:
+    """Same body, same fingerprint, whatever the whitespace or key order."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    body: dict[str, Any]
+    replayed: bool = False
+
+
+class OrderService:
+    """Validated writes of orders and their events; wakes the forwarder after each commit."""
+
+    def __init__(
+        self,
+        store: OrderStore,
+        *,
+        max_items: int,
+        on_committed: Callable[[], None] = lambda: None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.store = store
+        self.max_items = max_items
+        self.on_committed = on_committed
+        self.clock = clock
+
+    async def place_order(self, body: Any, idempotency_key: str | None = None) -> Reply:
+        if idempotency_key is not None:
+            self._check_key(idempotency_key)
+        order = validate_order(body, max_items=self.max_items)
+        now = self.clock()
+        event = OrderCreated(
+            event_id=str(uuid.uuid4()),
+            order_id=str(uuid.uuid4()),
+            customer_id=order.customer_id,
+            customer_email=order.customer_email,
+            items=order.items,
+            total=order.total,
+            created_at=now,
+        )
+        reply = {"order_id": event.order_id, "status": "created", "total": money(event.total)}
+        try:
+            stored = await self.store.create_order(
+                event,
+                idempotency=(
+                    None
+                    if idempotency_key is None
+                    else (idempotency_key, request_fingerprint(body), 201, reply)
+                ),
+            )
+        except IdempotencyConflict:
+            return Reply(
+                409,
+                {
+                    "error": "idempotency_key_reused",
+                    "detail": "this Idempotency-Key was used with a different request body",
+                },
+            )
+        if isinstance(stored, StoredResponse):
+            return Reply(stored.status_code, stored.body, replayed=True)
+        self.on_committed()
+        return Reply(201, reply)
+
+    async def cancel_order(self, order_id: str) -> Reply:
+        outcome, order = await self.store.cancel_order(
+            order_id, lambda o: self._cancelled_event(o.order_id, o.customer_id, o.total)
+        )
+        if outcome is CancelOutcome.NOT_FOUND:
+            return Reply(404, {"error": "not_found", "detail": f"no order {order_id!r}"})
+        if outcome is CancelOutcome.CONFLICT:
+            assert order is not None
+            return Reply(
+                409,
+                {"error": "conflict", "detail": f"order {order_id} is already {order.status}"},
+            )
+        self.on_committed()
+        return Reply(200, {"order_id": order_id, "status": "cancelled"})
+
+    def _cancelled_event(self, order_id: str, customer_id: str, total: Decimal) -> OrderCancelled:
+        return OrderCancelled(
+            event_id=str(uuid.uuid4()),
+            order_id=order_id,
+            customer_id=customer_id,
+            total=total,
+            cancelled_at=self.clock(),
+        )
+
+    def _check_key(self, key: str) -> None:
+        if not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH or _CONTROL.search(key):
+            raise ValidationFailed(
+                [
+                    FieldError(
+                        "Idempotency-Key",
+                        f"must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable characters",
+                    )
+                ]
+            )

@@ -1,0 +1,99 @@
+"""What a worker process owns besides Faust's own parts: the database engine, the order
+service, the outbox forwarder and the metrics. Built from the settings once, started and
+stopped with the app (``app.service``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import timedelta
+from functools import cached_property
+
+from mode import Service
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from pipeline.app import app, settings
+from pipeline.db import make_engine
+from pipeline.events import utc_now
+from pipeline.metrics import Metrics
+from pipeline.order_store import OrderStore
+from pipeline.orders import OrderService
+from pipeline.outbox import OutboxForwarder, OutboxPublisher, leadership_for, make_producer
+from pipeline.outbox_store import OutboxStore
+from pipeline.settings import Settings
+from pipeline.topics import ORDER_EVENTS, analytics_events_topic
+
+
+class Runtime(Service):
+    def __init__(self, settings: Settings, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.settings = settings
+        self.metrics = Metrics()
+        self._forwarder: OutboxForwarder | None = None
+        self._forwarder_task: asyncio.Task[None] | None = None
+
+    @cached_property
+    def engine(self) -> AsyncEngine:
+        return make_engine(self.settings.database_url, pool_size=10, max_overflow=20) if (
+            self.settings.database_url.startswith("postgresql")
+        ) else make_engine(self.settings.database_url)  # fmt: skip
+
+    @cached_property
+    def order_store(self) -> OrderStore:
+        return OrderStore(self.engine)
+
+    @cached_property
+    def outbox_store(self) -> OutboxStore:
+        return OutboxStore(self.engine)
+
+    @cached_property
+    def orders(self) -> OrderService:
+        return OrderService(
+            self.order_store, max_items=self.settings.max_order_items, on_committed=self._wake
+        )
+
+    def _wake(self) -> None:
+        if self._forwarder is not None:
+            self._forwarder.wake()
+
+    async def _purge_keys(self) -> None:
+        ttl = timedelta(seconds=self.settings.idempotency_key_ttl_seconds)
+        await self.order_store.purge_idempotency_keys(utc_now() - ttl)
+
+    async def on_start(self) -> None:
+        # Faust declares a topic before consuming it; this one we only produce to.
+        await analytics_events_topic.maybe_declare()
+        if not self.settings.forwarder_enabled:
+            return
+        s = self.settings
+        producer = make_producer(s.kafka_bootstrap_servers, s.outbox_max_message_bytes)
+        await producer.start()
+        self._producer = producer
+        forwarder = OutboxForwarder(
+            self.outbox_store,
+            OutboxPublisher(producer, s.topic_name(ORDER_EVENTS), self.metrics),
+            leadership_for(s.database_url, s.outbox_poll_interval, self._wake),
+            self.metrics,
+            batch_size=s.outbox_batch_size,
+            poll_interval=s.outbox_poll_interval,
+            retention=timedelta(seconds=s.outbox_retention_seconds),
+            purge_keys=self._purge_keys,
+        )
+        self._forwarder = forwarder
+        self._forwarder_task = asyncio.ensure_future(forwarder.run())
+
+    async def on_stop(self) -> None:
+        if self._forwarder is not None:
+            self._forwarder.stop()
+        if self._forwarder_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(self._forwarder_task, 10)
+        if self._forwarder is not None:
+            await self._producer.stop()
+        if "engine" in self.__dict__:
+            await self.engine.dispose()
+
+
+runtime = Runtime(settings)
+# Faust starts service instances as well as classes (App._prepare_subservice).
+app.service(runtime)  # type: ignore[arg-type]
