@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 TEST_POSTGRES_PORT ?= 55432
 PYTEST_ARGS ?=
 
-.PHONY: help install lint format test unit integration demo kafka-jars kafka-up kafka-down \
+.PHONY: help install lint format test unit integration demo bench kafka-jars kafka-up kafka-down \
 	postgres-up postgres-down clean
 
 help:
@@ -22,6 +22,7 @@ help:
 	@echo "make lint         ruff check, ruff format --check, mypy"
 	@echo "make unit         offline unit tests only"
 	@echo "make integration  tests on the real local Kafka and PostgreSQL"
+	@echo "make bench        benchmarks beside their baselines (BENCH_QUICK=1: short run)"
 	@echo "make kafka-up     start the local broker (prints its bootstrap address)"
 	@echo "make kafka-down   stop it"
 
@@ -76,3 +77,6 @@ demo: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+bench: install kafka-jars postgres-up
+	$(BIN)/python -m bench

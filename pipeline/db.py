@@ -147,7 +147,24 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_async_engine(url, pool_pre_ping=True, **kwargs)
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_async_engine(url, **kwargs)
+
+
+def make_bookkeeping_engine(url: str) -> AsyncEngine:
+    """A small engine for the forwarder's reads and marks. On PostgreSQL it autocommits (one
+    round trip a statement, no BEGIN/COMMIT) and does not wait for the WAL flush: a mark lost
+    in a crash only re-publishes rows, which the consumers absorb. Never use it for orders."""
+    if make_url(url).get_backend_name() != "postgresql":
+        return make_engine(url)
+    return make_engine(
+        url,
+        isolation_level="AUTOCOMMIT",
+        pool_size=2,
+        max_overflow=2,
+        pool_pre_ping=False,
+        connect_args={"server_settings": {"synchronous_commit": "off"}},
+    )
 
 
 def alembic_config(url: str) -> Any:

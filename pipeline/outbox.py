@@ -164,7 +164,7 @@ def make_producer(bootstrap_servers: str, max_message_bytes: int) -> AIOKafkaPro
         bootstrap_servers=bootstrap_servers,
         acks="all",
         enable_idempotence=True,
-        linger_ms=2,
+        linger_ms=0,
         max_batch_size=256 * 1024,
         max_request_size=max_message_bytes,
         request_timeout_ms=30_000,

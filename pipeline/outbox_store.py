@@ -57,6 +57,9 @@ async def add_event(conn: AsyncConnection, event: OrderCreated | OrderCancelled)
 
 
 class OutboxStore:
+    """The forwarder's queries. Give it ``make_bookkeeping_engine``'s engine: the marks are
+    idempotent and need neither one transaction nor a synchronous commit."""
+
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 

@@ -13,7 +13,7 @@ from mode import Service
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pipeline.app import app, settings
-from pipeline.db import make_engine
+from pipeline.db import make_bookkeeping_engine, make_engine
 from pipeline.events import utc_now
 from pipeline.metrics import Metrics
 from pipeline.order_store import OrderStore
@@ -44,7 +44,7 @@ class Runtime(Service):
 
     @cached_property
     def outbox_store(self) -> OutboxStore:
-        return OutboxStore(self.engine)
+        return OutboxStore(make_bookkeeping_engine(self.settings.database_url))
 
     @cached_property
     def orders(self) -> OrderService:
@@ -92,6 +92,8 @@ class Runtime(Service):
             await self._producer.stop()
         if "engine" in self.__dict__:
             await self.engine.dispose()
+        if "outbox_store" in self.__dict__:
+            await self.outbox_store.engine.dispose()
 
 
 runtime = Runtime(settings)

@@ -1,0 +1,103 @@
+"""``make bench``: the benchmarks, each beside its baselines, in one run on one machine.
+
+Starts what it needs (a local broker on free ports unless ``KAFKA_BOOTSTRAP_SERVERS`` is set,
+the private PostgreSQL), prints a table and writes ``bench/results/latest.json``.
+``BENCH_QUICK=1`` runs smaller and fewer repetitions. Benchmarks never gate the test suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import uuid
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from bench import forwarder
+from pipeline.db import migrate
+from pipeline.local.kafka import LocalKafka
+from pipeline.local.postgres import LocalPostgres, default_data_dir
+from pipeline.settings import PROJECT_ROOT, load_settings
+from tests.integration.workers import create_topics, free_port
+
+RESULTS = PROJECT_ROOT / "bench" / "results" / "latest.json"
+LIBRARIES = ("faust-streaming", "aiokafka", "asyncpg", "sqlalchemy", "rocksdict")
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": round(mem_kb / 1024 / 1024, 1),
+        "os": platform.platform(),
+    }
+
+
+def main() -> int:
+    quick = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+    repeats = 1 if quick else 3
+    settings = load_settings()
+    broker = None
+    if settings.kafka_external:
+        bootstrap = settings.kafka_bootstrap_servers
+    else:
+        broker = LocalKafka(
+            version=settings.kafka_version, port=free_port(), controller_port=free_port(),
+            data_dir=Path(tempfile.mkdtemp(prefix="bench-kafka-")), cache_dir=settings.cache_dir,
+        )  # fmt: skip
+        print(f"starting local Kafka {settings.kafka_version} ...", flush=True)
+        bootstrap = broker.start()
+    pg_port = int(os.environ.get("TEST_POSTGRES_PORT", "55432"))
+    pg = LocalPostgres(port=pg_port, data_dir=default_data_dir(pg_port, settings.cache_dir))
+    pg.start()
+    try:
+        url = pg.create_database(f"bench_{uuid.uuid4().hex[:8]}")
+        migrate(url)
+        topic = f"bench{uuid.uuid4().hex[:6]}.orders.events"
+        asyncio.run(create_topics(bootstrap, [topic], partitions=settings.partitions))
+        print(f"forwarder benchmark ({'quick' if quick else 'full'}) ...", flush=True)
+        fwd = asyncio.run(forwarder.run(url, bootstrap, topic, quick, repeats))
+        print(forwarder.table(fwd))
+        pg_version = subprocess.run(
+            ["psql", "--version"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        previous: dict[str, Any] = {}
+        if RESULTS.exists():
+            previous = json.loads(RESULTS.read_text())
+        results = {
+            **previous,
+            "forwarder": fwd,
+            "meta": {
+                "mode": "quick" if quick else "full",
+                "repeats": repeats,
+                "machine": machine(),
+                "kafka": settings.kafka_version if broker else f"external {bootstrap}",
+                "postgresql": pg_version,
+                "python": sys.version.split()[0],
+                "libraries": {name: version(name) for name in LIBRARIES},
+            },
+        }
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"written to {RESULTS.relative_to(PROJECT_ROOT)}")
+    finally:
+        if broker is not None:
+            broker.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
