@@ -5,8 +5,7 @@ SQLite schema and worker processes, then feeds orders from many customers and sh
 workers made of them. Ctrl-C, SIGTERM or ``--duration`` stop it; it stops the workers and the
 broker it started, and leaves running what was running before.
 
-Until the order service and the outbox forwarder land, the order generator writes order events
-to ``orders.events`` itself, in the same wire format the forwarder will use.
+Orders go through the HTTP API of the workers, like a client's would.
 """
 
 from __future__ import annotations
@@ -23,18 +22,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+import aiohttp
 
 from pipeline.db import migrate
-from pipeline.events import OrderCancelled, OrderCreated, OrderLine, encode
 from pipeline.settings import PROJECT_ROOT, Settings, load_settings
 
 ORDER_EVENTS = "orders.events"
@@ -57,6 +52,7 @@ class Worker:
 class Progress:
     created: int = 0
     cancelled: int = 0
+    rejected: int = 0
     customers: set[str] = field(default_factory=set)
 
 
@@ -122,76 +118,57 @@ def stop_workers(workers: list[Worker]) -> None:
             w.proc.wait(10)
 
 
-async def ensure_topics(settings: Settings) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        wanted = [settings.topic_name(t) for t in (ORDER_EVENTS, ANALYTICS_EVENTS)]
-        new = [
-            NewTopic(name, settings.partitions, settings.replication_factor)
-            for name in wanted
-            if name not in existing
-        ]
-        if new:
-            await admin.create_topics(new)
-    finally:
-        await admin.close()
-
-
 async def generate_orders(
-    settings: Settings, rate: float, stop: asyncio.Event, progress: Progress, seed: int
+    workers: list[Worker],
+    rate: float,
+    stop: asyncio.Event,
+    progress: Progress,
+    seed: int,
+    token: str,
 ) -> None:
-    """Orders from many customers (a few of them frequent), some cancelled later."""
+    """Orders through the API from many customers (a few of them frequent), some cancelled
+    later, a few invalid; each request goes to the next worker in turn."""
     rng = random.Random(seed)  # noqa: S311 - a reproducible load, not a secret
     customers = [f"customer-{i:04d}" for i in range(200)]
     weights = [1 / (i + 1) for i in range(len(customers))]
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", enable_idempotence=True
-    )
-    await producer.start()
-    recent: list[OrderCreated] = []
-    topic = settings.topic_name(ORDER_EVENTS)
-    try:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    recent: list[str] = []
+    n = 0
+    async with aiohttp.ClientSession(headers=headers) as http:
         while not stop.is_set():
+            base = workers[n % len(workers)].url
+            n += 1
             customer = rng.choices(customers, weights)[0]
-            lines = tuple(
-                OrderLine(
-                    sku=f"sku-{rng.randrange(50):03d}",
-                    quantity=rng.randint(1, 3),
-                    unit_price=Decimal(rng.randrange(199, 9999)) / 100,
-                )
-                for _ in range(rng.randint(1, 3))
-            )
-            event = OrderCreated(
-                event_id=str(uuid.uuid4()),
-                order_id=str(uuid.uuid4()),
-                customer_id=customer,
-                customer_email=f"{customer}@example.com",
-                items=lines,
-                total=sum((ln.unit_price * ln.quantity for ln in lines), Decimal("0.00")),
-                created_at=datetime.now(UTC),
-            )
-            await producer.send(topic, encode(event), key=customer.encode())
-            progress.created += 1
-            progress.customers.add(customer)
-            recent.append(event)
-            if len(recent) > 20 and rng.random() < 0.1:
-                victim = recent.pop(rng.randrange(len(recent)))
-                cancel = OrderCancelled(
-                    event_id=str(uuid.uuid4()),
-                    order_id=victim.order_id,
-                    customer_id=victim.customer_id,
-                    total=victim.total,
-                    cancelled_at=datetime.now(UTC),
-                )
-                await producer.send(topic, encode(cancel), key=victim.customer_id.encode())
-                progress.cancelled += 1
+            body: dict[str, Any] = {
+                "customer_id": customer,
+                "customer_email": f"{customer}@example.com",
+                "items": [
+                    {"sku": f"sku-{rng.randrange(50):03d}", "quantity": rng.randint(1, 3),
+                     "unit_price": str(Decimal(rng.randrange(199, 9999)) / 100)}
+                    for _ in range(rng.randint(1, 3))
+                ],
+            }  # fmt: skip
+            if rng.random() < 0.02:
+                body["items"][0]["quantity"] = 0  # an invalid order: the API answers 422
+            try:
+                async with http.post(f"{base}/orders", json=body) as resp:
+                    reply = await resp.json()
+                    if resp.status == 201:
+                        progress.created += 1
+                        progress.customers.add(customer)
+                        recent.append(reply["order_id"])
+                    else:
+                        progress.rejected += 1
+                if len(recent) > 20 and rng.random() < 0.1:
+                    victim = recent.pop(rng.randrange(len(recent)))
+                    async with http.post(f"{base}/orders/{victim}/cancel") as resp:
+                        if resp.status == 200:
+                            progress.cancelled += 1
+            except aiohttp.ClientError:
+                progress.rejected += 1
             recent = recent[-200:]
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1 / rate)
-    finally:
-        await producer.stop()
 
 
 def report(workers: list[Worker], progress: Progress, started: float) -> str:
@@ -200,8 +177,9 @@ def report(workers: list[Worker], progress: Progress, started: float) -> str:
     status, stats = _get(f"{workers[-1].url}/customers/{top}/stats")
     seen = f"{stats['order_count']} orders, {stats['total_spent']} spent" if status == 200 else "-"
     return (
-        f"[{time.monotonic() - started:6.1f}s] orders sent {progress.created:6d}  "
-        f"cancellations {progress.cancelled:5d}  customers {len(progress.customers):4d}  "
+        f"[{time.monotonic() - started:6.1f}s] orders created {progress.created:6d}  "
+        f"cancelled {progress.cancelled:5d}  refused {progress.rejected:4d}  "
+        f"customers {len(progress.customers):4d}  "
         f"| {top}: {seen}"
     )
 
@@ -215,7 +193,9 @@ async def run_flow(settings: Settings, workers: list[Worker], args: argparse.Nam
         loop.call_later(args.duration, stop.set)
     progress = Progress()
     started = time.monotonic()
-    generator = asyncio.create_task(generate_orders(settings, args.rate, stop, progress, args.seed))
+    generator = asyncio.create_task(
+        generate_orders(workers, args.rate, stop, progress, args.seed, settings.api_token.get())
+    )
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 2.0)
@@ -247,7 +227,6 @@ def main(argv: list[str]) -> int:
         else:
             print(f"using your Kafka at {settings.kafka_bootstrap_servers}", flush=True)
         migrate(settings.database_url)
-        asyncio.run(ensure_topics(settings))
         workers = start_workers(settings, args.workers, settings.web_port)
         print(f"starting {len(workers)} workers (logs in {settings.data_dir / 'logs'}) ...")
         wait_ready(workers)

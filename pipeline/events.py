@@ -10,7 +10,9 @@ handle (:class:`InvalidEvent`) rather than something the framework drops silentl
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import typing
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -49,8 +51,8 @@ class OrderLine:
     quantity: int
     unit_price: Decimal
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"sku": self.sku, "quantity": self.quantity, "unit_price": money(self.unit_price)}
+
+# -- orders.events (key: customer id) ------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,17 +66,6 @@ class OrderCreated:
     total: Decimal
     created_at: datetime
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "event_id": self.event_id,
-            "order_id": self.order_id,
-            "customer_id": self.customer_id,
-            "customer_email": self.customer_email,
-            "items": [line.to_dict() for line in self.items],
-            "total": money(self.total),
-            "created_at": self.created_at.isoformat(),
-        }
-
 
 @dataclass(frozen=True, slots=True)
 class OrderCancelled:
@@ -84,15 +75,114 @@ class OrderCancelled:
     customer_id: str
     total: Decimal
     cancelled_at: datetime
+    # The lines, so inventory can release what the order reserved without another lookup.
+    items: tuple[OrderLine, ...]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "event_id": self.event_id,
-            "order_id": self.order_id,
-            "customer_id": self.customer_id,
-            "total": money(self.total),
-            "cancelled_at": self.cancelled_at.isoformat(),
-        }
+
+# -- inventory.commands (key: SKU) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LineReservationRequested:
+    event_type: ClassVar[str] = "LineReservationRequested"
+    event_id: str
+    caused_by: str
+    order_id: str
+    customer_id: str
+    customer_email: str
+    line_no: int
+    line_count: int
+    sku: str
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class LineReleaseRequested:
+    event_type: ClassVar[str] = "LineReleaseRequested"
+    event_id: str
+    caused_by: str
+    order_id: str
+    line_no: int
+    sku: str
+    quantity: int
+    reason: str  # "cancelled" or "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class StockSet:
+    event_type: ClassVar[str] = "StockSet"
+    event_id: str
+    sku: str
+    available: int
+    set_at: datetime
+
+
+# -- inventory.events (key: order id) ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryReserved:
+    event_type: ClassVar[str] = "InventoryReserved"
+    event_id: str
+    caused_by: str
+    order_id: str
+    customer_id: str
+    customer_email: str
+    line_no: int
+    line_count: int
+    sku: str
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryRejected:
+    event_type: ClassVar[str] = "InventoryRejected"
+    event_id: str
+    caused_by: str
+    order_id: str
+    customer_id: str
+    customer_email: str
+    line_no: int
+    line_count: int
+    sku: str
+    quantity: int
+    available: int
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryReleased:
+    event_type: ClassVar[str] = "InventoryReleased"
+    event_id: str
+    caused_by: str
+    order_id: str
+    line_no: int
+    sku: str
+    quantity: int
+
+
+# -- orders.status (key: order id) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OrderConfirmed:
+    event_type: ClassVar[str] = "OrderConfirmed"
+    event_id: str
+    order_id: str
+    customer_id: str
+    customer_email: str
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRejected:
+    event_type: ClassVar[str] = "OrderRejected"
+    event_id: str
+    order_id: str
+    customer_id: str
+    customer_email: str
+    reason: str
+
+
+# -- analytics.events (key: customer id) and analytics.revenue (one partition) ----------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,101 +198,134 @@ class CustomerStatsUpdated:
     first_order_at: datetime | None
     last_order_at: datetime | None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "event_id": self.event_id,
-            "caused_by": self.caused_by,
-            "customer_id": self.customer_id,
-            "order_count": self.order_count,
-            "cancelled_count": self.cancelled_count,
-            "total_spent": money(self.total_spent),
-            "average_order_value": money(self.average_order_value),
-            "first_order_at": _iso(self.first_order_at),
-            "last_order_at": _iso(self.last_order_at),
-        }
+
+@dataclass(frozen=True, slots=True)
+class MilestoneReached:
+    event_type: ClassVar[str] = "MilestoneReached"
+    event_id: str
+    caused_by: str
+    customer_id: str
+    milestone: str  # "first_order" or "lifetime_value"
+    total_spent: Decimal
 
 
+@dataclass(frozen=True, slots=True)
+class RevenueRecorded:
+    event_type: ClassVar[str] = "RevenueRecorded"
+    event_id: str
+    caused_by: str
+    amount: Decimal  # negative for a cancellation
+    orders: int  # +1 for an order, -1 for a cancellation
+    occurred_at: datetime
+
+
+Event = (
+    OrderCreated | OrderCancelled | LineReservationRequested | LineReleaseRequested | StockSet
+    | InventoryReserved | InventoryRejected | InventoryReleased | OrderConfirmed | OrderRejected
+    | CustomerStatsUpdated | MilestoneReached | RevenueRecorded
+)  # fmt: skip
 OrderEvent = OrderCreated | OrderCancelled
-Event = OrderCreated | OrderCancelled | CustomerStatsUpdated
+InventoryCommand = LineReservationRequested | LineReleaseRequested | StockSet
+InventoryOutcome = InventoryReserved | InventoryRejected | InventoryReleased
+OrderDecision = OrderConfirmed | OrderRejected
+
+EVENT_TYPES: dict[str, type[Any]] = {cls.event_type: cls for cls in typing.get_args(Event)}
+
+
+# -- encoding ------------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return money(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, OrderLine):
+        return {"sku": value.sku, "quantity": value.quantity, "unit_price": money(value.unit_price)}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def to_dict(event: Event) -> dict[str, Any]:
+    return {f.name: _plain(getattr(event, f.name)) for f in dataclasses.fields(event)}
 
 
 def encode(event: Event) -> bytes:
-    body = {"event_type": event.event_type, "schema_version": SCHEMA_VERSION, **event.to_dict()}
+    body = {"event_type": event.event_type, "schema_version": SCHEMA_VERSION, **to_dict(event)}
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def decode_order_event(data: bytes | None) -> OrderEvent:
-    """Decode an ``orders.events`` record, or raise :class:`InvalidEvent` saying why."""
+# -- decoding ------------------------------------------------------------------------------------
+
+E = TypeVar("E")
+
+
+def decode(data: bytes | None, *allowed: type[E]) -> E:
+    """Decode one event of the ``allowed`` types, or raise :class:`InvalidEvent` saying why."""
     body = _json_object(data)
     event_type = body.get("event_type")
-    decoder = _ORDER_DECODERS.get(event_type) if isinstance(event_type, str) else None
-    if decoder is None:
+    cls = EVENT_TYPES.get(event_type) if isinstance(event_type, str) else None
+    if cls is None or (allowed and cls not in allowed):
         raise InvalidEvent(f"unknown event_type {event_type!r}")
-    return decoder(body)
+    return typing.cast(E, _build(cls, body, ""))
+
+
+def decode_order_event(data: bytes | None) -> OrderEvent:
+    """Decode an ``orders.events`` record."""
+    return decode(data, OrderCreated, OrderCancelled)  # type: ignore[return-value]
 
 
 def decode_stats_updated(data: bytes | None) -> CustomerStatsUpdated:
-    body = _json_object(data)
-    if body.get("event_type") != CustomerStatsUpdated.event_type:
-        raise InvalidEvent(f"expected CustomerStatsUpdated, got {body.get('event_type')!r}")
-    return CustomerStatsUpdated(
-        event_id=_str(body, "event_id"),
-        caused_by=_str(body, "caused_by"),
-        customer_id=_str(body, "customer_id"),
-        order_count=_int(body, "order_count"),
-        cancelled_count=_int(body, "cancelled_count"),
-        total_spent=_decimal(body, "total_spent"),
-        average_order_value=_decimal(body, "average_order_value"),
-        first_order_at=_opt_time(body, "first_order_at"),
-        last_order_at=_opt_time(body, "last_order_at"),
-    )
+    return decode(data, CustomerStatsUpdated)
 
 
-def _order_created(body: Mapping[str, Any]) -> OrderCreated:
-    raw_items = body.get("items")
+_READERS: dict[Any, Callable[[Mapping[str, Any], str, str], Any]] = {}
+_HINTS: dict[type[Any], list[tuple[str, Any, bool]]] = {}
+
+
+def _hints(cls: type[Any]) -> list[tuple[str, Any, bool]]:
+    found = _HINTS.get(cls)
+    if found is None:
+        hints = typing.get_type_hints(cls)
+        found = [
+            (f.name, hints[f.name], f.default is not dataclasses.MISSING)
+            for f in dataclasses.fields(cls)
+        ]
+        _HINTS[cls] = found
+    return found
+
+
+def _build(cls: type[Any], body: Mapping[str, Any], prefix: str) -> Any:
+    values = {}
+    for name, hint, has_default in _hints(cls):
+        if has_default and name not in body:
+            continue
+        values[name] = _read(hint, body, name, prefix)
+    return cls(**values)
+
+
+def _read(hint: Any, body: Mapping[str, Any], name: str, prefix: str) -> Any:
+    optional = type(None) in typing.get_args(hint)
+    if optional:
+        if body.get(name) is None:
+            return None
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if typing.get_origin(hint) is tuple:
+        return _lines(body, name, prefix)
+    return _READERS[hint](body, name, prefix)
+
+
+def _lines(body: Mapping[str, Any], name: str, prefix: str) -> tuple[OrderLine, ...]:
+    raw_items = body.get(name)
     if not isinstance(raw_items, list) or not raw_items:
-        raise InvalidEvent("items: expected a non-empty list")
-    items = []
+        raise InvalidEvent(f"{prefix}{name}: expected a non-empty list")
+    lines = []
     for i, raw in enumerate(raw_items):
         if not isinstance(raw, dict):
-            raise InvalidEvent(f"items[{i}]: expected an object")
-        items.append(
-            OrderLine(
-                sku=_str(raw, "sku", f"items[{i}]."),
-                quantity=_int(raw, "quantity", f"items[{i}]."),
-                unit_price=_decimal(raw, "unit_price", f"items[{i}]."),
-            )
-        )
-    return OrderCreated(
-        event_id=_str(body, "event_id"),
-        order_id=_str(body, "order_id"),
-        customer_id=_str(body, "customer_id"),
-        customer_email=_str(body, "customer_email"),
-        items=tuple(items),
-        total=_decimal(body, "total"),
-        created_at=_time(body, "created_at"),
-    )
-
-
-def _order_cancelled(body: Mapping[str, Any]) -> OrderCancelled:
-    return OrderCancelled(
-        event_id=_str(body, "event_id"),
-        order_id=_str(body, "order_id"),
-        customer_id=_str(body, "customer_id"),
-        total=_decimal(body, "total"),
-        cancelled_at=_time(body, "cancelled_at"),
-    )
-
-
-_ORDER_DECODERS: dict[str, Callable[[Mapping[str, Any]], OrderEvent]] = {
-    OrderCreated.event_type: _order_created,
-    OrderCancelled.event_type: _order_cancelled,
-}
-
-
-# -- field readers: each names the field at fault ------------------------------------------------
-
-T = TypeVar("T")
+            raise InvalidEvent(f"{prefix}{name}[{i}]: expected an object")
+        lines.append(_build(OrderLine, raw, f"{prefix}{name}[{i}]."))
+    return tuple(lines)
 
 
 def _json_object(data: bytes | None) -> dict[str, Any]:
@@ -218,6 +341,9 @@ def _json_object(data: bytes | None) -> dict[str, Any]:
     if version != SCHEMA_VERSION:
         raise InvalidEvent(f"unsupported schema_version {version!r}")
     return body
+
+
+T = TypeVar("T")
 
 
 def _get(body: Mapping[str, Any], name: str, kind: type[T], prefix: str, what: str) -> T:
@@ -249,20 +375,15 @@ def _decimal(body: Mapping[str, Any], name: str, prefix: str = "") -> Decimal:
     return value
 
 
-def _time(body: Mapping[str, Any], name: str) -> datetime:
-    raw = _get(body, name, str, "", "an ISO 8601 time")
+def _time(body: Mapping[str, Any], name: str, prefix: str = "") -> datetime:
+    raw = _get(body, name, str, prefix, "an ISO 8601 time")
     try:
         value = datetime.fromisoformat(raw)
     except ValueError:
-        raise InvalidEvent(f"{name}: {raw!r:.40} is not an ISO 8601 time") from None
+        raise InvalidEvent(f"{prefix}{name}: {raw!r:.40} is not an ISO 8601 time") from None
     if value.tzinfo is None:
-        raise InvalidEvent(f"{name}: {raw!r:.40} has no UTC offset")
+        raise InvalidEvent(f"{prefix}{name}: {raw!r:.40} has no UTC offset")
     return value.astimezone(UTC)
 
 
-def _opt_time(body: Mapping[str, Any], name: str) -> datetime | None:
-    return None if body.get(name) is None else _time(body, name)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
+_READERS.update({str: _str, int: _int, Decimal: _decimal, datetime: _time})

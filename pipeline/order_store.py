@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pipeline.db import idempotency_keys, order_items, orders
-from pipeline.events import OrderCancelled, OrderCreated, money, utc_now
+from pipeline.events import OrderCancelled, OrderCreated, OrderLine, money, utc_now
 from pipeline.outbox_store import add_event
 
 CANCELLABLE = ("created", "confirmed")
@@ -43,6 +44,7 @@ class OrderRow:
     customer_id: str
     status: str
     total: Decimal
+    items: tuple[OrderLine, ...] = ()
 
 
 # (key, request fingerprint, status code, response body) to remember with the order.
@@ -140,6 +142,14 @@ class OrderStore:
             row = OrderRow(found.order_id, found.customer_id, found.status, found.total)
             if row.status not in CANCELLABLE:
                 return CancelOutcome.CONFLICT, row
+            lines = await conn.execute(
+                select(order_items.c.sku, order_items.c.quantity, order_items.c.unit_price)
+                .where(order_items.c.order_id == order_id)
+                .order_by(order_items.c.line_no)
+            )
+            row = dataclasses.replace(
+                row, items=tuple(OrderLine(ln.sku, ln.quantity, ln.unit_price) for ln in lines)
+            )
             event = make_event(row)
             await conn.execute(
                 update(orders)

@@ -22,6 +22,7 @@ from pipeline.events import CENTS, OrderCancelled, OrderCreated, OrderLine, mone
 from pipeline.order_store import (
     CancelOutcome,
     IdempotencyConflict,
+    OrderRow,
     OrderStore,
     StoredResponse,
 )
@@ -232,9 +233,7 @@ class OrderService:
         return Reply(201, reply)
 
     async def cancel_order(self, order_id: str) -> Reply:
-        outcome, order = await self.store.cancel_order(
-            order_id, lambda o: self._cancelled_event(o.order_id, o.customer_id, o.total)
-        )
+        outcome, order = await self.store.cancel_order(order_id, self._cancelled_event)
         if outcome is CancelOutcome.NOT_FOUND:
             return Reply(404, {"error": "not_found", "detail": f"no order {order_id!r}"})
         if outcome is CancelOutcome.CONFLICT:
@@ -246,13 +245,14 @@ class OrderService:
         self.on_committed()
         return Reply(200, {"order_id": order_id, "status": "cancelled"})
 
-    def _cancelled_event(self, order_id: str, customer_id: str, total: Decimal) -> OrderCancelled:
+    def _cancelled_event(self, order: OrderRow) -> OrderCancelled:
         return OrderCancelled(
             event_id=str(uuid.uuid4()),
-            order_id=order_id,
-            customer_id=customer_id,
-            total=total,
+            order_id=order.order_id,
+            customer_id=order.customer_id,
+            total=order.total,
             cancelled_at=self.clock(),
+            items=order.items,
         )
 
     def _check_key(self, key: str) -> None:

@@ -39,6 +39,7 @@ def order_cancelled(created: OrderCreated, *, minutes: int = 5) -> OrderCancelle
         customer_id=created.customer_id,
         total=created.total,
         cancelled_at=created.created_at + timedelta(minutes=minutes),
+        items=created.items,
     )
 
 
