@@ -159,6 +159,20 @@ class OrderStore:
             await add_event(conn, event)
         return CancelOutcome.CANCELLED, row
 
+    async def decide_order(self, order_id: str, decision: str, at: datetime) -> str | None:
+        """Move a ``created`` order to ``decision``; returns the status the order now has
+        (unchanged if it was already decided or cancelled; None if there is no such order)."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(orders)
+                .where(orders.c.order_id == order_id, orders.c.status == "created")
+                .values(status=decision, updated_at=at)
+            )
+            status = (
+                await conn.execute(select(orders.c.status).where(orders.c.order_id == order_id))
+            ).scalar_one_or_none()
+        return None if status is None else str(status)
+
     async def get_order(self, order_id: str) -> dict[str, Any] | None:
         async with self.engine.connect() as conn:
             order = (

@@ -21,7 +21,7 @@ from pipeline.orders import OrderService
 from pipeline.outbox import OutboxForwarder, OutboxPublisher, leadership_for, make_producer
 from pipeline.outbox_store import OutboxStore
 from pipeline.settings import Settings
-from pipeline.topics import ORDER_EVENTS, analytics_events_topic
+from pipeline.topics import ORDER_EVENTS, PRODUCED_ONLY
 
 
 class Runtime(Service):
@@ -62,7 +62,8 @@ class Runtime(Service):
 
     async def on_start(self) -> None:
         # Faust declares a topic before consuming it; this one we only produce to.
-        await analytics_events_topic.maybe_declare()
+        for topic in PRODUCED_ONLY:
+            await topic.maybe_declare()
         if not self.settings.forwarder_enabled:
             return
         s = self.settings

@@ -11,6 +11,7 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -79,6 +80,13 @@ class Settings:
     outbox_retention_seconds: int = 86400
     outbox_max_message_bytes: int = 1024 * 1024
     idempotency_key_ttl_seconds: int = 86400
+    lifetime_value_milestone: Decimal = Decimal("1000.00")
+    revenue_window_seconds: int = 60
+    revenue_window_expires_seconds: int = 3600
+    mailbox_dir: Path | None = None
+    smtp_host: str = ""
+    smtp_port: int = 25
+    smtp_sender: str = "orders@localhost"
 
     @property
     def web_is_loopback(self) -> bool:
@@ -121,6 +129,17 @@ def _float(env: Mapping[str, str], name: str, default: float, *, low: float, hig
         raise SettingsError(f"{name}={raw!r} is not a number") from None
     if not low <= value <= high:
         raise SettingsError(f"{name}={value} is out of range ({low}..{high})")
+    return value
+
+
+def _decimal(env: Mapping[str, str], name: str, default: str) -> Decimal:
+    raw = env.get(name) or default
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise SettingsError(f"{name}={raw!r} is not a decimal number") from None
+    if not value.is_finite() or value < 0:
+        raise SettingsError(f"{name}={raw!r} must be a non-negative number")
     return value
 
 
@@ -215,6 +234,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         idempotency_key_ttl_seconds=_int(
             env, "PIPELINE_IDEMPOTENCY_KEY_TTL_SECONDS", 86400, low=60, high=365 * 86400
         ),
+        lifetime_value_milestone=_decimal(env, "PIPELINE_LTV_MILESTONE", "1000.00"),
+        revenue_window_seconds=_int(env, "PIPELINE_REVENUE_WINDOW_SECONDS", 60, low=1, high=86400),
+        revenue_window_expires_seconds=_int(
+            env, "PIPELINE_REVENUE_WINDOW_EXPIRES_SECONDS", 3600, low=1, high=30 * 86400
+        ),
+        mailbox_dir=_path(env, "PIPELINE_MAILBOX_DIR", data_dir / "mailbox"),
+        smtp_host=env.get("PIPELINE_SMTP_HOST", "").strip(),
+        smtp_port=_int(env, "PIPELINE_SMTP_PORT", 25, low=1, high=65535),
+        smtp_sender=env.get("PIPELINE_SMTP_SENDER", "orders@localhost"),
     )
 
 

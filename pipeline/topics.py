@@ -2,28 +2,34 @@
 
 Topic values are raw bytes: producers encode with :mod:`pipeline.events` and consumers decode
 with it, so the wire format is one JSON schema whoever writes it (the outbox forwarder is not a
-Faust producer).
+Faust producer). Topics that are read by key-partitioned tables share the partition count.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import faust
 
 from pipeline.app import app, settings
-from pipeline.events import CustomerStatsUpdated, encode
+from pipeline.events import Event, encode
 
-ORDER_EVENTS = "orders.events"
-ANALYTICS_EVENTS = "analytics.events"
+ORDER_EVENTS = "orders.events"  # key: customer id
+INVENTORY_COMMANDS = "inventory.commands"  # key: SKU (the repartition of order lines by SKU)
+INVENTORY_EVENTS = "inventory.events"  # key: order id
+ORDER_STATUS = "orders.status"  # key: order id
+ANALYTICS_EVENTS = "analytics.events"  # key: customer id
+ANALYTICS_REVENUE = "analytics.revenue"  # one partition: the revenue windows have one owner
 
 
-def _topic(base: str) -> faust.TopicT:
+def _topic(base: str, partitions: int | None = None) -> faust.TopicT:
     return app.topic(
         settings.topic_name(base),
         key_type=bytes,
         value_type=bytes,
         key_serializer="raw",
         value_serializer="raw",
-        partitions=settings.partitions,
+        partitions=partitions or settings.partitions,
         replicas=settings.replication_factor,
         # Faust creates only "internal" topics before subscribing; an agent whose source topic
         # is missing at start-up ignores it and never picks it up once it appears.
@@ -32,13 +38,22 @@ def _topic(base: str) -> faust.TopicT:
 
 
 order_events_topic = _topic(ORDER_EVENTS)
+inventory_commands_topic = _topic(INVENTORY_COMMANDS)
+inventory_events_topic = _topic(INVENTORY_EVENTS)
+order_status_topic = _topic(ORDER_STATUS)
 analytics_events_topic = _topic(ANALYTICS_EVENTS)
+analytics_revenue_topic = _topic(ANALYTICS_REVENUE, partitions=1)
+
+PRODUCED_ONLY = (analytics_events_topic,)
 
 
-async def publish_stats_updated(event: CustomerStatsUpdated) -> None:
-    """Send a derived analytics event keyed by customer, its id in a header for dedupe."""
-    await analytics_events_topic.send(
-        key=event.customer_id.encode(),
+async def publish(
+    topic: faust.TopicT, key: str, event: Event, *, timestamp: datetime | None = None
+) -> None:
+    """Send ``event`` keyed by ``key``, its id and type in headers for consumers to dedupe."""
+    await topic.send(
+        key=key.encode(),
         value=encode(event),
         headers={"event_id": event.event_id.encode(), "event_type": event.event_type.encode()},
+        timestamp=None if timestamp is None else timestamp.timestamp(),
     )

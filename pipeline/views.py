@@ -7,15 +7,20 @@ worker answers any read. Errors are ``{"error": "<code>", "detail": ...}``.
 from __future__ import annotations
 
 import logging
+import uuid
 
 from faust.web import Request, Response, View
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from pipeline.app import app, settings
+from pipeline.events import StockSet, utc_now
 from pipeline.http import HttpError, error, read_json, require_token
 from pipeline.orders import Reply, ValidationFailed
 from pipeline.runtime import runtime
+from pipeline.topics import inventory_commands_topic, publish
 from tables.customer_stats import customer_stats_table, read_customer_stats
+from tables.inventory import read_stock, stock_table
+from tables.revenue import REVENUE_KEY, recent_windows, revenue_table
 
 log = logging.getLogger(__name__)
 DB_DOWN = HttpError(503, "database_unavailable", "the database is unavailable; retry shortly",
@@ -118,7 +123,68 @@ class CustomerStatsView(View):
     # Faust types view handlers without path parameters; aiohttp passes them as kwargs.
     @app.table_route(table=customer_stats_table, match_info="customer_id")  # type: ignore[arg-type]
     async def get(self, request: Request, customer_id: str) -> Response:
+        if (busy := _rebalancing(self)) is not None:
+            return busy
         stats = read_customer_stats(customer_id)
         if stats is None:
             return error(self, 404, "not_found", f"no orders seen for customer {customer_id!r}")
         return self.json(stats.public())
+
+
+def _rebalancing(view: View) -> Response | None:
+    if app.rebalancing:
+        return HttpError(503, "rebalancing", "partitions are moving; retry shortly",
+                         {"Retry-After": "1"}).response(view)  # fmt: skip
+    return None
+
+
+@app.page("/inventory/{sku}")
+class Inventory(View):
+    """``GET /inventory/{sku}`` (routed to the SKU's owner) and ``PUT /inventory/{sku}``."""
+
+    @app.table_route(table=stock_table, match_info="sku")  # type: ignore[arg-type]
+    async def get(self, request: Request, sku: str) -> Response:
+        if (busy := _rebalancing(self)) is not None:
+            return busy
+        stock = read_stock(sku)
+        if stock is None:
+            return error(self, 404, "not_found", f"no stock known for SKU {sku!r}")
+        return self.json(stock.public())
+
+    async def put(self, request: Request, sku: str) -> Response:
+        """Set the units available; applied by the SKU's owner in order with reservations."""
+        try:
+            require_token(request, settings)
+            body = await read_json(request, settings.max_body_bytes)
+        except HttpError as exc:
+            return exc.response(self)
+        available = body.get("available") if isinstance(body, dict) else None
+        problems = []
+        if not isinstance(body, dict):
+            problems.append({"field": "body", "message": "must be a JSON object"})
+        elif isinstance(available, bool) or not isinstance(available, int):
+            problems.append({"field": "available", "message": "must be an integer"})
+        elif not 0 <= available <= 1_000_000_000:
+            problems.append({"field": "available", "message": "must be between 0 and 1e9"})
+        elif set(body) - {"available"}:
+            problems.extend({"field": k, "message": "unknown field"}
+                            for k in sorted(set(body) - {"available"}))  # fmt: skip
+        if not 1 <= len(sku) <= 64:
+            problems.append({"field": "sku", "message": "must be 1 to 64 characters"})
+        if problems:
+            return error(self, 422, "validation_failed", problems)
+        assert isinstance(available, int)
+        command = StockSet(str(uuid.uuid4()), sku, available, utc_now())
+        await publish(inventory_commands_topic, sku, command)
+        return self.json({"sku": sku, "available": available, "status": "accepted"}, status=202)
+
+
+@app.page("/analytics/revenue")
+class Revenue(View):
+    """``GET /analytics/revenue``: recent windows, newest first, from the windows' owner."""
+
+    @app.table_route(table=revenue_table.table, exact_key=REVENUE_KEY)  # type: ignore[arg-type]
+    async def get(self, request: Request) -> Response:
+        if (busy := _rebalancing(self)) is not None:
+            return busy
+        return self.json({"windows": recent_windows()})

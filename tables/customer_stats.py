@@ -13,7 +13,7 @@ is always of a recent event.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -22,12 +22,16 @@ from pipeline.app import app, settings
 from pipeline.events import (
     CENTS,
     CustomerStatsUpdated,
+    MilestoneReached,
     OrderCancelled,
     OrderCreated,
     OrderEvent,
+    RevenueRecorded,
     derived_event_id,
     money,
 )
+
+FIRST_ORDER, LIFETIME_VALUE = "first_order", "lifetime_value"
 
 ZERO = Decimal("0.00")
 
@@ -41,6 +45,8 @@ class CustomerStats:
     first_order_at: datetime | None = None
     last_order_at: datetime | None = None
     seen: tuple[str, ...] = ()
+    # milestone -> the event that reached it: each is reached once per customer, ever.
+    milestones: dict[str, str] = field(default_factory=dict)
 
     @property
     def average_order_value(self) -> Decimal:
@@ -56,6 +62,7 @@ class CustomerStats:
             "first_order_at": _iso(self.first_order_at),
             "last_order_at": _iso(self.last_order_at),
             "seen": list(self.seen),
+            "milestones": self.milestones,
         }
 
     @classmethod
@@ -68,12 +75,13 @@ class CustomerStats:
             first_order_at=_time(value["first_order_at"]),
             last_order_at=_time(value["last_order_at"]),
             seen=tuple(value["seen"]),
+            milestones=dict(value.get("milestones", {})),
         )
 
     def public(self) -> dict[str, Any]:
         """The body of ``GET /customers/{customer_id}/stats``."""
         body = self.to_value()
-        del body["seen"]
+        del body["seen"], body["milestones"]
         body["average_order_value"] = money(self.average_order_value)
         return body
 
@@ -106,8 +114,22 @@ def apply_order_cancelled(stats: CustomerStats, event: OrderCancelled) -> Custom
     )
 
 
+def reach_milestones(
+    stats: CustomerStats, cause_event_id: str, lifetime_value: Decimal
+) -> CustomerStats:
+    reached = dict(stats.milestones)
+    if stats.order_count >= 1 and FIRST_ORDER not in reached:
+        reached[FIRST_ORDER] = cause_event_id
+    if stats.total_spent >= lifetime_value and LIFETIME_VALUE not in reached:
+        reached[LIFETIME_VALUE] = cause_event_id
+    return stats if reached == stats.milestones else replace(stats, milestones=reached)
+
+
 def apply_event(
-    stats: CustomerStats | None, event: OrderEvent, window: int
+    stats: CustomerStats | None,
+    event: OrderEvent,
+    window: int,
+    lifetime_value: Decimal = Decimal("1000.00"),
 ) -> tuple[CustomerStats, bool]:
     """Apply ``event`` once: returns the new stats and whether it changed anything."""
     current = stats if stats is not None else CustomerStats(customer_id=event.customer_id)
@@ -117,8 +139,37 @@ def apply_event(
         updated = apply_order_created(current, event)
     else:
         updated = apply_order_cancelled(current, event)
+    updated = reach_milestones(updated, event.event_id, lifetime_value)
     seen = (*current.seen, event.event_id)[-window:]
     return replace(updated, seen=seen), True
+
+
+def milestone_events(stats: CustomerStats, cause_event_id: str) -> list[MilestoneReached]:
+    """The milestones this event reached (again, on a redelivery of the same event)."""
+    return [
+        MilestoneReached(
+            event_id=derived_event_id(f"{stats.customer_id}:{name}", MilestoneReached.event_type),
+            caused_by=cause,
+            customer_id=stats.customer_id,
+            milestone=name,
+            total_spent=stats.total_spent,
+        )
+        for name, cause in sorted(stats.milestones.items())
+        if cause == cause_event_id
+    ]
+
+
+def revenue_record(event: OrderEvent) -> RevenueRecorded:
+    """Net revenue, in the window of the time the event happened (a cancellation subtracts
+    in the window it happened in)."""
+    created = isinstance(event, OrderCreated)
+    return RevenueRecorded(
+        event_id=derived_event_id(event.event_id, RevenueRecorded.event_type),
+        caused_by=event.event_id,
+        amount=event.total if created else -event.total,
+        orders=1 if created else -1,
+        occurred_at=event.created_at if isinstance(event, OrderCreated) else event.cancelled_at,
+    )
 
 
 def stats_updated_event(stats: CustomerStats, cause_event_id: str) -> CustomerStatsUpdated:

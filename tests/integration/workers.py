@@ -53,6 +53,11 @@ def http_post(
                  timeout)  # fmt: skip
 
 
+def http_put(url: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    data = json.dumps(body).encode()
+    return _call(urllib.request.Request(url, data=data, method="PUT", headers=headers or {}), 10)
+
+
 def metric(text: str, name: str) -> float | None:
     """The value of an unlabelled sample in Prometheus text output."""
     for line in text.splitlines():
@@ -89,6 +94,9 @@ class Worker:
 
     def post(self, path: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
         return http_post(self.url + path, body, headers)
+
+    def put(self, path: str, body: Any) -> tuple[int, Any]:
+        return http_put(self.url + path, body)
 
     def metrics(self) -> str:
         with urllib.request.urlopen(self.url + "/metrics", timeout=5) as resp:

@@ -19,10 +19,11 @@ async def published(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[list[Custo
     """The agent's outbound dependency: collects derived events instead of sending them."""
     sent: list[CustomerStatsUpdated] = []
 
-    async def collect(event: CustomerStatsUpdated) -> None:
-        sent.append(event)
+    async def collect(topic: object, key: str, event: object, **_: object) -> None:
+        if isinstance(event, CustomerStatsUpdated):
+            sent.append(event)
 
-    monkeypatch.setattr(analytics, "publish_stats_updated", collect)
+    monkeypatch.setattr(analytics, "publish", collect)
     app.finalize()
     app.conf.store = "memory://"
     app.flow_control.resume()

@@ -1,0 +1,98 @@
+"""Inventory: order lines repartitioned by SKU, and the stock keeper that owns each SKU.
+
+``request_lines`` turns each order event into one command per line on ``inventory.commands``
+(keyed by SKU): a reservation for ``OrderCreated``, a release for ``OrderCancelled``. Command
+ids are computed from the order event, so a redelivery repeats them and the keeper dedupes.
+
+``keep_stock`` applies commands to the SKU's stock (see ``tables.inventory``) and answers each
+line on ``inventory.events`` (keyed by order id). Guarantees: each line is reserved, rejected or
+released at most once whatever the number of deliveries; a release that overtakes its
+reservation makes that reservation take nothing, so stock never leaks.
+Concurrency stays 1 (faust #606).
+"""
+
+from __future__ import annotations
+
+import faust
+
+from pipeline.app import app, settings
+from pipeline.consume import decoded
+from pipeline.events import (
+    LineReleaseRequested,
+    LineReservationRequested,
+    OrderCancelled,
+    OrderCreated,
+    OrderEvent,
+    StockSet,
+    derived_event_id,
+)
+from pipeline.topics import (
+    inventory_commands_topic,
+    inventory_events_topic,
+    order_events_topic,
+    publish,
+)
+from tables.inventory import (
+    Stock,
+    apply_stock_set,
+    read_stock,
+    release_line,
+    reserve_line,
+    write_stock,
+)
+
+
+def line_commands(event: OrderEvent) -> list[LineReservationRequested | LineReleaseRequested]:
+    if isinstance(event, OrderCreated):
+        return [
+            LineReservationRequested(
+                event_id=derived_event_id(event.event_id, f"reserve:{n}"),
+                caused_by=event.event_id,
+                order_id=event.order_id,
+                customer_id=event.customer_id,
+                customer_email=event.customer_email,
+                line_no=n,
+                line_count=len(event.items),
+                sku=line.sku,
+                quantity=line.quantity,
+            )
+            for n, line in enumerate(event.items, start=1)
+        ]
+    return [
+        LineReleaseRequested(
+            event_id=derived_event_id(event.event_id, f"release:{n}"),
+            caused_by=event.event_id,
+            order_id=event.order_id,
+            line_no=n,
+            sku=line.sku,
+            quantity=line.quantity,
+            reason="cancelled",
+        )
+        for n, line in enumerate(event.items, start=1)
+    ]
+
+
+@app.agent(order_events_topic, concurrency=1)
+async def request_lines(stream: faust.StreamT[bytes]) -> None:
+    async for _record, event in decoded(stream, OrderCreated, OrderCancelled):
+        for command in line_commands(event):
+            await publish(inventory_commands_topic, command.sku, command)
+
+
+@app.agent(inventory_commands_topic, concurrency=1)
+async def keep_stock(stream: faust.StreamT[bytes]) -> None:
+    window = settings.dedupe_window
+    async for _record, command in decoded(
+        stream, LineReservationRequested, LineReleaseRequested, StockSet
+    ):
+        stock = read_stock(command.sku) or Stock(command.sku)
+        if isinstance(command, StockSet):
+            updated, outcome = apply_stock_set(stock, command, window), None
+        elif isinstance(command, LineReservationRequested):
+            updated, outcome = reserve_line(stock, command, window)
+        else:
+            updated, outcome = release_line(stock, command, window)
+        if updated != stock:
+            write_stock(updated)
+        if outcome is not None:
+            await publish(inventory_events_topic, outcome.order_id, outcome)

@@ -1,0 +1,108 @@
+"""Pure decisions of the read path: line commands, order progress, milestones, revenue,
+and the mailbox sender's once-only delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+
+from agents.inventory import line_commands
+from agents.notifications import compose
+from pipeline.events import (
+    InventoryRejected,
+    InventoryReserved,
+    LineReleaseRequested,
+    LineReservationRequested,
+    OrderConfirmed,
+    OrderLine,
+    OrderRejected,
+)
+from pipeline.senders import MailboxSender
+from tables.customer_stats import apply_event, milestone_events, revenue_record
+from tables.order_progress import CONFIRMED, REJECTED, apply_outcome, compensations, decision_event
+from tables.revenue import Window, apply_revenue
+from tests.conftest import T0, order_cancelled, order_created
+
+
+def outcome(order: str, line: int, count: int, ok: bool, sku: str = "s", qty: int = 1):  # type: ignore[no-untyped-def]
+    common = dict(event_id=f"{order}-{line}", caused_by="x", order_id=order, customer_id="c",
+                  customer_email="c@example.com", line_no=line, line_count=count, sku=sku,
+                  quantity=qty)  # fmt: skip
+    return InventoryReserved(**common) if ok else InventoryRejected(**common, available=0)
+
+
+def test_an_order_becomes_one_command_per_line_with_repeatable_ids() -> None:
+    lines = (OrderLine("a", 1, Decimal(1)), OrderLine("b", 2, Decimal(2)))
+    two_lines = dataclasses.replace(order_created(), items=lines)
+    commands = line_commands(two_lines)
+    assert [type(c) for c in commands] == [LineReservationRequested] * 2
+    assert [(c.sku, c.line_no, c.line_count) for c in commands] == [("a", 1, 2), ("b", 2, 2)]
+    assert [c.event_id for c in line_commands(two_lines)] == [c.event_id for c in commands]
+    releases = line_commands(order_cancelled(two_lines))
+    assert [type(c) for c in releases] == [LineReleaseRequested] * 2
+    assert [c.quantity for c in releases] == [1, 2]
+
+
+def test_an_order_is_confirmed_when_every_line_is_reserved() -> None:
+    p = apply_outcome(None, outcome("o", 1, 2, True))
+    assert p.decision is None
+    p = apply_outcome(p, outcome("o", 1, 2, True))  # a repeat changes nothing
+    assert p.decision is None and len(p.lines) == 1
+    p = apply_outcome(p, outcome("o", 2, 2, True))
+    assert p.decision == CONFIRMED and compensations(p) == []
+    assert isinstance(decision_event(p), OrderConfirmed)
+
+
+def test_one_rejected_line_rejects_the_order_and_releases_the_reserved_ones() -> None:
+    p = apply_outcome(None, outcome("o", 1, 3, True, sku="a", qty=2))
+    p = apply_outcome(p, outcome("o", 2, 3, False, sku="b"))
+    assert p.decision == REJECTED
+    assert [(r.sku, r.quantity) for r in compensations(p)] == [("a", 2)]
+    # a reservation arriving after the decision is released too; the decision stays
+    p = apply_outcome(p, outcome("o", 3, 3, True, sku="c", qty=5))
+    assert p.decision == REJECTED
+    assert [(r.sku, r.quantity) for r in compensations(p)] == [("a", 2), ("c", 5)]
+    event = decision_event(p)
+    assert isinstance(event, OrderRejected) and "b" in event.reason
+
+
+def test_milestones_are_reached_once_per_customer() -> None:
+    big = order_created(total="900.00")
+    stats, _ = apply_event(None, big, window=10, lifetime_value=Decimal("1000.00"))
+    assert [m.milestone for m in milestone_events(stats, big.event_id)] == ["first_order"]
+    more = order_created(total="150.00", at=T0 + timedelta(hours=1))
+    stats, _ = apply_event(stats, more, window=10, lifetime_value=Decimal("1000.00"))
+    assert [m.milestone for m in milestone_events(stats, more.event_id)] == ["lifetime_value"]
+    # falling below and rising again reaches nothing new
+    stats, _ = apply_event(stats, order_cancelled(more), window=10)
+    again = order_created(total="500.00")
+    stats, _ = apply_event(stats, again, window=10, lifetime_value=Decimal("1000.00"))
+    assert milestone_events(stats, again.event_id) == []
+    # a redelivered cause re-sends its milestone with the same id
+    assert milestone_events(stats, big.event_id)[0].event_id == milestone_events(
+        stats, big.event_id)[0].event_id  # fmt: skip
+
+
+def test_revenue_windows_add_orders_and_subtract_cancellations_once() -> None:
+    created = order_created(total="20.00")
+    w, _ = apply_revenue(Window(), revenue_record(created))
+    w, applied = apply_revenue(w, revenue_record(created))
+    assert not applied and (w.revenue, w.orders) == (Decimal("20.00"), 1)
+    w, _ = apply_revenue(w, revenue_record(order_cancelled(created)))
+    assert (w.revenue, w.orders) == (Decimal("0.00"), 0)
+
+
+def test_the_mailbox_delivers_each_event_once(tmp_path: Path) -> None:
+    sender = MailboxSender(tmp_path)
+    decision = OrderConfirmed("evt-1", "o-1", "c", "c@example.com")
+
+    async def twice() -> list[bool]:
+        return [await sender.send(compose(decision)), await sender.send(compose(decision))]
+
+    assert asyncio.run(twice()) == [True, False]
+    files = list(tmp_path.iterdir())
+    assert [f.name for f in files] == ["evt-1.eml"]
+    assert "Message-ID: <evt-1@orders-pipeline>" in files[0].read_text()
