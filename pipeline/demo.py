@@ -106,6 +106,19 @@ def wait_ready(workers: list[Worker], timeout: float = 120) -> None:
         raise RuntimeError(f"workers {[w.index for w in pending]} not ready after {timeout}s")
 
 
+def seed_stock(worker: Worker, token: str, skus: int = 50, units: int = 500) -> None:
+    """Stock for the SKUs the generator orders, so most orders are confirmed (a few run out)."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    for i in range(skus):
+        body = json.dumps({"available": units if i % 10 else 20}).encode()
+        url = f"{worker.url}/inventory/sku-{i:03d}"
+        request = urllib.request.Request(url, data=body, method="PUT", headers=headers)  # noqa: S310
+        with urllib.request.urlopen(request, timeout=10):  # noqa: S310 - loopback only
+            pass
+
+
 def stop_workers(workers: list[Worker]) -> None:
     for w in workers:
         if w.proc.poll() is None:
@@ -232,6 +245,7 @@ def main(argv: list[str]) -> int:
         wait_ready(workers)
         for w in workers:
             print(f"worker {w.index}: {w.url}  (try {w.url}/customers/customer-0000/stats)")
+        seed_stock(workers[0], settings.api_token.get())
         print("feeding orders; Ctrl-C stops everything the demo started", flush=True)
         asyncio.run(run_flow(settings, workers, args))
         return 0
