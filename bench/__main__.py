@@ -19,7 +19,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from bench import forwarder
+from bench import forwarder, pipeline
 from pipeline.db import migrate
 from pipeline.local.kafka import LocalKafka
 from pipeline.local.postgres import LocalPostgres, default_data_dir
@@ -68,28 +68,32 @@ def main() -> int:
         migrate(url)
         topic = f"bench{uuid.uuid4().hex[:6]}.orders.events"
         asyncio.run(create_topics(bootstrap, [topic], partitions=settings.partitions))
-        print(f"forwarder benchmark ({'quick' if quick else 'full'}) ...", flush=True)
-        fwd = asyncio.run(forwarder.run(url, bootstrap, topic, quick, repeats))
-        print(forwarder.table(fwd))
+        only = os.environ.get("BENCH_ONLY", "")
+        results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        if only in ("", "forwarder"):
+            print(f"forwarder benchmark ({'quick' if quick else 'full'}) ...", flush=True)
+            results["forwarder"] = asyncio.run(forwarder.run(url, bootstrap, topic, quick, repeats))
+            print(forwarder.table(results["forwarder"]))
+        if only in ("", "pipeline"):
+            print(f"pipeline benchmark ({'quick' if quick else 'full'}) ...", flush=True)
+            results["pipeline"] = pipeline.run(bootstrap, quick, repeats)
+            print(pipeline.table(results["pipeline"]))
         pg_version = subprocess.run(
             ["psql", "--version"], capture_output=True, text=True, check=False
         ).stdout.strip()
-        previous: dict[str, Any] = {}
-        if RESULTS.exists():
-            previous = json.loads(RESULTS.read_text())
-        results = {
-            **previous,
-            "forwarder": fwd,
-            "meta": {
-                "mode": "quick" if quick else "full",
-                "repeats": repeats,
-                "machine": machine(),
-                "kafka": settings.kafka_version if broker else f"external {bootstrap}",
-                "postgresql": pg_version,
-                "python": sys.version.split()[0],
-                "libraries": {name: version(name) for name in LIBRARIES},
-            },
-        }
+        results.update(
+            {
+                "meta": {
+                    "mode": "quick" if quick else "full",
+                    "repeats": repeats,
+                    "machine": machine(),
+                    "kafka": settings.kafka_version if broker else f"external {bootstrap}",
+                    "postgresql": pg_version,
+                    "python": sys.version.split()[0],
+                    "libraries": {name: version(name) for name in LIBRARIES},
+                },
+            }
+        )
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")
         print(f"written to {RESULTS.relative_to(PROJECT_ROOT)}")

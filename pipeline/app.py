@@ -22,13 +22,18 @@ def create_app(settings: Settings) -> faust.App:
         # Faust's default store is memory://; ours is RocksDB unless a test says otherwise.
         store=settings.store,
         datadir=str(settings.state_dir),
-        autodiscover=["agents", "tables", "pipeline.views"],
+        autodiscover=[*(f"agents.{name}" for name in settings.agents), "tables", "pipeline.views"],
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         # Agents decode their own bytes (pipeline.events), so a bad record is ours to handle.
         key_serializer="raw",
         value_serializer="raw",
+        Worker="pipeline.worker:Worker",
         producer_acks=-1,
+        # Agents send several records per event; a few ms of linger turns them into batches
+        # instead of one produce request each (the send path was the top of the profile).
+        producer_linger=settings.producer_linger_ms / 1000,
+        producer_max_batch_size=512 * 1024,
         # Bind to loopback unless told otherwise; the raw /table endpoints expose every value.
         web_bind=settings.web_host,
         web_host=settings.web_host,

@@ -11,6 +11,7 @@ handle (:class:`InvalidEvent`) rather than something the framework drops silentl
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import typing
 import uuid
@@ -39,10 +40,24 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+_NAMESPACE_BYTES = DERIVED_EVENT_NAMESPACE.bytes
+
+
 def derived_event_id(cause_event_id: str, derived_type: str) -> str:
     """A deterministic id, so re-sending a derived event after a redelivery is a duplicate
-    downstream consumers recognise, not a new event."""
-    return str(uuid.uuid5(DERIVED_EVENT_NAMESPACE, f"{cause_event_id}:{derived_type}"))
+    downstream consumers recognise, not a new event.
+
+    Exactly ``str(uuid.uuid5(DERIVED_EVENT_NAMESPACE, "<cause>:<type>"))``, without building
+    ``UUID`` objects: agents compute a few per event.
+    """
+    digest = hashlib.sha1(  # noqa: S324 - UUIDv5 is defined on SHA-1; not a security use
+        _NAMESPACE_BYTES + f"{cause_event_id}:{derived_type}".encode()
+    ).digest()
+    raw = bytearray(digest[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x50
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 @dataclass(frozen=True, slots=True)

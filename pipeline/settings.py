@@ -17,6 +17,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULT_KAFKA_VERSION = "4.4.0"
+ALL_AGENTS = ("analytics", "inventory", "order_status", "notifications", "revenue")
 
 
 class SettingsError(ValueError):
@@ -87,6 +88,8 @@ class Settings:
     smtp_host: str = ""
     smtp_port: int = 25
     smtp_sender: str = "orders@localhost"
+    agents: tuple[str, ...] = ALL_AGENTS
+    producer_linger_ms: int = 5
 
     @property
     def web_is_loopback(self) -> bool:
@@ -243,7 +246,20 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         smtp_host=env.get("PIPELINE_SMTP_HOST", "").strip(),
         smtp_port=_int(env, "PIPELINE_SMTP_PORT", 25, low=1, high=65535),
         smtp_sender=env.get("PIPELINE_SMTP_SENDER", "orders@localhost"),
+        agents=_agents(env.get("PIPELINE_AGENTS", "")),
+        producer_linger_ms=_int(env, "PIPELINE_PRODUCER_LINGER_MS", 5, low=0, high=1000),
     )
+
+
+def _agents(raw: str) -> tuple[str, ...]:
+    """Which agent modules this worker runs (all by default; benchmarks run one)."""
+    if not raw.strip():
+        return ALL_AGENTS
+    chosen = tuple(a.strip() for a in raw.split(",") if a.strip())
+    unknown = sorted(set(chosen) - set(ALL_AGENTS))
+    if unknown:
+        raise SettingsError(f"PIPELINE_AGENTS names unknown agents {unknown}; known: {ALL_AGENTS}")
+    return chosen
 
 
 def normalize_database_url(url: str) -> str:

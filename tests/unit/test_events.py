@@ -64,6 +64,17 @@ def test_a_bad_field_is_named(field: str, value: object, reason: str) -> None:
         decode_order_event(json.dumps(body).encode())
 
 
+def test_derived_ids_are_uuid5_of_cause_and_type() -> None:
+    import uuid
+
+    from pipeline.events import DERIVED_EVENT_NAMESPACE
+
+    for cause in ("e1", "0b6f5c8e-1111-4a4a-9c9c-000000000000", "ünïcode"):
+        assert derived_event_id(cause, "X") == str(
+            uuid.uuid5(DERIVED_EVENT_NAMESPACE, f"{cause}:X")
+        )
+
+
 def test_derived_ids_are_deterministic_per_cause_and_type() -> None:
     assert derived_event_id("e1", "X") == derived_event_id("e1", "X")
     assert derived_event_id("e1", "X") != derived_event_id("e2", "X")

@@ -1,0 +1,266 @@
+"""Pipeline benchmark: one worker on the full analytics path, beside a plain aiokafka loop.
+
+The same events (about 300-byte orders, skewed over customers, fixed seed) are consumed from
+the same broker by:
+- a plain aiokafka consume→produce loop doing the same work: decode, dedupe and aggregate per
+  customer in RocksDB (rocksdict), then produce the stats update, the revenue record and the
+  changelog record a Faust table write produces;
+- a real worker process running only the analytics agent (Faust agent, RocksDB table with its
+  changelog, the same pure functions).
+Each reports events/s (from first to last event processed) and CPU µs per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from rocksdict import Options, Rdict
+
+from pipeline.events import OrderCreated, OrderLine, decode_order_event, encode
+from pipeline.settings import PROJECT_ROOT
+from tables.customer_stats import (
+    CustomerStats,
+    apply_event,
+    milestone_events,
+    revenue_record,
+    stats_updated_event,
+)
+from tests.integration.workers import create_topics, free_port, http_get
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def make_events(count: int, seed: int = 42) -> list[tuple[bytes, bytes]]:
+    rng = random.Random(seed)
+    customers = [f"customer-{i:05d}" for i in range(10_000)]
+    weights = [1 / (i + 1) ** 0.8 for i in range(len(customers))]
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    out = []
+    for n in range(count):
+        customer = rng.choices(customers, weights)[0]
+        line = OrderLine(f"sku-{rng.randrange(500):04d}", rng.randint(1, 3),
+                         Decimal(rng.randrange(199, 9999)) / 100)  # fmt: skip
+        event = OrderCreated(
+            event_id=str(uuid.UUID(int=rng.getrandbits(128))),
+            order_id=str(uuid.UUID(int=rng.getrandbits(128))),
+            customer_id=customer, customer_email=f"{customer}@example.com", items=(line,),
+            total=line.unit_price * line.quantity, created_at=start + timedelta(seconds=n),
+        )  # fmt: skip
+        out.append((customer.encode(), encode(event)))
+    return out
+
+
+async def prefill(bootstrap: str, topic: str, events: list[tuple[bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
+                                max_batch_size=512 * 1024)  # fmt: skip
+    await producer.start()
+    try:
+        for i in range(0, len(events), 2000):
+            futures = [await producer.send(topic, v, key=k) for k, v in events[i : i + 2000]]
+            await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def _cpu_seconds(pid: int | None = None) -> float:
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+async def plain_loop(bootstrap: str, source: str, prefix: str, count: int) -> dict[str, float]:
+    """What a hand-written aiokafka service doing the same work achieves."""
+    state_dir = Path(tempfile.mkdtemp(prefix="bench-loop-"))
+    db = Rdict(str(state_dir), Options(raw_mode=True))
+    consumer = AIOKafkaConsumer(
+        source, bootstrap_servers=bootstrap, group_id=f"plain-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest", enable_auto_commit=False, max_poll_records=2000,
+    )  # fmt: skip
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
+                                max_batch_size=512 * 1024)  # fmt: skip
+    await consumer.start()
+    await producer.start()
+    processed = 0
+    started = cpu0 = 0.0
+    try:
+        while processed < count:
+            batch = await consumer.getmany(timeout_ms=1000)
+            futures = []
+            for records in batch.values():
+                for record in records:
+                    if processed == 0:
+                        started, cpu0 = time.perf_counter(), _cpu_seconds()
+                    event = decode_order_event(record.value)
+                    raw = db.get(record.key)
+                    current = None if raw is None else CustomerStats.from_value(_loads(raw))
+                    stats, applied = apply_event(current, event, 1000)
+                    sends: list[tuple[str, bytes, bytes]] = []
+                    if applied:
+                        value = _dumps(stats.to_value())
+                        db[record.key] = value
+                        sends.append(("changelog", value, record.key))
+                    update = stats_updated_event(stats, event.event_id)
+                    sends.append(("analytics.events", encode(update), record.key))
+                    for milestone in milestone_events(stats, event.event_id):
+                        sends.append(("analytics.events", encode(milestone), record.key))
+                    sends.append(("analytics.revenue", encode(revenue_record(event)), b"revenue"))
+                    for topic, payload, key in sends:
+                        futures.append(await producer.send(prefix + topic, payload, key=key))
+                    processed += 1
+            if futures:
+                await asyncio.gather(*futures)
+                await consumer.commit()
+        elapsed = time.perf_counter() - started
+        cpu = _cpu_seconds() - cpu0
+    finally:
+        await consumer.stop()
+        await producer.stop()
+        db.close()
+        shutil.rmtree(state_dir, ignore_errors=True)
+    return {"events_per_s": processed / elapsed, "cpu_us_per_event": cpu / processed * 1e6}
+
+
+def _dumps(value: Any) -> bytes:
+    import json
+
+    return json.dumps(value).encode()
+
+
+def _loads(raw: bytes) -> Any:
+    import json
+
+    return json.loads(raw)
+
+
+async def _committed(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(
+            group, partitions=[TopicPartition(topic, p) for p in range(partitions)]
+        )
+        return sum(max(meta.offset, 0) for meta in offsets.values() if meta is not None)
+    finally:
+        await admin.close()
+
+
+def faust_worker(
+    bootstrap: str, prefix: str, count: int, partitions: int, extra_env: dict[str, str]
+) -> dict[str, float]:
+    """A real worker process running the analytics agent over the prefilled topic."""
+    app_id = f"bench-{uuid.uuid4().hex[:8]}"
+    data_dir = Path(tempfile.mkdtemp(prefix="bench-worker-"))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIPELINE_", "KAFKA_"))}
+    env.update(
+        KAFKA_BOOTSTRAP_SERVERS=bootstrap, PIPELINE_APP_ID=app_id, PIPELINE_TOPIC_PREFIX=prefix,
+        PIPELINE_PARTITIONS=str(partitions), PIPELINE_DATA_DIR=str(data_dir),
+        PIPELINE_AGENTS="analytics", PIPELINE_FORWARDER_ENABLED="false", **extra_env,
+    )  # fmt: skip
+    log = (data_dir / "worker.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "worker", "-l", "warn", "--web-port", str(port)],
+        cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"bench worker did not start; see {data_dir / 'worker.log'}")
+            time.sleep(0.1)
+        source = prefix + "orders.events"
+        # The clock starts at the first committed offset, as the loop's starts at its first
+        # record: neither side is charged for joining the group.
+        done = 0
+        while done == 0:
+            time.sleep(0.05)
+            done = asyncio.run(_committed(bootstrap, app_id, source, partitions))
+        first, started, cpu0 = done, time.perf_counter(), _cpu_seconds(proc.pid)
+        while done < count:
+            time.sleep(0.25)
+            done = asyncio.run(_committed(bootstrap, app_id, source, partitions))
+            if time.monotonic() > deadline + 600:
+                raise RuntimeError(f"bench worker stalled at {done}/{count}")
+        elapsed = time.perf_counter() - started
+        cpu = _cpu_seconds(proc.pid) - cpu0
+        count -= first
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        shutil.rmtree(data_dir, ignore_errors=True)
+    return {"events_per_s": count / elapsed, "cpu_us_per_event": cpu / count * 1e6}
+
+
+async def _setup(bootstrap: str, prefix: str, partitions: int, events: list[Any]) -> None:
+    names = ["orders.events", "analytics.events", "analytics.revenue", "changelog"]
+    await create_topics(bootstrap, [prefix + n for n in names], partitions=partitions)
+    await prefill(bootstrap, prefix + "orders.events", events)
+
+
+def run(bootstrap: str, quick: bool, repeats: int, partitions: int = 4) -> dict[str, Any]:
+    count = 20_000 if quick else 100_000
+    events = make_events(count)
+    loops, workers = [], []
+    for _ in range(repeats):
+        prefix = f"benchp{uuid.uuid4().hex[:6]}."
+        asyncio.run(_setup(bootstrap, prefix, partitions, events))
+        loops.append(asyncio.run(plain_loop(bootstrap, prefix + "orders.events", prefix, count)))
+        workers.append(faust_worker(bootstrap, prefix, count, partitions, {}))
+    median = _median_by("events_per_s")
+    loop, worker = median(loops), median(workers)
+    return {
+        "events": count,
+        "event_bytes": round(sum(len(v) for _, v in events) / len(events)),
+        "events_per_s": round(worker["events_per_s"], 1),
+        "events_per_s_runs": [round(w["events_per_s"], 1) for w in workers],
+        "cpu_us_per_event": round(worker["cpu_us_per_event"], 1),
+        "baseline_loop_events_per_s": round(loop["events_per_s"], 1),
+        "baseline_loop_events_per_s_runs": [round(w["events_per_s"], 1) for w in loops],
+        "baseline_loop_cpu_us_per_event": round(loop["cpu_us_per_event"], 1),
+        "ratio": round(worker["events_per_s"] / loop["events_per_s"], 3),
+    }
+
+
+def _median_by(key: str) -> Any:
+    def pick(runs: list[dict[str, float]]) -> dict[str, float]:
+        return sorted(runs, key=lambda r: r[key])[len(runs) // 2]
+
+    return pick
+
+
+def table(result: dict[str, Any]) -> str:
+    rows = [
+        ("plain aiokafka loop (same work)",
+         f"{result['baseline_loop_events_per_s']:,.0f} events/s, "
+         f"{result['baseline_loop_cpu_us_per_event']:.0f} us CPU/event"),
+        ("Faust worker, analytics agent",
+         f"{result['events_per_s']:,.0f} events/s, {result['cpu_us_per_event']:.0f} us CPU/event"),
+        ("worker / plain loop", f"{result['ratio']:.2f}x  (target >= 0.5x)"),
+    ]  # fmt: skip
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
