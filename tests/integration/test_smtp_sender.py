@@ -1,0 +1,44 @@
+"""The SMTP sender against a real SMTP server on loopback (aiosmtpd)."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+from pipeline.senders import Message, SmtpSender
+from tests.integration.workers import free_port
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[email.message.Message] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(email.message_from_bytes(envelope.content))
+        return "250 OK"
+
+
+def test_smtp_sender_sends_each_event_once_with_its_message_id(tmp_path: Path) -> None:
+    inbox = Inbox()
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        sender = SmtpSender("127.0.0.1", port, "orders@example.com", tmp_path / "sent")
+        message = Message("evt-42", "c@example.com", "Your order", "Thanks")
+
+        async def twice() -> list[bool]:
+            return [await sender.send(message), await sender.send(message)]
+
+        assert asyncio.run(twice()) == [True, False]
+    finally:
+        controller.stop()
+    assert len(inbox.messages) == 1
+    mail = inbox.messages[0]
+    assert mail["Message-ID"] == "<evt-42@orders-pipeline>"
+    assert (mail["To"], mail["Subject"]) == ("c@example.com", "Your order")
+    assert (tmp_path / "sent" / "evt-42").exists()
