@@ -6,8 +6,11 @@ worker answers any read. Errors are ``{"error": "<code>", "detail": ...}``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from faust.web import Request, Response, View
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -25,6 +28,23 @@ from tables.revenue import REVENUE_KEY, recent_windows, revenue_table
 log = logging.getLogger(__name__)
 DB_DOWN = HttpError(503, "database_unavailable", "the database is unavailable; retry shortly",
                     {"Retry-After": "2"})  # fmt: skip
+
+
+Handler = Callable[..., Awaitable[Response]]
+
+
+def unavailable_while_rebalancing(handler: Handler) -> Handler:
+    """Answer 503 with a retry hint while partitions move: ownership, and so routing, is in
+    flux and a table may still be recovering. Applied outside ``table_route``."""
+
+    @functools.wraps(handler)
+    async def guarded(view: View, request: Request, **kwargs: Any) -> Response:
+        if app.rebalancing:
+            return HttpError(503, "rebalancing", "partitions are being reassigned; retry shortly",
+                             {"Retry-After": "1"}).response(view)  # fmt: skip
+        return await handler(view, request, **kwargs)
+
+    return guarded
 
 
 def _reply(view: View, reply: Reply) -> Response:
@@ -121,31 +141,22 @@ class CustomerStatsView(View):
     """``GET /customers/{customer_id}/stats``: answered by the worker owning the customer."""
 
     # Faust types view handlers without path parameters; aiohttp passes them as kwargs.
+    @unavailable_while_rebalancing
     @app.table_route(table=customer_stats_table, match_info="customer_id")  # type: ignore[arg-type]
     async def get(self, request: Request, customer_id: str) -> Response:
-        if (busy := _rebalancing(self)) is not None:
-            return busy
         stats = read_customer_stats(customer_id)
         if stats is None:
             return error(self, 404, "not_found", f"no orders seen for customer {customer_id!r}")
         return self.json(stats.public())
 
 
-def _rebalancing(view: View) -> Response | None:
-    if app.rebalancing:
-        return HttpError(503, "rebalancing", "partitions are moving; retry shortly",
-                         {"Retry-After": "1"}).response(view)  # fmt: skip
-    return None
-
-
 @app.page("/inventory/{sku}")
 class Inventory(View):
     """``GET /inventory/{sku}`` (routed to the SKU's owner) and ``PUT /inventory/{sku}``."""
 
+    @unavailable_while_rebalancing
     @app.table_route(table=stock_table, match_info="sku")  # type: ignore[arg-type]
     async def get(self, request: Request, sku: str) -> Response:
-        if (busy := _rebalancing(self)) is not None:
-            return busy
         stock = read_stock(sku)
         if stock is None:
             return error(self, 404, "not_found", f"no stock known for SKU {sku!r}")
@@ -183,8 +194,7 @@ class Inventory(View):
 class Revenue(View):
     """``GET /analytics/revenue``: recent windows, newest first, from the windows' owner."""
 
+    @unavailable_while_rebalancing
     @app.table_route(table=revenue_table.table, exact_key=REVENUE_KEY)  # type: ignore[arg-type]
     async def get(self, request: Request) -> Response:
-        if (busy := _rebalancing(self)) is not None:
-            return busy
         return self.json({"windows": recent_windows()})
