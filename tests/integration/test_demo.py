@@ -66,7 +66,13 @@ def test_demo_processes_orders_and_stops_everything_on_ctrl_c(
         lines.append(line)
         if "customer-0000:" in line and "orders," in line:
             break
-    assert any("orders," in ln for ln in lines), "".join(lines)
+    if not any("orders," in ln for ln in lines):
+        proc.kill()
+        logs = "".join(
+            f"\n--- {log.name}\n{log.read_text(errors='replace')[-3000:]}"
+            for log in sorted((tmp_path / "logs").glob("*.log"))
+        )
+        raise AssertionError("the demo showed no processed orders:\n" + "".join(lines) + logs)
     assert _java_brokers_for(tmp_path / "kafka"), "the demo should have started its own broker"
 
     proc.send_signal(signal.SIGINT)
