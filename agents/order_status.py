@@ -29,7 +29,9 @@ from tables.order_progress import (
     apply_outcome,
     compensations,
     decision_event,
+    forget_progress,
     read_progress,
+    settled,
     write_progress,
 )
 
@@ -57,3 +59,6 @@ async def track_order_status(stream: faust.StreamT[bytes]) -> None:
         )
         if status == decision:
             await publish(order_status_topic, updated.order_id, announcement)
+        if settled(updated):
+            # Only now: a crash before this line leaves the entry for the redelivery to redo.
+            forget_progress(updated.order_id)

@@ -2,9 +2,12 @@
 decision. Keyed by order id, like ``inventory.events``.
 
 An order is confirmed when every line is reserved and rejected as soon as one line is; the
-decision never changes. Lines reserved for a rejected order are released (compensation),
-including those whose reservation arrives after the decision. Line outcomes are the dedupe
-state, in the same value as the decision they drive.
+decision never changes. Once settled (decided, every line answered) and its effects are done,
+the order's entry is deleted, so the table holds the orders in flight; a late duplicate of an
+outcome then re-creates a small entry that can only repeat idempotent effects. Lines reserved
+for a rejected order are released (compensation), including those whose reservation arrives
+after the decision. Line outcomes are the dedupe state, in the same value as the decision they
+drive.
 """
 
 from __future__ import annotations
@@ -87,6 +90,11 @@ def apply_outcome(
     return updated
 
 
+def settled(progress: OrderProgress) -> bool:
+    """Decided, and every line has answered: nothing more can change this order."""
+    return progress.decision is not None and len(progress.lines) == progress.line_count
+
+
 def compensations(progress: OrderProgress) -> list[LineReleaseRequested]:
     """Releases for every reserved line of a rejected order (sent again on repeats: the stock
     keeper releases a line once)."""
@@ -139,6 +147,10 @@ order_progress_table = app.Table(
 def read_progress(order_id: str) -> OrderProgress | None:
     value = order_progress_table.get(order_id.encode())
     return None if value is None else OrderProgress.from_value(json.loads(value))
+
+
+def forget_progress(order_id: str) -> None:
+    order_progress_table.pop(order_id.encode(), None)
 
 
 def write_progress(progress: OrderProgress) -> None:

@@ -22,7 +22,14 @@ from pipeline.events import (
 )
 from pipeline.senders import MailboxSender
 from tables.customer_stats import apply_event, milestone_events, revenue_record
-from tables.order_progress import CONFIRMED, REJECTED, apply_outcome, compensations, decision_event
+from tables.order_progress import (
+    CONFIRMED,
+    REJECTED,
+    apply_outcome,
+    compensations,
+    decision_event,
+    settled,
+)
 from tables.revenue import Window, apply_revenue
 from tests.conftest import T0, order_cancelled, order_created
 
@@ -54,6 +61,12 @@ def test_an_order_is_confirmed_when_every_line_is_reserved() -> None:
     p = apply_outcome(p, outcome("o", 2, 2, True))
     assert p.decision == CONFIRMED and compensations(p) == []
     assert isinstance(decision_event(p), OrderConfirmed)
+
+
+def test_an_order_is_settled_once_decided_and_every_line_answered() -> None:
+    p = apply_outcome(None, outcome("o", 1, 2, False))
+    assert p.decision == REJECTED and not settled(p)  # line 2 may still be reserved
+    assert settled(apply_outcome(p, outcome("o", 2, 2, True)))
 
 
 def test_one_rejected_line_rejects_the_order_and_releases_the_reserved_ones() -> None:
