@@ -98,8 +98,9 @@ class OrderCancelled:
 
 
 @dataclass(frozen=True, slots=True)
-class LineReservationRequested:
-    event_type: ClassVar[str] = "LineReservationRequested"
+class OrderLineRef:
+    """The fields a reservation request and its answer share: which line of which order."""
+
     event_id: str
     caused_by: str
     order_id: str
@@ -109,6 +110,11 @@ class LineReservationRequested:
     line_count: int
     sku: str
     quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class LineReservationRequested(OrderLineRef):
+    event_type: ClassVar[str] = "LineReservationRequested"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,31 +142,13 @@ class StockSet:
 
 
 @dataclass(frozen=True, slots=True)
-class InventoryReserved:
+class InventoryReserved(OrderLineRef):
     event_type: ClassVar[str] = "InventoryReserved"
-    event_id: str
-    caused_by: str
-    order_id: str
-    customer_id: str
-    customer_email: str
-    line_no: int
-    line_count: int
-    sku: str
-    quantity: int
 
 
 @dataclass(frozen=True, slots=True)
-class InventoryRejected:
+class InventoryRejected(OrderLineRef):
     event_type: ClassVar[str] = "InventoryRejected"
-    event_id: str
-    caused_by: str
-    order_id: str
-    customer_id: str
-    customer_email: str
-    line_no: int
-    line_count: int
-    sku: str
-    quantity: int
     available: int
 
 

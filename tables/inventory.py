@@ -20,6 +20,7 @@ Invariant: ``available + reserved`` equals the last stock set plus nothing else,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -31,6 +32,7 @@ from pipeline.events import (
     InventoryReserved,
     LineReleaseRequested,
     LineReservationRequested,
+    OrderLineRef,
     StockSet,
     derived_event_id,
 )
@@ -148,21 +150,18 @@ def release_line(
 
 
 def _reserved(r: LineReservationRequested) -> InventoryReserved:
-    return InventoryReserved(
-        event_id=derived_event_id(r.event_id, InventoryReserved.event_type),
-        caused_by=r.event_id, order_id=r.order_id, customer_id=r.customer_id,
-        customer_email=r.customer_email, line_no=r.line_no, line_count=r.line_count,
-        sku=r.sku, quantity=r.quantity,
-    )  # fmt: skip
+    return InventoryReserved(**_answer(r, InventoryReserved.event_type))
 
 
 def _rejected(r: LineReservationRequested, available: int) -> InventoryRejected:
-    return InventoryRejected(
-        event_id=derived_event_id(r.event_id, InventoryRejected.event_type),
-        caused_by=r.event_id, order_id=r.order_id, customer_id=r.customer_id,
-        customer_email=r.customer_email, line_no=r.line_no, line_count=r.line_count,
-        sku=r.sku, quantity=r.quantity, available=available,
-    )  # fmt: skip
+    return InventoryRejected(**_answer(r, InventoryRejected.event_type), available=available)
+
+
+def _answer(r: LineReservationRequested, answer_type: str) -> dict[str, Any]:
+    """The answer's fields: the request's line, under an id computed from the request."""
+    fields = {f.name: getattr(r, f.name) for f in dataclasses.fields(OrderLineRef)}
+    fields.update(event_id=derived_event_id(r.event_id, answer_type), caused_by=r.event_id)
+    return fields
 
 
 def _released(r: LineReleaseRequested) -> InventoryReleased:
