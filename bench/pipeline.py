@@ -13,6 +13,7 @@ Each reports events/s (from first to last event processed) and CPU µs per event
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import shutil
@@ -108,11 +109,11 @@ async def plain_loop(bootstrap: str, source: str, prefix: str, count: int) -> di
                         started, cpu0 = time.perf_counter(), _cpu_seconds()
                     event = decode_order_event(record.value)
                     raw = db.get(record.key)
-                    current = None if raw is None else CustomerStats.from_value(_loads(raw))
+                    current = None if raw is None else CustomerStats.from_value(json.loads(raw))
                     stats, applied = apply_event(current, event, 1000)
                     sends: list[tuple[str, bytes, bytes]] = []
                     if applied:
-                        value = _dumps(stats.to_value())
+                        value = json.dumps(stats.to_value(), separators=(",", ":")).encode()
                         db[record.key] = value
                         sends.append(("changelog", value, record.key))
                     update = stats_updated_event(stats, event.event_id)
@@ -134,18 +135,6 @@ async def plain_loop(bootstrap: str, source: str, prefix: str, count: int) -> di
         db.close()
         shutil.rmtree(state_dir, ignore_errors=True)
     return {"events_per_s": processed / elapsed, "cpu_us_per_event": cpu / processed * 1e6}
-
-
-def _dumps(value: Any) -> bytes:
-    import json
-
-    return json.dumps(value).encode()
-
-
-def _loads(raw: bytes) -> Any:
-    import json
-
-    return json.loads(raw)
 
 
 async def _committed(bootstrap: str, group: str, topic: str, partitions: int) -> int:

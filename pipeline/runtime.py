@@ -34,9 +34,9 @@ class Runtime(Service):
 
     @cached_property
     def engine(self) -> AsyncEngine:
-        return make_engine(self.settings.database_url, pool_size=10, max_overflow=20) if (
-            self.settings.database_url.startswith("postgresql")
-        ) else make_engine(self.settings.database_url)  # fmt: skip
+        url = self.settings.database_url
+        pool = {"pool_size": 10, "max_overflow": 20} if url.startswith("postgresql") else {}
+        return make_engine(url, **pool)
 
     @cached_property
     def order_store(self) -> OrderStore:

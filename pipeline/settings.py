@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
@@ -70,7 +70,7 @@ class Settings:
     store: str
     web_host: str
     web_port: int
-    api_token: Secret = field(repr=True)
+    api_token: Secret
     log_level: str = "info"
     dedupe_window: int = 1000
     max_body_bytes: int = 64 * 1024
