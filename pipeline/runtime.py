@@ -21,7 +21,7 @@ from pipeline.orders import OrderService
 from pipeline.outbox import OutboxForwarder, OutboxPublisher, leadership_for, make_producer
 from pipeline.outbox_store import OutboxStore
 from pipeline.settings import Settings
-from pipeline.topics import ORDER_EVENTS, PRODUCED_ONLY
+from pipeline.topics import ALL_TOPICS, ORDER_EVENTS
 
 
 class Runtime(Service):
@@ -61,8 +61,7 @@ class Runtime(Service):
         await self.order_store.purge_idempotency_keys(utc_now() - ttl)
 
     async def on_start(self) -> None:
-        # Faust declares a topic before consuming it; this one we only produce to.
-        for topic in PRODUCED_ONLY:
+        for topic in ALL_TOPICS:
             await topic.maybe_declare()
         if not self.settings.forwarder_enabled:
             return

@@ -49,7 +49,18 @@ order_status_topic = _topic(ORDER_STATUS)
 analytics_events_topic = _topic(ANALYTICS_EVENTS)
 analytics_revenue_topic = _topic(ANALYTICS_REVENUE, partitions=1)
 
-PRODUCED_ONLY = (analytics_events_topic,)
+# Every topic, for declaring at start-up: Faust declares a topic only when an agent of this
+# worker consumes it, but a worker running some agents (PIPELINE_AGENTS) still produces to the
+# others, and a topic the broker auto-creates gets its default partition count (the revenue
+# topic must have exactly one).
+ALL_TOPICS = (
+    order_events_topic,
+    inventory_commands_topic,
+    inventory_events_topic,
+    order_status_topic,
+    analytics_events_topic,
+    analytics_revenue_topic,
+)
 
 
 async def publish(

@@ -159,3 +159,37 @@ def _listening_addresses(port: int) -> set[str]:
                 else:
                     found.add(address)
     return found
+
+
+def test_a_worker_declares_every_topic_with_its_partition_count(
+    workers: WorkerFactory, kafka_bootstrap: str
+) -> None:
+    # Only the analytics agent runs here, yet the topics it produces to for others exist with
+    # their own partition counts (the revenue windows need exactly one).
+    workers.start(PIPELINE_AGENTS="analytics")
+    counts = wait_for(
+        lambda: (
+            (c := asyncio.run(_partition_counts(kafka_bootstrap, workers.topic_prefix)))
+            and len(c) >= 6
+            and c
+        ),
+        30,
+        "the worker to declare its topics",
+    )
+    assert counts[workers.topic("analytics.revenue")] == 1
+    for base in ("orders.events", "inventory.commands", "inventory.events", "orders.status",
+                 "analytics.events"):  # fmt: skip
+        assert counts[workers.topic(base)] == workers.partitions
+
+
+async def _partition_counts(bootstrap: str, prefix: str) -> dict[str, int]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        described = await admin.describe_topics(names)
+    finally:
+        await admin.close()
+    return {t["topic"]: len(t["partitions"]) for t in described}
