@@ -16,14 +16,9 @@ from __future__ import annotations
 import faust
 
 from pipeline.app import app, settings
-from pipeline.consume import decoded
+from pipeline.consume import consume
 from pipeline.events import OrderCancelled, OrderCreated
-from pipeline.topics import (
-    analytics_events_topic,
-    analytics_revenue_topic,
-    order_events_topic,
-    publish,
-)
+from pipeline.topics import agent_source, analytics_events_topic, analytics_revenue_topic, publish
 from tables.customer_stats import (
     apply_event,
     milestone_events,
@@ -34,18 +29,21 @@ from tables.customer_stats import (
 )
 
 
-@app.agent(order_events_topic, concurrency=1)
+async def update_customer_stats(event: OrderCreated | OrderCancelled) -> None:
+    stats, applied = apply_event(
+        read_customer_stats(event.customer_id), event, settings.dedupe_window,
+        settings.lifetime_value_milestone,
+    )  # fmt: skip
+    if applied:
+        write_customer_stats(stats)
+    await publish(analytics_events_topic, stats.customer_id,
+                  stats_updated_event(stats, event.event_id))  # fmt: skip
+    for milestone in milestone_events(stats, event.event_id):
+        await publish(analytics_events_topic, stats.customer_id, milestone)
+    revenue = revenue_record(event)
+    await publish(analytics_revenue_topic, "revenue", revenue, timestamp=revenue.occurred_at)
+
+
+@app.agent(agent_source("analytics"), concurrency=1)
 async def customer_analytics(stream: faust.StreamT[bytes]) -> None:
-    async for _record, event in decoded(stream, OrderCreated, OrderCancelled):
-        stats, applied = apply_event(
-            read_customer_stats(event.customer_id), event, settings.dedupe_window,
-            settings.lifetime_value_milestone,
-        )  # fmt: skip
-        if applied:
-            write_customer_stats(stats)
-        await publish(analytics_events_topic, stats.customer_id,
-                      stats_updated_event(stats, event.event_id))  # fmt: skip
-        for milestone in milestone_events(stats, event.event_id):
-            await publish(analytics_events_topic, stats.customer_id, milestone)
-        revenue = revenue_record(event)
-        await publish(analytics_revenue_topic, "revenue", revenue, timestamp=revenue.occurred_at)
+    await consume(stream, "analytics", update_customer_stats, OrderCreated, OrderCancelled)

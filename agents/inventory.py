@@ -16,7 +16,7 @@ from __future__ import annotations
 import faust
 
 from pipeline.app import app, settings
-from pipeline.consume import decoded
+from pipeline.consume import consume
 from pipeline.events import (
     LineReleaseRequested,
     LineReservationRequested,
@@ -27,9 +27,9 @@ from pipeline.events import (
     derived_event_id,
 )
 from pipeline.topics import (
+    agent_source,
     inventory_commands_topic,
     inventory_events_topic,
-    order_events_topic,
     publish,
 )
 from tables.inventory import (
@@ -72,27 +72,34 @@ def line_commands(event: OrderEvent) -> list[LineReservationRequested | LineRele
     ]
 
 
-@app.agent(order_events_topic, concurrency=1)
-async def request_lines(stream: faust.StreamT[bytes]) -> None:
-    async for _record, event in decoded(stream, OrderCreated, OrderCancelled):
-        for command in line_commands(event):
-            await publish(inventory_commands_topic, command.sku, command)
+async def send_line_commands(event: OrderEvent) -> None:
+    for command in line_commands(event):
+        await publish(inventory_commands_topic, command.sku, command)
 
 
-@app.agent(inventory_commands_topic, concurrency=1)
-async def keep_stock(stream: faust.StreamT[bytes]) -> None:
+async def apply_stock_command(
+    command: LineReservationRequested | LineReleaseRequested | StockSet,
+) -> None:
     window = settings.dedupe_window
-    async for _record, command in decoded(
-        stream, LineReservationRequested, LineReleaseRequested, StockSet
-    ):
-        stock = read_stock(command.sku) or Stock(command.sku)
-        if isinstance(command, StockSet):
-            updated, outcome = apply_stock_set(stock, command, window), None
-        elif isinstance(command, LineReservationRequested):
-            updated, outcome = reserve_line(stock, command, window)
-        else:
-            updated, outcome = release_line(stock, command, window)
-        if updated != stock:
-            write_stock(updated)
-        if outcome is not None:
-            await publish(inventory_events_topic, outcome.order_id, outcome)
+    stock = read_stock(command.sku) or Stock(command.sku)
+    if isinstance(command, StockSet):
+        updated, outcome = apply_stock_set(stock, command, window), None
+    elif isinstance(command, LineReservationRequested):
+        updated, outcome = reserve_line(stock, command, window)
+    else:
+        updated, outcome = release_line(stock, command, window)
+    if updated != stock:
+        write_stock(updated)
+    if outcome is not None:
+        await publish(inventory_events_topic, outcome.order_id, outcome)
+
+
+@app.agent(agent_source("inventory-requests"), concurrency=1)
+async def request_lines(stream: faust.StreamT[bytes]) -> None:
+    await consume(stream, "inventory-requests", send_line_commands, OrderCreated, OrderCancelled)
+
+
+@app.agent(agent_source("inventory"), concurrency=1)
+async def keep_stock(stream: faust.StreamT[bytes]) -> None:
+    await consume(stream, "inventory", apply_stock_command,
+                  LineReservationRequested, LineReleaseRequested, StockSet)  # fmt: skip

@@ -14,10 +14,10 @@ from functools import cached_property
 import faust
 
 from pipeline.app import app, settings
-from pipeline.consume import decoded
+from pipeline.consume import consume
 from pipeline.events import OrderConfirmed, OrderRejected
 from pipeline.senders import MailboxSender, Message, Sender, SmtpSender
-from pipeline.topics import order_status_topic
+from pipeline.topics import agent_source
 
 
 def compose(decision: OrderConfirmed | OrderRejected) -> Message:
@@ -43,7 +43,10 @@ class _Senders:
 senders = _Senders()
 
 
-@app.agent(order_status_topic, concurrency=1)
+async def notify(decision: OrderConfirmed | OrderRejected) -> None:
+    await senders.current.send(compose(decision))
+
+
+@app.agent(agent_source("notifications"), concurrency=1)
 async def notify_customers(stream: faust.StreamT[bytes]) -> None:
-    async for _record, decision in decoded(stream, OrderConfirmed, OrderRejected):
-        await senders.current.send(compose(decision))
+    await consume(stream, "notifications", notify, OrderConfirmed, OrderRejected)

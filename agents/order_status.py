@@ -11,20 +11,13 @@ decision. Concurrency stays 1 (faust #606).
 
 from __future__ import annotations
 
-from functools import partial
-
 import faust
 
 from pipeline.app import app
-from pipeline.consume import decoded, with_db_retries
+from pipeline.consume import consume
 from pipeline.events import InventoryRejected, InventoryReleased, InventoryReserved, utc_now
 from pipeline.runtime import runtime
-from pipeline.topics import (
-    inventory_commands_topic,
-    inventory_events_topic,
-    order_status_topic,
-    publish,
-)
+from pipeline.topics import agent_source, inventory_commands_topic, order_status_topic, publish
 from tables.order_progress import (
     apply_outcome,
     compensations,
@@ -36,29 +29,33 @@ from tables.order_progress import (
 )
 
 
-@app.agent(inventory_events_topic, concurrency=1)
+async def record_outcome(
+    outcome: InventoryReserved | InventoryRejected | InventoryReleased,
+) -> None:
+    if isinstance(outcome, InventoryReleased):
+        return
+    progress = read_progress(outcome.order_id)
+    updated = apply_outcome(progress, outcome)
+    if updated != progress:
+        write_progress(updated)
+    for release in compensations(updated):
+        await publish(inventory_commands_topic, release.sku, release)
+    announcement = decision_event(updated)
+    if announcement is None:
+        return
+    decision = updated.decision
+    assert decision is not None
+    # A database that is down fails this event; the failure policy retries it (the update is
+    # conditional, and everything above is idempotent, so a retry repeats nothing).
+    status = await runtime.order_store.decide_order(updated.order_id, decision, utc_now())
+    if status == decision:
+        await publish(order_status_topic, updated.order_id, announcement)
+    if settled(updated):
+        # Only now: a crash before this line leaves the entry for the redelivery to redo.
+        forget_progress(updated.order_id)
+
+
+@app.agent(agent_source("order-status"), concurrency=1)
 async def track_order_status(stream: faust.StreamT[bytes]) -> None:
-    async for _record, outcome in decoded(
-        stream, InventoryReserved, InventoryRejected, InventoryReleased
-    ):
-        if isinstance(outcome, InventoryReleased):
-            continue
-        progress = read_progress(outcome.order_id)
-        updated = apply_outcome(progress, outcome)
-        if updated != progress:
-            write_progress(updated)
-        for release in compensations(updated):
-            await publish(inventory_commands_topic, release.sku, release)
-        announcement = decision_event(updated)
-        if announcement is None:
-            continue
-        decision = updated.decision
-        assert decision is not None
-        status = await with_db_retries(
-            partial(runtime.order_store.decide_order, updated.order_id, decision, utc_now())
-        )
-        if status == decision:
-            await publish(order_status_topic, updated.order_id, announcement)
-        if settled(updated):
-            # Only now: a crash before this line leaves the entry for the redelivery to redo.
-            forget_progress(updated.order_id)
+    await consume(stream, "order-status", record_outcome,
+                  InventoryReserved, InventoryRejected, InventoryReleased)  # fmt: skip

@@ -22,7 +22,14 @@ def create_app(settings: Settings) -> faust.App:
         # Faust's default store is memory://; ours is RocksDB unless a test says otherwise.
         store=settings.store,
         datadir=str(settings.state_dir),
-        autodiscover=[*(f"agents.{name}" for name in settings.agents), "tables", "pipeline.views"],
+        autodiscover=[
+            *(f"agents.{name}" for name in settings.agents),
+            # Retry topics and the dead-letter index serve every agent, so every worker runs them.
+            "agents.failures",
+            *settings.extra_modules,
+            "tables",
+            "pipeline.views",
+        ],
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         # Agents decode their own bytes (pipeline.events), so a bad record is ours to handle.

@@ -1,4 +1,5 @@
-"""The operator commands that are not Faust's own: ``migrate``, ``kafka``, ``postgres``.
+"""The operator commands that are not Faust's own: ``migrate``, ``kafka``, ``postgres``,
+``dlt``.
 
 Everything else (``worker``, ``send``, ...) goes to Faust's command line in ``__main__``.
 Each command exits non-zero with a message saying what to do when it cannot do its job.
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 
 from pipeline.settings import Settings, SettingsError, is_loopback, load_settings
 
-OUR_COMMANDS = {"migrate", "kafka", "postgres", "demo"}
+OUR_COMMANDS = {"migrate", "kafka", "postgres", "demo", "dlt"}
 
 
 def local_kafka(settings: Settings):  # type: ignore[no-untyped-def]
@@ -102,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     pg.add_argument("action", choices=["up", "down", "status"])
     pg.add_argument("--port", type=int, default=55432)
     pg.add_argument("--database", default="pipeline")
+    from pipeline import dlt_cli
+
+    dlt_cli.add_parser(sub)
     sub.add_parser("demo", help="run the whole pipeline locally (see --help)", add_help=False)
     return parser
 
@@ -117,6 +121,10 @@ def run(argv: Sequence[str]) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "dlt":
+        from pipeline import dlt_cli
+
+        return dlt_cli.run(settings, args)
     handler = {"migrate": cmd_migrate, "kafka": cmd_kafka, "postgres": cmd_postgres}
     return handler[args.command](settings, args)
 

@@ -1,51 +1,188 @@
-"""What every agent does with a record before its own logic: decode it, or set it aside."""
+"""What every agent does with a record around its own logic: decode it, run the handler,
+and when that fails, retry or dead-letter the record (policy in :mod:`pipeline.errors`).
+
+An agent is ``await consume(stream, "analytics", handle, OrderCreated, OrderCancelled)``:
+``handle`` gets each decoded event and applies its effect idempotently. The record's offset is
+acknowledged only once the record is handled, sent to a retry topic or dead-lettered (Faust
+flushes the producer before it commits offsets), so no record is dropped on any path.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import faust
-from sqlalchemy.exc import DBAPIError, OperationalError
+from aiokafka.errors import KafkaError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
+from pipeline import errors
+from pipeline.app import app, settings
+from pipeline.errors import Failure, FailurePolicy, Headers, Origin
 from pipeline.events import InvalidEvent, decode
+from pipeline.topics import dead_letters_topic, retry_topics
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
+
+Handler = Callable[[Any], Awaitable[None]]
+
+# A database that is down or restarting raises these; they are worth retrying.
+DATABASE_TRANSIENT = (OperationalError, DBAPIError)
 
 
-async def decoded(
-    stream: faust.StreamT[bytes], *types: type[Any]
-) -> AsyncIterator[tuple[faust.EventT[Any], Any]]:
-    """Yield each record with its decoded event. A record that is not a valid event of these
-    types is logged with its position and skipped (dead-lettering is the failure-handling
-    work's), so the partition keeps flowing. The event is one of ``types`` (typed ``Any``:
-    a union of varargs types has no spelling)."""
+def policy_for(agent: str, **overrides: Any) -> FailurePolicy:
+    """The agent's failure policy: the settings' retry schedule, the default error lists,
+    and whatever the agent overrides (e.g. ``non_retryable=(..., MyError)``)."""
+    base = FailurePolicy(
+        agent,
+        retryable=(*errors.TRANSIENT, *DATABASE_TRANSIENT, KafkaError),
+        non_retryable=(*errors.PERMANENT, IntegrityError),
+        in_place_attempts=settings.retry_in_place_attempts,
+        in_place_backoff=settings.retry_backoff_seconds,
+        retry_delays=settings.retry_delays,
+    )
+    policy = dataclasses.replace(base, **overrides)
+    if len(policy.retry_delays) > len(retry_topics):
+        raise ValueError(
+            f"agent {agent!r} asks for {len(policy.retry_delays)} retry delays but "
+            f"{len(retry_topics)} retry topics exist (PIPELINE_RETRY_DELAYS)"
+        )
+    return policy
+
+
+async def consume(
+    stream: faust.StreamT[bytes],
+    agent: str,
+    handle: Handler,
+    *types: type[Any],
+    policy: FailurePolicy | None = None,
+) -> None:
+    """Run ``handle`` on every event of ``types`` in ``stream``, with the failure policy."""
+    policy = policy or policy_for(agent)
     async for record in stream.events():
+        await handle_record(record.message, policy, handle, types)
+
+
+async def handle_record(
+    message: Any, policy: FailurePolicy, handle: Handler, types: tuple[type[Any], ...]
+) -> None:
+    headers = errors.header_map(message.headers)
+    try:
+        event = decode(message.value, *types)
+    except InvalidEvent as exc:
+        await _dead_letter(message, headers, policy, errors.POISON, exc, attempts=1)
+        return
+    attempt = 0
+    while True:
+        attempt += 1
         try:
-            event = decode(record.value, *types)
-        except InvalidEvent as exc:
-            msg = record.message
-            log.warning(
-                "skipping undecodable record %s[%s]@%s: %s",
-                msg.topic, msg.partition, msg.offset, exc,
-            )  # fmt: skip
-            continue
-        yield record, event
+            await handle(event)
+            return
+        except Exception as exc:  # noqa: BLE001 - every failure is classified, none is lost
+            failure = exc
+        transient = policy.is_transient(failure)
+        log.warning(
+            "%s failed on %s[%s]@%s (attempt %d, %s): %r", policy.agent, message.topic,
+            message.partition, message.offset, attempt,
+            "transient" if transient else "permanent", failure,
+        )  # fmt: skip
+        if not transient or attempt >= policy.in_place_attempts:
+            break
+        _metrics().retries.labels(policy.agent, type(failure).__name__, "in-place").inc()
+        await asyncio.sleep(errors.backoff(attempt, policy.in_place_backoff))
+    await _after_failure(message, headers, policy, failure, attempt)
+
+
+async def _after_failure(
+    message: Any, headers: dict[str, bytes], policy: FailurePolicy, exc: Exception, attempts: int
+) -> None:
+    state = _failure(message, headers, policy, attempts)
+    step, tier = errors.route(policy, state, exc)
+    if step != errors.RETRY:
+        await _dead_letter(message, headers, policy, step, exc, attempts=attempts)
+        return
+    due_at = time.time() + policy.retry_delays[tier]
+    state = dataclasses.replace(state, retry_tier=tier + 1)
+    out = errors.retry_headers(errors.original_headers(headers), state, due_at, exc)
+    await send_reliably(retry_topics[tier].get_topic_name(), message.key, message.value, out)
+    _metrics().retries.labels(policy.agent, type(exc).__name__, f"topic-{tier + 1}").inc()
+
+
+def _failure(
+    message: Any, headers: dict[str, bytes], policy: FailurePolicy, attempts: int
+) -> Failure:
+    timestamp = message.timestamp
+    origin = Origin.of(headers, message.topic, message.partition, message.offset,
+                       float(timestamp) if timestamp is not None else None)  # fmt: skip
+    state = Failure.of(policy.agent, headers, origin, errors.now_utc())
+    return dataclasses.replace(state, attempts=state.attempts + attempts)
+
+
+async def _dead_letter(
+    message: Any,
+    headers: dict[str, bytes],
+    policy: FailurePolicy,
+    reason: str,
+    exc: BaseException,
+    *,
+    attempts: int,
+) -> None:
+    state = _failure(message, headers, policy, attempts)
+    out = errors.dead_letter_headers(
+        errors.original_headers(headers), state, reason, exc, errors.now_utc()
+    )
+    await send_reliably(dead_letters_topic.get_topic_name(), message.key, message.value, out)
+    log.error(
+        "%s dead-lettered %s[%s]@%s (%s): %r", policy.agent, state.origin.topic,
+        state.origin.partition, state.origin.offset, reason, exc,
+    )  # fmt: skip
+    _metrics().dead_letters.labels(policy.agent, reason, type(exc).__name__).inc()
+
+
+async def send_reliably(
+    topic: str,
+    key: bytes | None,
+    value: bytes | None,
+    headers: Headers,
+    *,
+    partition: int | None = None,
+) -> None:
+    """Send and wait for the broker's acknowledgement, retrying until it comes: the record
+    being set aside is acknowledged as soon as this returns, so this must not give up."""
+    delay = 0.2
+    while True:
+        try:
+            delivery = await app.producer.send(
+                topic, key, value, partition=partition, timestamp=None, headers=headers
+            )
+            await delivery
+            return
+        except KafkaError as exc:
+            log.warning("sending to %s failed (%r), retrying in %.1fs", topic, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _metrics() -> Any:
+    from pipeline.runtime import runtime  # the runtime imports the topics; import on use
+
+    return runtime.metrics
 
 
 async def with_db_retries(
-    action: Callable[[], Awaitable[T]], *, attempts: int = 8, first_delay: float = 0.1
-) -> T:
-    """Run a database action, retrying connection-level failures with back-off: the agent
-    must not skip an effect because the database blinked."""
+    action: Callable[[], Awaitable[Any]], *, attempts: int = 8, first_delay: float = 0.1
+) -> Any:
+    """Run a database action, retrying connection-level failures with back-off (for the
+    bookkeeping agents outside the failure policy: they have nowhere to dead-letter to)."""
     delay = first_delay
     for attempt in range(1, attempts + 1):
         try:
             return await action()
-        except (OperationalError, DBAPIError, OSError) as exc:
+        except (*DATABASE_TRANSIENT, OSError) as exc:
             if attempt == attempts:
                 raise
             log.warning("database call failed (%s), retry %d in %.1fs", exc, attempt, delay)

@@ -15,9 +15,11 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     String,
@@ -119,6 +121,49 @@ idempotency_keys = Table(
     Column("response_body", Text, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Index("ix_idempotency_keys_created_at", "created_at"),
+)
+
+# The dead-letter topic's index, kept by every worker's dead-letter agent: what ``GET
+# /dead-letters`` lists and replay reads. The topic keeps the records; this makes them findable.
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    # "<partition>-<offset>" in the dead-letter topic: indexing a record twice changes nothing.
+    Column("id", String(40), primary_key=True),
+    Column("agent", String(64), nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("error_type", String(255), nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("stacktrace", Text, nullable=True),
+    Column("event_id", String(64), nullable=True),
+    Column("event_type", String(64), nullable=True),
+    Column("original_topic", String(255), nullable=False),
+    Column("original_partition", Integer, nullable=False),
+    Column("original_offset", BigInteger, nullable=False),
+    Column("original_timestamp", Float, nullable=True),
+    Column("attempts", Integer, nullable=False),
+    Column("replays", Integer, nullable=False),
+    Column("first_failure_at", UTCDateTime(), nullable=False),
+    Column("dead_lettered_at", UTCDateTime(), nullable=False),
+    Column("record_key", LargeBinary, nullable=True),
+    Column("record_value", LargeBinary, nullable=True),
+    Column("headers", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Index("ix_dead_letters_dead_lettered_at", "dead_lettered_at"),
+    Index("ix_dead_letters_event_id", "event_id"),
+)
+
+dead_letter_replays = Table(
+    "dead_letter_replays",
+    metadata,
+    Column("id", Serial, primary_key=True, autoincrement=True),
+    Column("dead_letter_id", String(40), ForeignKey("dead_letters.id"), nullable=False),
+    Column("agent", String(64), nullable=False),
+    # The event id, or "topic:partition:offset" for a record that has none (a poison pill).
+    Column("event_key", String(320), nullable=False),
+    Column("replayed_at", UTCDateTime(), nullable=False),
+    Column("requested_by", String(32), nullable=False),
+    Index("ix_dead_letter_replays_agent", "agent", "event_key"),
 )
 
 

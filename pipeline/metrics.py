@@ -55,5 +55,22 @@ class Metrics:
             registry=r,
         )
 
+        self.retries = Counter(
+            "pipeline_retries",
+            "Failed attempts that are retried, by agent, error and stage (in-place, topic-N)",
+            ["agent", "error", "stage"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "pipeline_dead_letters",
+            "Records sent to the dead-letter topic, by agent, reason and error",
+            ["agent", "reason", "error"],
+            registry=r,
+        )
+        self.replays = Counter(
+            "pipeline_dead_letter_replays", "Dead letters replayed, by agent", ["agent"],
+            registry=r,
+        )  # fmt: skip
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -14,6 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pipeline.app import app, settings
 from pipeline.db import make_bookkeeping_engine, make_engine
+from pipeline.dead_letters import DeadLetters, DeadLetterStore
+from pipeline.errors import AGENT, Headers
 from pipeline.events import utc_now
 from pipeline.metrics import Metrics
 from pipeline.order_store import OrderStore
@@ -21,7 +23,13 @@ from pipeline.orders import OrderService
 from pipeline.outbox import OutboxForwarder, OutboxPublisher, leadership_for, make_producer
 from pipeline.outbox_store import OutboxStore
 from pipeline.settings import Settings
-from pipeline.topics import ALL_TOPICS, ORDER_EVENTS
+from pipeline.topics import (
+    AGENT_SOURCES,
+    ALL_TOPICS,
+    ORDER_EVENTS,
+    redelivery_topic_name,
+    redelivery_topics,
+)
 
 
 class Runtime(Service):
@@ -47,6 +55,29 @@ class Runtime(Service):
         return OutboxStore(make_bookkeeping_engine(self.settings.database_url))
 
     @cached_property
+    def dead_letter_store(self) -> DeadLetterStore:
+        return DeadLetterStore(self.engine)
+
+    @cached_property
+    def dead_letters(self) -> DeadLetters:
+        return DeadLetters(
+            self.dead_letter_store,
+            self._send_replay,
+            replay_limit=self.settings.replay_limit,
+            redelivery_topic=redelivery_topic_name,
+            known_agents=lambda: list(AGENT_SOURCES),
+        )
+
+    async def _send_replay(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers, partition: int
+    ) -> None:
+        from pipeline.consume import send_reliably
+
+        await send_reliably(topic, key, value, headers, partition=partition)
+        agent = dict(headers).get(AGENT, b"?").decode()
+        self.metrics.replays.labels(agent).inc()
+
+    @cached_property
     def orders(self) -> OrderService:
         return OrderService(
             self.order_store, max_items=self.settings.max_order_items, on_committed=self._wake
@@ -61,7 +92,7 @@ class Runtime(Service):
         await self.order_store.purge_idempotency_keys(utc_now() - ttl)
 
     async def on_start(self) -> None:
-        for topic in ALL_TOPICS:
+        for topic in (*ALL_TOPICS, *redelivery_topics()):
             await topic.maybe_declare()
         if not self.settings.forwarder_enabled:
             return

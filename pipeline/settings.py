@@ -90,6 +90,11 @@ class Settings:
     smtp_sender: str = "orders@localhost"
     agents: tuple[str, ...] = ALL_AGENTS
     producer_linger_ms: int = 5
+    retry_in_place_attempts: int = 3
+    retry_backoff_seconds: float = 0.1
+    retry_delays: tuple[float, ...] = (1.0, 10.0, 60.0)
+    replay_limit: int = 3
+    extra_modules: tuple[str, ...] = ()
 
     @property
     def web_is_loopback(self) -> bool:
@@ -248,7 +253,31 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         smtp_sender=env.get("PIPELINE_SMTP_SENDER", "orders@localhost"),
         agents=_agents(env.get("PIPELINE_AGENTS", "")),
         producer_linger_ms=_int(env, "PIPELINE_PRODUCER_LINGER_MS", 5, low=0, high=1000),
+        retry_in_place_attempts=_int(env, "PIPELINE_RETRY_IN_PLACE_ATTEMPTS", 3, low=1, high=20),
+        retry_backoff_seconds=_float(
+            env, "PIPELINE_RETRY_BACKOFF_SECONDS", 0.1, low=0.0, high=60.0
+        ),
+        retry_delays=_delays(env.get("PIPELINE_RETRY_DELAYS", "1,10,60")),
+        replay_limit=_int(env, "PIPELINE_REPLAY_LIMIT", 3, low=1, high=1000),
+        extra_modules=tuple(
+            m.strip() for m in env.get("PIPELINE_EXTRA_MODULES", "").split(",") if m.strip()
+        ),
     )
+
+
+def _delays(raw: str) -> tuple[float, ...]:
+    """The retry topics' delays in seconds, e.g. ``1,10,60``; empty for no retry topics."""
+    try:
+        delays = tuple(float(x) for x in raw.split(",") if x.strip())
+    except ValueError:
+        raise SettingsError(
+            f"PIPELINE_RETRY_DELAYS={raw!r} must be comma-separated seconds, e.g. 1,10,60"
+        ) from None
+    if len(delays) > 10 or any(not 0 < d <= 86400 for d in delays):
+        raise SettingsError(
+            f"PIPELINE_RETRY_DELAYS={raw!r}: at most 10 delays, each above 0 and at most 86400"
+        )
+    return delays
 
 
 def _agents(raw: str) -> tuple[str, ...]:

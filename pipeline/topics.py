@@ -49,6 +49,57 @@ order_status_topic = _topic(ORDER_STATUS)
 analytics_events_topic = _topic(ANALYTICS_EVENTS)
 analytics_revenue_topic = _topic(ANALYTICS_REVENUE, partitions=1)
 
+DEAD_LETTERS = "dead-letters"  # key: the failed record's own key
+dead_letters_topic = _topic(DEAD_LETTERS)
+
+# One retry topic per configured delay; a record's due time travels in its headers.
+retry_topics = tuple(_topic(f"retry.{n}") for n in range(1, len(settings.retry_delays) + 1))
+
+# Each agent's source and partition count. A record leaving a retry topic, or replayed from
+# the dead letters, goes back to its agent alone through the agent's redelivery topic, into
+# the partition it first came from: a table written while handling it then writes the same
+# changelog partition as for the original, and the key's owner is the one handling it.
+AGENT_SOURCES: dict[str, faust.TopicT] = {
+    "inventory-requests": order_events_topic,
+    "inventory": inventory_commands_topic,
+    "order-status": inventory_events_topic,
+    "notifications": order_status_topic,
+    "analytics": order_events_topic,
+    "revenue": analytics_revenue_topic,
+}
+
+
+def redelivery_topic_name(agent: str) -> str:
+    return settings.topic_name(f"redeliver.{agent}")
+
+
+def agent_source(agent: str, source: faust.TopicT | None = None) -> faust.TopicT:
+    """What agent ``agent`` consumes: its source topic and its redelivery topic, one channel.
+    Agents from ``PIPELINE_EXTRA_MODULES`` pass their own ``source`` and are registered."""
+    if source is None:
+        source = AGENT_SOURCES[agent]
+    else:
+        AGENT_SOURCES[agent] = source
+    return app.topic(
+        source.get_topic_name(),
+        redelivery_topic_name(agent),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=source.partitions,
+        replicas=settings.replication_factor,
+        internal=True,
+    )
+
+
+def redelivery_topics() -> list[faust.TopicT]:
+    return [
+        _topic(f"redeliver.{agent}", partitions=source.partitions)
+        for agent, source in AGENT_SOURCES.items()
+    ]
+
+
 # Every topic, for declaring at start-up: Faust declares a topic only when an agent of this
 # worker consumes it, but a worker running some agents (PIPELINE_AGENTS) still produces to the
 # others, and a topic the broker auto-creates gets its default partition count (the revenue
@@ -60,6 +111,8 @@ ALL_TOPICS = (
     order_status_topic,
     analytics_events_topic,
     analytics_revenue_topic,
+    dead_letters_topic,
+    *retry_topics,
 )
 
 

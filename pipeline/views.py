@@ -16,6 +16,7 @@ from faust.web import Request, Response, View
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from pipeline.app import app, settings
+from pipeline.dead_letters import BadFilter, parse_filter, parse_replay_request
 from pipeline.events import StockSet, utc_now
 from pipeline.http import HttpError, error, read_json, require_token
 from pipeline.orders import Reply, ValidationFailed
@@ -198,3 +199,42 @@ class Revenue(View):
     @app.table_route(table=revenue_table.table, exact_key=REVENUE_KEY)  # type: ignore[arg-type]
     async def get(self, request: Request) -> Response:
         return self.json({"windows": recent_windows()})
+
+
+@app.page("/dead-letters")
+class DeadLettersView(View):
+    """``GET /dead-letters``: dead letters, oldest first, filtered by ``agent``, ``error_type``,
+    ``reason``, ``status``, ``event_id``, ``since``, ``until`` and ``limit`` (an admin read:
+    it shows event payloads, so it takes the token when one is set)."""
+
+    async def get(self, request: Request) -> Response:
+        try:
+            require_token(request, settings)
+            where = parse_filter(dict(request.query))
+            letters = await runtime.dead_letters.list(where)
+        except HttpError as exc:
+            return exc.response(self)
+        except BadFilter as exc:
+            return error(self, 422, "validation_failed", exc.problems)
+        except (OperationalError, DBAPIError, OSError):
+            return DB_DOWN.response(self)
+        return self.json({"dead_letters": [d.to_json(full=True) for d in letters]})
+
+
+@app.page("/dead-letters/replay")
+class ReplayDeadLetters(View):
+    """``POST /dead-letters/replay``: send dead letters back through the agent that failed
+    them — by ``ids``, by ``event_id``, by filter, or ``{"all": true}``."""
+
+    async def post(self, request: Request) -> Response:
+        try:
+            require_token(request, settings)
+            where = parse_replay_request(await read_json(request, settings.max_body_bytes))
+            result = await runtime.dead_letters.replay(where, requested_by="http")
+        except HttpError as exc:
+            return exc.response(self)
+        except BadFilter as exc:
+            return error(self, 422, "validation_failed", exc.problems)
+        except (OperationalError, DBAPIError, OSError):
+            return DB_DOWN.response(self)
+        return self.json(result.to_json())

@@ -8,14 +8,32 @@ from decimal import Decimal
 import pytest
 
 import agents.analytics as analytics
+from pipeline import consume
 from pipeline.app import app
 from pipeline.events import CustomerStatsUpdated, encode
 from tables.customer_stats import read_customer_stats
 from tests.conftest import order_cancelled, order_created
 
+SetAside = list[tuple[str, bytes | None, bytes | None, dict[str, bytes]]]
+
 
 @pytest.fixture
-async def published(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[list[CustomerStatsUpdated]]:
+def set_aside(monkeypatch: pytest.MonkeyPatch) -> SetAside:
+    """Records sent to retry or dead-letter topics, collected instead of sent."""
+    sent: SetAside = []
+
+    async def collect(topic: str, key: bytes | None, value: bytes | None,
+                      headers: list[tuple[str, bytes]], **_: object) -> None:  # fmt: skip
+        sent.append((topic, key, value, dict(headers)))
+
+    monkeypatch.setattr(consume, "send_reliably", collect)
+    return sent
+
+
+@pytest.fixture
+async def published(
+    monkeypatch: pytest.MonkeyPatch, set_aside: SetAside
+) -> AsyncIterator[list[CustomerStatsUpdated]]:
     """The agent's outbound dependency: collects derived events instead of sending them."""
     sent: list[CustomerStatsUpdated] = []
 
@@ -31,7 +49,7 @@ async def published(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[list[Custo
 
 
 async def test_agent_applies_each_event_once_and_republishes_duplicates(
-    published: list[CustomerStatsUpdated],
+    published: list[CustomerStatsUpdated], set_aside: SetAside
 ) -> None:
     created = order_created("cust-a", total="12.00")
     other = order_created("cust-a", total="8.00")
@@ -49,3 +67,9 @@ async def test_agent_applies_each_event_once_and_republishes_duplicates(
     assert len(published) == 4
     assert ids[0] == ids[1] and len(set(ids)) == 3
     assert published[-1].total_spent == Decimal("8.00")
+    # The undecodable record went to the dead-letter topic, bytes intact, and nothing stalled.
+    [(topic, key, value, headers)] = set_aside
+    assert topic.endswith("dead-letters")
+    assert (key, value) == (b"cust-a", b"not json at all")
+    assert headers["x-dead-letter-reason"] == b"poison"
+    assert headers["x-agent"] == b"analytics"
