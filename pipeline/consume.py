@@ -70,11 +70,10 @@ async def consume(
 async def handle_record(
     message: Any, policy: FailurePolicy, handle: Handler, types: tuple[type[Any], ...]
 ) -> None:
-    headers = errors.header_map(message.headers)
     try:
         event = decode(message.value, *types)
     except InvalidEvent as exc:
-        await _dead_letter(message, headers, policy, errors.POISON, exc, attempts=1)
+        await _dead_letter(message, policy, errors.POISON, exc, attempts=1)
         return
     attempt = 0
     while True:
@@ -94,16 +93,17 @@ async def handle_record(
             break
         _metrics().retries.labels(policy.agent, type(failure).__name__, "in-place").inc()
         await asyncio.sleep(errors.backoff(attempt, policy.in_place_backoff))
-    await _after_failure(message, headers, policy, failure, attempt)
+    await _after_failure(message, policy, failure, attempt)
 
 
 async def _after_failure(
-    message: Any, headers: dict[str, bytes], policy: FailurePolicy, exc: Exception, attempts: int
+    message: Any, policy: FailurePolicy, exc: Exception, attempts: int
 ) -> None:
+    headers = errors.header_map(message.headers)
     state = _failure(message, headers, policy, attempts)
     step, tier = errors.route(policy, state, exc)
     if step != errors.RETRY:
-        await _dead_letter(message, headers, policy, step, exc, attempts=attempts)
+        await _dead_letter(message, policy, step, exc, attempts=attempts)
         return
     due_at = time.time() + policy.retry_delays[tier]
     state = dataclasses.replace(state, retry_tier=tier + 1)
@@ -123,14 +123,9 @@ def _failure(
 
 
 async def _dead_letter(
-    message: Any,
-    headers: dict[str, bytes],
-    policy: FailurePolicy,
-    reason: str,
-    exc: BaseException,
-    *,
-    attempts: int,
+    message: Any, policy: FailurePolicy, reason: str, exc: BaseException, *, attempts: int
 ) -> None:
+    headers = errors.header_map(message.headers)
     state = _failure(message, headers, policy, attempts)
     out = errors.dead_letter_headers(
         errors.original_headers(headers), state, reason, exc, errors.now_utc()

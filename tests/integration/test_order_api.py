@@ -157,6 +157,17 @@ def test_writes_need_the_bearer_token(api: tuple[Worker, str]) -> None:
     assert counts(url) == before
 
 
+def test_dead_letter_endpoints_need_the_bearer_token(api: tuple[Worker, str]) -> None:
+    worker, _ = api
+    assert worker.get("/dead-letters")[0] == 401  # payloads hold customers' data
+    assert worker.post("/dead-letters/replay", {"all": True}, {})[0] == 401
+    request = urllib.request.Request(worker.url + "/dead-letters", headers=AUTH)
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        assert resp.status == 200 and "dead_letters" in json.loads(resp.read())
+    status, reply = worker.post("/dead-letters/replay", {"all": True}, AUTH)
+    assert status == 200 and reply == {"replayed": [], "refused": []}
+
+
 def test_idempotency_key_replays_the_first_answer_and_rejects_a_new_body(
     api: tuple[Worker, str],
 ) -> None:
