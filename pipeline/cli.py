@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from pipeline.settings import Settings, SettingsError, is_loopback, load_settings
 
-OUR_COMMANDS = {"migrate", "kafka", "postgres", "demo", "dlt"}
+OUR_COMMANDS = {"migrate", "kafka", "postgres", "demo", "dlt", "reconcile"}
 
 
 def local_kafka(settings: Settings):  # type: ignore[no-untyped-def]
@@ -86,6 +86,43 @@ def cmd_postgres(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    """Ask a worker to reconcile (it reads every table through its routed views)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    base = args.url or f"http://{settings.web_host}:{settings.web_port}"
+    if not base.startswith(("http://", "https://")):
+        print(f"error: --url {base!r} must be an http:// or https:// URL", file=sys.stderr)
+        return 2
+    url = f"{base.rstrip('/')}/admin/reconcile?kafka={'false' if args.no_kafka else 'true'}"
+    request = urllib.request.Request(url)  # noqa: S310 - the scheme is checked above
+    if settings.api_token:
+        request.add_header("Authorization", f"Bearer {settings.api_token.get()}")
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as resp:  # noqa: S310
+            report = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        print(f"error: {url} answered {exc.code}: {exc.read().decode(errors='replace')[:500]}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    except OSError as exc:
+        print(f"error: cannot reach a worker at {base} ({exc}); start one or pass --url",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        checked = ", ".join(f"{k} {v}" for k, v in report["checked"].items())
+        print(f"checked: {checked}")
+        for d in report["differences"]:
+            print(f"DIFF {d['kind']} {d['key']}: expected {d['expected']}, found {d['actual']}")
+        print("reconciled: no differences" if report["ok"] else
+              f"{len(report['differences'])} differences")  # fmt: skip
+    return 0 if report["ok"] else 1
+
+
 def _safe_url(settings: Settings) -> str:
     from sqlalchemy.engine import make_url
 
@@ -106,6 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline import dlt_cli
 
     dlt_cli.add_parser(sub)
+    rec = sub.add_parser(
+        "reconcile", help="compare the database with the tables, the outbox and Kafka",
+        description="Asks a running worker (GET /admin/reconcile). Exits 0 when everything "
+                    "reconciles, 1 with the differences, 2 when no worker answers.",
+    )  # fmt: skip
+    rec.add_argument("--url", help="a worker's base URL (default: PIPELINE_WEB_HOST/PORT)")
+    rec.add_argument("--no-kafka", action="store_true", help="do not scan orders.events")
+    rec.add_argument("--json", action="store_true", help="the full report as JSON")
+    rec.add_argument("--timeout", type=float, default=120.0, help="seconds to wait")
     sub.add_parser("demo", help="run the whole pipeline locally (see --help)", add_help=False)
     return parser
 
@@ -125,7 +171,8 @@ def run(argv: Sequence[str]) -> int:
         from pipeline import dlt_cli
 
         return dlt_cli.run(settings, args)
-    handler = {"migrate": cmd_migrate, "kafka": cmd_kafka, "postgres": cmd_postgres}
+    handler = {"migrate": cmd_migrate, "kafka": cmd_kafka, "postgres": cmd_postgres,
+               "reconcile": cmd_reconcile}  # fmt: skip
     return handler[args.command](settings, args)
 
 

@@ -8,7 +8,10 @@ import asyncio
 import contextlib
 from datetime import timedelta
 from functools import cached_property
+from typing import Any
+from urllib.parse import quote
 
+import aiohttp
 from mode import Service
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -22,6 +25,7 @@ from pipeline.order_store import OrderStore
 from pipeline.orders import OrderService
 from pipeline.outbox import OutboxForwarder, OutboxPublisher, leadership_for, make_producer
 from pipeline.outbox_store import OutboxStore
+from pipeline.reconcile import ReconcileStore, Report, compare, scan_event_ids
 from pipeline.settings import Settings
 from pipeline.topics import (
     AGENT_SOURCES,
@@ -76,6 +80,50 @@ class Runtime(Service):
         await send_reliably(topic, key, value, headers, partition=partition)
         agent = dict(headers).get(AGENT, b"?").decode()
         self.metrics.replays.labels(agent).inc()
+
+    async def reconcile(self, *, scan_kafka: bool = True) -> Report:
+        """The database against this pipeline's tables (read through the routed views of this
+        worker, so every key is answered by its owner), the outbox and Kafka."""
+        s = self.settings
+        facts = await ReconcileStore(self.engine).facts(
+            utc_now() - timedelta(seconds=s.outbox_retention_seconds)
+        )
+        port = app.conf.web_port
+        host = "127.0.0.1" if s.web_host in ("0.0.0.0", "::") else s.web_host  # noqa: S104
+        base = f"http://{host}:{port}"
+        limit = asyncio.Semaphore(16)
+
+        async def read(session: aiohttp.ClientSession, path: str) -> dict[str, Any] | None:
+            async with limit:
+                for _ in range(50):  # a rebalance answers 503 for a moment
+                    async with session.get(base + path) as resp:
+                        if resp.status == 200:
+                            return dict(await resp.json())
+                        if resp.status == 404:
+                            return None
+                    await asyncio.sleep(0.2)
+                raise OSError(f"{path} kept answering {resp.status}")
+
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            customers = sorted(facts.customers)
+            skus = sorted(facts.reserved)
+            stats = await asyncio.gather(
+                *(read(session, f"/customers/{quote(c, safe='')}/stats") for c in customers)
+            )
+            stock = await asyncio.gather(
+                *(read(session, f"/inventory/{quote(k, safe='')}") for k in skus)
+            )
+        kafka_ids = None
+        if scan_kafka:
+            kafka_ids, records = await scan_event_ids(
+                s.kafka_bootstrap_servers, s.topic_name(ORDER_EVENTS)
+            )
+        report = compare(facts, dict(zip(customers, stats, strict=True)),
+                         dict(zip(skus, stock, strict=True)), kafka_ids)  # fmt: skip
+        if scan_kafka:
+            report.checked["kafka_duplicates"] = records - len(kafka_ids or ())
+        return report
 
     @cached_property
     def orders(self) -> OrderService:

@@ -238,3 +238,21 @@ class ReplayDeadLetters(View):
         except (OperationalError, DBAPIError, OSError):
             return DB_DOWN.response(self)
         return self.json(result.to_json())
+
+
+@app.page("/admin/reconcile")
+class Reconcile(View):
+    """``GET /admin/reconcile``: the database against the tables, the outbox and Kafka (see
+    ``pipeline.reconcile``); ``?kafka=false`` skips scanning ``orders.events``."""
+
+    async def get(self, request: Request) -> Response:
+        try:
+            require_token(request, settings)
+        except HttpError as exc:
+            return exc.response(self)
+        scan = request.query.get("kafka", "true").lower() not in ("false", "0", "no")
+        try:
+            report = await runtime.reconcile(scan_kafka=scan)
+        except (OperationalError, DBAPIError, OSError):
+            return DB_DOWN.response(self)
+        return self.json(report.to_json())

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import random
 import shutil
+import subprocess
+import sys
 from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
@@ -16,6 +18,7 @@ from sqlalchemy import select
 
 from pipeline.db import make_engine, migrate, order_items, orders
 from pipeline.events import derived_event_id, money
+from pipeline.settings import PROJECT_ROOT
 from tests.integration.workers import (
     Worker,
     WorkerFactory,
@@ -121,7 +124,7 @@ def test_duplicated_stream_gives_exact_stats_stock_and_revenue_on_any_worker(
         60,
         "the forwarder to publish every order",
     )
-    asyncio.run(produce(kafka_bootstrap, topic, [(r.key, r.value) for r in first]))
+    asyncio.run(produce(kafka_bootstrap, topic, [(r.key, r.value, r.headers) for r in first]))
 
     def settled() -> bool:
         stats, reserved = db_truth(sqlite_url)
@@ -142,6 +145,17 @@ def test_duplicated_stream_gives_exact_stats_stock_and_revenue_on_any_worker(
 
     # Any worker answers for any key, with the owner's answer.
     assert answers(w2) == answers(w1)
+
+    # The reconcile command agrees, from either worker; every event was delivered twice.
+    status, report = w2.get("/admin/reconcile")
+    assert status == 200 and report["ok"], report["differences"]
+    assert report["checked"]["kafka_duplicates"] == report["checked"]["kafka_events"]
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "reconcile", "--url", w1.url], cwd=PROJECT_ROOT,
+        env=workers.env(), capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "reconciled: no differences" in result.stdout
 
     # Revenue windows sum to the net revenue of the orders not cancelled.
     stats, _ = db_truth(sqlite_url)

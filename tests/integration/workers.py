@@ -197,12 +197,14 @@ async def create_topics(bootstrap: str, names: list[str], partitions: int = 4) -
         await admin.close()
 
 
-async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+async def produce(bootstrap: str, topic: str, records: list[tuple[Any, ...]]) -> None:
+    """Send ``(key, value)`` or ``(key, value, headers)`` records, each acknowledged."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
     try:
-        for key, value in records:
-            await producer.send_and_wait(topic, value, key=key)
+        for key, value, *headers in records:
+            await producer.send_and_wait(topic, value, key=key,
+                                         headers=list(headers[0]) if headers else None)  # fmt: skip
     finally:
         await producer.stop()
 
