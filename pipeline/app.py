@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import faust
 
+from pipeline import faust_fixes
 from pipeline.settings import Settings, load_settings
+
+faust_fixes.install()
 
 
 def broker_urls(bootstrap_servers: str) -> list[str]:
@@ -40,6 +43,9 @@ def create_app(settings: Settings) -> faust.App:
         # Agents send several records per event; a few ms of linger turns them into batches
         # instead of one produce request each (the send path was the top of the profile).
         producer_linger=settings.producer_linger_ms / 1000,
+        # How soon a dead or frozen worker's partitions move to the others.
+        broker_session_timeout=settings.session_timeout_seconds,
+        broker_heartbeat_interval=settings.heartbeat_seconds,
         producer_max_batch_size=512 * 1024,
         # Bind to loopback unless told otherwise; the raw /table endpoints expose every value.
         web_bind=settings.web_host,

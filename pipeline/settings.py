@@ -95,6 +95,8 @@ class Settings:
     retry_delays: tuple[float, ...] = (1.0, 10.0, 60.0)
     replay_limit: int = 3
     extra_modules: tuple[str, ...] = ()
+    session_timeout_seconds: float = 60.0
+    heartbeat_seconds: float = 3.0
 
     @property
     def web_is_loopback(self) -> bool:
@@ -259,6 +261,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         retry_delays=_delays(env.get("PIPELINE_RETRY_DELAYS", "1,10,60")),
         replay_limit=_int(env, "PIPELINE_REPLAY_LIMIT", 3, low=1, high=1000),
+        session_timeout_seconds=_float(
+            env, "PIPELINE_SESSION_TIMEOUT_SECONDS", 60.0, low=1.0, high=3600.0
+        ),
+        heartbeat_seconds=_float(env, "PIPELINE_HEARTBEAT_SECONDS", 3.0, low=0.1, high=600.0),
         extra_modules=tuple(
             m.strip() for m in env.get("PIPELINE_EXTRA_MODULES", "").split(",") if m.strip()
         ),

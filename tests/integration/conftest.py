@@ -13,6 +13,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,3 +105,13 @@ def workers(
         yield factory
     finally:
         factory.stop_all()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The fault scenarios' figures: what was sent, applied, absorbed and how long it took."""
+    from tests.integration.faults import SUMMARY
+
+    if SUMMARY:
+        terminalreporter.section("fault scenarios")
+        for line in SUMMARY:
+            terminalreporter.write_line(line)
