@@ -8,6 +8,7 @@ from __future__ import annotations
 import faust
 
 from pipeline import faust_fixes
+from pipeline.kafka_security import faust_credentials
 from pipeline.settings import Settings, load_settings
 
 faust_fixes.install()
@@ -40,6 +41,7 @@ def create_app(settings: Settings) -> faust.App:
         value_serializer="raw",
         Worker="pipeline.worker:Worker",
         producer_acks=-1,
+        broker_credentials=faust_credentials(settings),
         # Agents send several records per event; a few ms of linger turns them into batches
         # instead of one produce request each (the send path was the top of the profile).
         producer_linger=settings.producer_linger_ms / 1000,

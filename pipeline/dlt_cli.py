@@ -99,8 +99,13 @@ async def _replay(settings: Settings, where: Any) -> int:
 
     for module in settings.extra_modules:  # their agents can be replayed to as well
         importlib.import_module(module)
+    from pipeline.kafka_security import client_options
+
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", enable_idempotence=True
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        **client_options(settings),
     )
     engine = make_engine(settings.database_url)
 

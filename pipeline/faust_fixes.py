@@ -12,6 +12,15 @@ those table writes for good (found by ``tests/integration/test_faults.py``, a fr
 an order's line reservation was applied, its offset committed, its changelog record never
 written). :class:`DrainingProducerBuffer` waits until the buffer is empty and nothing is in
 flight. ``install()`` makes Faust build it; ``tests/unit/test_faust_fixes.py`` pins the bug.
+
+Commit offset past a missing event (same version, ``Consumer._new_offset``): Faust commits the
+end of the first run of consecutive acknowledged offsets, and refuses when the run does not
+start where the last commit ended — but its test is ``min(acked) - committed > 1`` while
+``committed`` is already the *next* offset to read, so a run starting one past it is accepted:
+exactly one event that was never acknowledged (dropped from a queue in a rebalance) is
+committed over and never processed. Found by the rebalance-churn scenario (an order missing
+from its customer's stats and never reserved). :func:`_new_offset` refuses any gap at the
+head; the event is then read again after the next rebalance or restart instead of lost.
 """
 
 from __future__ import annotations
@@ -19,7 +28,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import faust.transport.consumer as faust_consumer
 import faust.transport.producer as faust_producer
+from faust.types import TP
 
 
 class DrainingProducerBuffer(faust_producer.ProducerBuffer):
@@ -42,6 +53,19 @@ class DrainingProducerBuffer(faust_producer.ProducerBuffer):
                 await asyncio.sleep(0.005)
 
 
+STOCK_NEW_OFFSET = faust_consumer.Consumer._new_offset
+
+
+def _new_offset(self: Any, tp: TP) -> int | None:
+    """Faust's ``_new_offset``, but never past an offset that was not acknowledged."""
+    acked = self._acked[tp]
+    committed = self._committed_offset[tp]
+    if acked and committed is not None and not self._gap[tp] and min(acked) > committed:
+        return None  # the next offset to commit was never acknowledged: wait for it
+    return STOCK_NEW_OFFSET(self, tp)
+
+
 def install() -> None:
-    """Make Faust's producers build :class:`DrainingProducerBuffer` (idempotent)."""
+    """Install the fixes into Faust's classes (idempotent)."""
     faust_producer.ProducerBuffer = DrainingProducerBuffer  # type: ignore[misc]
+    faust_consumer.Consumer._new_offset = _new_offset  # type: ignore[method-assign]

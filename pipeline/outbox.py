@@ -157,7 +157,9 @@ class BatchResult:
     failed: KafkaError | None = None  # a transient error: the rest of the batch waits
 
 
-def make_producer(bootstrap_servers: str, max_message_bytes: int) -> AIOKafkaProducer:
+def make_producer(
+    bootstrap_servers: str, max_message_bytes: int, **security: Any
+) -> AIOKafkaProducer:
     # aiokafka defaults to acks=1 without idempotence: a leader failover could lose an acked
     # event, and a retried send could duplicate or reorder one. Ours must do neither.
     return AIOKafkaProducer(
@@ -169,6 +171,7 @@ def make_producer(bootstrap_servers: str, max_message_bytes: int) -> AIOKafkaPro
         max_request_size=max_message_bytes,
         request_timeout_ms=30_000,
         client_id="orders-pipeline-outbox",
+        **security,
     )
 
 

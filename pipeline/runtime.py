@@ -20,6 +20,7 @@ from pipeline.db import make_bookkeeping_engine, make_engine
 from pipeline.dead_letters import DeadLetters, DeadLetterStore
 from pipeline.errors import AGENT, Headers
 from pipeline.events import utc_now
+from pipeline.kafka_security import client_options
 from pipeline.metrics import Metrics
 from pipeline.order_store import OrderStore
 from pipeline.orders import OrderService
@@ -117,7 +118,7 @@ class Runtime(Service):
         kafka_ids = None
         if scan_kafka:
             kafka_ids, records = await scan_event_ids(
-                s.kafka_bootstrap_servers, s.topic_name(ORDER_EVENTS)
+                s.kafka_bootstrap_servers, s.topic_name(ORDER_EVENTS), **client_options(s)
             )
         report = compare(facts, dict(zip(customers, stats, strict=True)),
                          dict(zip(skus, stock, strict=True)), kafka_ids)  # fmt: skip
@@ -145,7 +146,9 @@ class Runtime(Service):
         if not self.settings.forwarder_enabled:
             return
         s = self.settings
-        producer = make_producer(s.kafka_bootstrap_servers, s.outbox_max_message_bytes)
+        producer = make_producer(
+            s.kafka_bootstrap_servers, s.outbox_max_message_bytes, **client_options(s)
+        )
         await producer.start()
         self._producer = producer
         forwarder = OutboxForwarder(

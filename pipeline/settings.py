@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,6 +96,13 @@ class Settings:
     retry_delays: tuple[float, ...] = (1.0, 10.0, 60.0)
     replay_limit: int = 3
     extra_modules: tuple[str, ...] = ()
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "PLAIN"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: Secret = Secret("")  # noqa: RUF009 - immutable
+    kafka_ssl_cafile: str = ""
+    kafka_ssl_certfile: str = ""
+    kafka_ssl_keyfile: str = ""
     session_timeout_seconds: float = 60.0
     heartbeat_seconds: float = 3.0
 
@@ -261,6 +269,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         retry_delays=_delays(env.get("PIPELINE_RETRY_DELAYS", "1,10,60")),
         replay_limit=_int(env, "PIPELINE_REPLAY_LIMIT", 3, low=1, high=1000),
+        **_kafka_security(env),
         session_timeout_seconds=_float(
             env, "PIPELINE_SESSION_TIMEOUT_SECONDS", 60.0, low=1.0, high=3600.0
         ),
@@ -269,6 +278,41 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             m.strip() for m in env.get("PIPELINE_EXTRA_MODULES", "").split(",") if m.strip()
         ),
     )
+
+
+PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def _kafka_security(env: Mapping[str, str]) -> dict[str, Any]:
+    """TLS and SASL for every Kafka client; each problem named with the variable to fix."""
+    protocol = env.get("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").strip().upper()
+    if protocol not in PROTOCOLS:
+        raise SettingsError(f"KAFKA_SECURITY_PROTOCOL={protocol!r} is not one of {PROTOCOLS}")
+    mechanism = env.get("KAFKA_SASL_MECHANISM", "PLAIN").strip().upper()
+    if mechanism not in MECHANISMS:
+        raise SettingsError(f"KAFKA_SASL_MECHANISM={mechanism!r} is not one of {MECHANISMS}")
+    username = env.get("KAFKA_SASL_USERNAME", "")
+    password = Secret(env.get("KAFKA_SASL_PASSWORD", ""))
+    if protocol.startswith("SASL") and not (username and password):
+        raise SettingsError(
+            f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+        )
+    files = {}
+    for name in ("KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE"):
+        path = env.get(name, "").strip()
+        if path and not Path(path).is_file():
+            raise SettingsError(f"{name}={path!r} is not a readable file")
+        files[name.lower()] = path
+    if files["kafka_ssl_keyfile"] and not files["kafka_ssl_certfile"]:
+        raise SettingsError("KAFKA_SSL_KEYFILE is set without KAFKA_SSL_CERTFILE")
+    return {
+        "kafka_security_protocol": protocol,
+        "kafka_sasl_mechanism": mechanism,
+        "kafka_sasl_username": username,
+        "kafka_sasl_password": password,
+        **files,
+    }
 
 
 def _delays(raw: str) -> tuple[float, ...]:

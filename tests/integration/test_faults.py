@@ -7,6 +7,7 @@ and Kafka — never log lines. Bounded in time; a summary per scenario is printe
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -16,8 +17,11 @@ import pytest
 from sqlalchemy import select
 
 from pipeline.db import make_engine, migrate, orders
+from pipeline.local.kafka import LocalKafka
+from pipeline.local.postgres import LocalPostgres
+from pipeline.settings import PROJECT_ROOT
 from tests.integration.faults import Load, drain, set_stock, summarize
-from tests.integration.workers import Worker, WorkerFactory, wait_for
+from tests.integration.workers import Worker, WorkerFactory, free_port, wait_for
 
 pytestmark = pytest.mark.faults
 
@@ -119,3 +123,60 @@ def test_workers_started_and_stopped_under_load_keep_every_invariant(
         assert extra.stop() == 0  # a clean stop hands its partitions back
         time.sleep(3)
     finish("rebalance churn (start/stop x2)", load, live[0], db)
+
+
+def test_postgres_stopped_under_load_keeps_every_acknowledged_order(
+    workers: WorkerFactory, postgres: LocalPostgres | None, postgres_url: str
+) -> None:
+    if postgres is None:
+        pytest.skip("TEST_DATABASE_URL names a server this test must not stop")
+    migrate(postgres_url)
+    workers.database_url = postgres_url
+    env = {**FAST_FAILOVER, "PIPELINE_RETRY_DELAYS": "1,3,10"}
+    live = [workers.start("w1", **env), workers.start("w2", **env)]
+    set_stock(live[0])
+    load = Load(lambda: live, rate=15).start()
+    try:
+        time.sleep(4)
+        postgres.stop(mode="immediate")  # a crash, as far as the database knows
+        # While it is down the API says so, with a hint to retry, and writes nothing.
+        status, body = wait_for(lambda: (r := live[0].post("/orders", {
+            "customer_id": "c-down", "customer_email": "c@example.com",
+            "items": [{"sku": "sku-1", "quantity": 1, "unit_price": "1.00"}]})) and r[0] != 201
+            and r, 15, "the API to notice the database is down")  # fmt: skip
+        assert status == 503 and body["error"] == "database_unavailable", body
+        time.sleep(4)
+    finally:
+        postgres.start()
+    time.sleep(6)
+    assert load.refused.get(503, 0) > 0
+    finish("PostgreSQL stopped (immediate) 8 s", load, live[0], postgres_url)
+
+
+def test_the_broker_killed_and_restarted_under_load_loses_nothing(
+    tmp_path: Path, test_id: str, sqlite_url: str
+) -> None:
+    migrate(sqlite_url)
+    broker = LocalKafka(
+        version=os.environ.get("PIPELINE_KAFKA_VERSION", "4.4.0"), port=free_port(),
+        controller_port=free_port(), data_dir=tmp_path / "kafka",
+        cache_dir=Path(os.environ.get("PIPELINE_CACHE_DIR", PROJECT_ROOT / ".cache")),
+        heap="512m",
+    )  # fmt: skip
+    bootstrap = broker.start(timeout=120)
+    workers = WorkerFactory(bootstrap, tmp_path, f"it-{test_id}", f"t{test_id}.", sqlite_url)
+    try:
+        live = [workers.start("w1", **FAST_FAILOVER), workers.start("w2", **FAST_FAILOVER)]
+        set_stock(live[0])
+        load = Load(lambda: live, rate=15).start()
+        time.sleep(4)
+        pid = broker.running_pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(5)  # orders are still taken: the outbox holds them until Kafka is back
+        broker.start(timeout=120)
+        time.sleep(5)
+        finish("Kafka broker SIGKILL + restart", load, live[0], sqlite_url)
+    finally:
+        workers.stop_all()
+        broker.stop()

@@ -8,7 +8,7 @@ from typing import Any
 
 import faust.transport.producer as faust_producer
 
-from pipeline.faust_fixes import DrainingProducerBuffer
+from pipeline.faust_fixes import STOCK_NEW_OFFSET, DrainingProducerBuffer, _new_offset
 
 STOCK_BUFFER = DrainingProducerBuffer.__mro__[1]  # Faust's own, whether installed or not
 
@@ -53,3 +53,31 @@ def test_the_app_builds_the_draining_buffer() -> None:
     from pipeline.app import app  # noqa: F401 - building the app installs the fix
 
     assert faust_producer.ProducerBuffer is DrainingProducerBuffer
+
+
+def _consumer_state(acked: list[int], committed: int | None) -> Any:
+    from collections import defaultdict
+
+    from intervaltree import IntervalTree
+
+    tp = ("orders.events", 1)
+    state = SimpleNamespace(
+        _acked={tp: list(acked)}, _committed_offset={tp: committed},
+        _gap=defaultdict(IntervalTree), _acked_index=defaultdict(set),
+    )  # fmt: skip
+    return state, tp
+
+
+def test_fausts_commit_skips_one_unacknowledged_offset() -> None:
+    """Pins the upstream bug: committed 22 means offset 22 is next; 22 was never acked."""
+    state, tp = _consumer_state([23, 24], committed=22)
+    assert STOCK_NEW_OFFSET(state, tp) == 25  # commits over offset 22
+
+
+def test_the_fixed_commit_waits_for_the_missing_offset() -> None:
+    state, tp = _consumer_state([23, 24], committed=22)
+    assert _new_offset(state, tp) is None
+    state, tp = _consumer_state([22, 23, 24], committed=22)
+    assert _new_offset(state, tp) == 25
+    state, tp = _consumer_state([5, 6], committed=None)  # nothing committed yet: Faust's rule
+    assert _new_offset(state, tp) == 7

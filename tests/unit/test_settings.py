@@ -61,3 +61,39 @@ def test_the_api_token_never_shows_in_reprs() -> None:
     assert "hunter2" not in repr(s)
     assert "hunter2" not in str(s.api_token)
     assert not Secret("")
+
+
+def test_kafka_sasl_and_tls_settings_reach_every_client(tmp_path: Path) -> None:
+    from pipeline.kafka_security import client_options, faust_credentials
+
+    s = load_settings({
+        "KAFKA_SECURITY_PROTOCOL": "sasl_ssl", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "KAFKA_SASL_USERNAME": "pipeline", "KAFKA_SASL_PASSWORD": "s3cret-value",
+    })  # fmt: skip
+    options = client_options(s)
+    assert options["security_protocol"] == "SASL_SSL"
+    assert options["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert options["sasl_plain_password"] == "s3cret-value"
+    assert options["ssl_context"] is not None
+    credentials = faust_credentials(s)
+    assert credentials.mechanism.value == "SCRAM-SHA-512" and credentials.ssl_context is not None
+    # The password is in no repr that could end up in a log or a traceback.
+    assert "s3cret-value" not in repr(s) and "s3cret-value" not in str(s)
+    plain = load_settings({})
+    assert client_options(plain) == {"security_protocol": "PLAINTEXT"}
+    assert faust_credentials(plain) is None
+
+
+@pytest.mark.parametrize(
+    ("env", "fault"),
+    [
+        ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, "KAFKA_SECURITY_PROTOCOL"),
+        ({"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT"}, "KAFKA_SASL_USERNAME"),
+        ({"KAFKA_SASL_MECHANISM": "GSSAPI"}, "KAFKA_SASL_MECHANISM"),
+        ({"KAFKA_SSL_CAFILE": "/nonexistent/ca.pem"}, "KAFKA_SSL_CAFILE"),
+        ({"PIPELINE_RETRY_DELAYS": "1,soon"}, "PIPELINE_RETRY_DELAYS"),
+    ],
+)
+def test_bad_security_and_retry_settings_name_the_variable(env: dict[str, str], fault: str) -> None:
+    with pytest.raises(SettingsError, match=fault):
+        load_settings(env)
