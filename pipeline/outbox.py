@@ -292,10 +292,16 @@ class OutboxForwarder:
             except (KafkaError, OperationalError, DBAPIError, OSError) as exc:
                 log.warning("outbox forwarder: %s: %s; retrying in %.1fs",
                             type(exc).__name__, exc, backoff)  # fmt: skip
-                self.metrics.outbox_errors.inc()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), backoff)
-                backoff = min(backoff * 2, 5.0)
+            except Exception:  # a dead forwarder would strand every later order
+                # E.g. asyncpg's CannotConnectNowError while PostgreSQL is starting up after a
+                # crash: not an OSError, and it once ended this loop for good.
+                log.exception("outbox forwarder: unexpected error; retrying in %.1fs", backoff)
+            else:
+                continue
+            self.metrics.outbox_errors.inc()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), backoff)
+            backoff = min(backoff * 2, 5.0)
 
     @contextlib.asynccontextmanager
     async def _leader(self) -> AsyncIterator[bool]:
