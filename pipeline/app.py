@@ -41,7 +41,6 @@ def create_app(settings: Settings) -> faust.App:
         value_serializer="raw",
         Worker="pipeline.worker:Worker",
         producer_acks=-1,
-        processing_guarantee=settings.processing_guarantee,
         broker_credentials=faust_credentials(settings),
         # Agents send several records per event; a few ms of linger turns them into batches
         # instead of one produce request each (the send path was the top of the profile).

@@ -21,10 +21,10 @@ from aiokafka.errors import KafkaError
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from pipeline import errors
-from pipeline.app import settings
+from pipeline.app import app, settings
 from pipeline.errors import Failure, FailurePolicy, Headers, Origin
 from pipeline.events import InvalidEvent, decode
-from pipeline.topics import dead_letters_topic, producer, retry_topics
+from pipeline.topics import dead_letters_topic, retry_topics
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ async def send_reliably(
     delay = 0.2
     while True:
         try:
-            delivery = await producer().send(
+            delivery = await app.producer.send(
                 topic, key, value, partition=partition, timestamp=None, headers=headers
             )
             await delivery

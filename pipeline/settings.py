@@ -103,7 +103,6 @@ class Settings:
     kafka_ssl_cafile: str = ""
     kafka_ssl_certfile: str = ""
     kafka_ssl_keyfile: str = ""
-    processing_guarantee: str = "at_least_once"
     session_timeout_seconds: float = 60.0
     heartbeat_seconds: float = 3.0
 
@@ -271,9 +270,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         retry_delays=_delays(env.get("PIPELINE_RETRY_DELAYS", "1,10,60")),
         replay_limit=_int(env, "PIPELINE_REPLAY_LIMIT", 3, low=1, high=1000),
         **_kafka_security(env),
-        processing_guarantee=_choice(
-            env, "PIPELINE_PROCESSING_GUARANTEE", "at_least_once", ("at_least_once", "exactly_once")
-        ),
         session_timeout_seconds=_float(
             env, "PIPELINE_SESSION_TIMEOUT_SECONDS", 60.0, low=1.0, high=3600.0
         ),
@@ -282,13 +278,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             m.strip() for m in env.get("PIPELINE_EXTRA_MODULES", "").split(",") if m.strip()
         ),
     )
-
-
-def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
-    value = env.get(name, default).strip().lower() or default
-    if value not in allowed:
-        raise SettingsError(f"{name}={value!r} is not one of {allowed}")
-    return value
 
 
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")

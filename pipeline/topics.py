@@ -116,13 +116,6 @@ ALL_TOPICS = (
 )
 
 
-def producer() -> Any:
-    """Where agents send: the app's producer, or with ``PIPELINE_PROCESSING_GUARANTEE=
-    exactly_once`` Faust's transaction manager, which sends inside the transaction that also
-    commits the source offsets."""
-    return app.consumer.transactions if app.in_transaction else app.producer
-
-
 async def publish(
     topic: faust.TopicT, key: str, event: Event, *, timestamp: datetime | None = None
 ) -> None:
@@ -133,7 +126,7 @@ async def publish(
     profile. Delivery is still covered: Faust flushes this producer before it commits the
     offsets of the events that caused these sends.
     """
-    delivery = await producer().send(
+    delivery = await app.producer.send(
         topic.get_topic_name(),
         key.encode(),
         encode(event),
