@@ -73,6 +73,12 @@ class LocalKafka:
     cache_dir: Path
     heap: str = "1G"
     host: str = "127.0.0.1"
+    # A node of a local cluster (tests): its id, every node's "id@host:controller_port", the
+    # cluster id they share, and the replication the cluster's internal topics get.
+    node_id: int = 1
+    voters: str = ""
+    cluster_id: str = ""
+    replication: int = 1
 
     @property
     def bootstrap_servers(self) -> str:
@@ -136,10 +142,11 @@ class LocalKafka:
     # -- configuration ------------------------------------------------------------------------
 
     def _server_properties(self) -> str:
+        min_isr = 2 if self.replication >= 3 else 1
         lines = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@{self.host}:{self.controller_port}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": self.voters or f"1@{self.host}:{self.controller_port}",
             "listeners": f"PLAINTEXT://{self.host}:{self.port},"
             f"CONTROLLER://{self.host}:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port}",
@@ -148,12 +155,12 @@ class LocalKafka:
             "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
             "log.dirs": str(self.data_dir / "logs"),
             "num.partitions": "4",
-            "default.replication.factor": "1",
-            "min.insync.replicas": "1",
-            "offsets.topic.replication.factor": "1",
+            "default.replication.factor": str(self.replication),
+            "min.insync.replicas": str(min_isr),
+            "offsets.topic.replication.factor": str(self.replication),
             "offsets.topic.num.partitions": "10",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.replication.factor": str(self.replication),
+            "transaction.state.log.min.isr": str(min_isr),
             "transaction.state.log.num.partitions": "10",
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "true",
@@ -164,8 +171,8 @@ class LocalKafka:
             "num.io.threads": "4",
         }
         if self.line >= 4:
-            lines["share.coordinator.state.topic.replication.factor"] = "1"
-            lines["share.coordinator.state.topic.min.isr"] = "1"
+            lines["share.coordinator.state.topic.replication.factor"] = str(self.replication)
+            lines["share.coordinator.state.topic.min.isr"] = str(min_isr)
         return "".join(f"{k}={v}\n" for k, v in lines.items())
 
     def _write_config(self) -> Path:
@@ -200,7 +207,7 @@ class LocalKafka:
     def _format_storage(self, props: Path) -> None:
         if (self.data_dir / "logs" / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = self.cluster_id or new_cluster_id()
         cmd = self._java(
             "kafka.tools.StorageTool",
             "format",
@@ -228,8 +235,9 @@ class LocalKafka:
         self.pid_file.unlink(missing_ok=True)
         return None
 
-    def start(self, timeout: float = 90.0) -> str:
-        """Start the broker (or reuse ours) and return its bootstrap address once it answers."""
+    def start(self, timeout: float = 90.0, *, wait: bool = True) -> str:
+        """Start the broker (or reuse ours) and return its bootstrap address once it answers
+        (at once with ``wait=False``: a cluster's nodes answer only once a quorum is up)."""
         pid = self.running_pid()
         if pid is not None:
             if broker_answers(self.bootstrap_servers, timeout=timeout):
@@ -260,6 +268,8 @@ class LocalKafka:
         )
         stdout.close()
         self.pid_file.write_text(str(proc.pid))
+        if not wait:
+            return self.bootstrap_servers
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -298,6 +308,10 @@ class LocalKafka:
             if path.exists() and path.stat().st_size:
                 return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
         return "(no log output)"
+
+
+def new_cluster_id() -> str:
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
 def _alive(pid: int) -> bool:

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from pipeline.db import make_engine, migrate, orders
-from pipeline.local.kafka import LocalKafka
+from pipeline.local.kafka import LocalKafka, broker_answers, new_cluster_id
 from pipeline.local.postgres import LocalPostgres
 from pipeline.settings import PROJECT_ROOT
 from tests.integration.faults import Load, drain, set_stock, summarize
@@ -180,3 +180,69 @@ def test_the_broker_killed_and_restarted_under_load_loses_nothing(
     finally:
         workers.stop_all()
         broker.stop()
+
+
+def test_one_broker_of_three_killed_under_load_loses_no_acknowledged_event(
+    tmp_path: Path, test_id: str, sqlite_url: str
+) -> None:
+    """Replication factor 3, min.insync.replicas 2: with one broker gone for good, every write
+    acknowledged (acks=all) is on a surviving replica and the pipeline carries on."""
+    migrate(sqlite_url)
+    ports: list[int] = []
+    while len(ports) < 6:
+        if (port := free_port()) not in ports:
+            ports.append(port)
+    pairs = list(zip(ports[::2], ports[1::2], strict=True))
+    voters = ",".join(f"{n}@127.0.0.1:{c}" for n, (_, c) in enumerate(pairs, start=1))
+    cluster_id = new_cluster_id()
+    nodes = [
+        LocalKafka(
+            version=os.environ.get("PIPELINE_KAFKA_VERSION", "4.4.0"),
+            port=port,
+            controller_port=controller,
+            data_dir=tmp_path / f"kafka{n}",
+            cache_dir=Path(os.environ.get("PIPELINE_CACHE_DIR", PROJECT_ROOT / ".cache")),
+            heap="384m",
+            node_id=n,
+            voters=voters,
+            cluster_id=cluster_id,
+            replication=3,
+        )
+        for n, (port, controller) in enumerate(pairs, start=1)
+    ]
+    try:
+        for node in nodes:
+            node.start(wait=False)
+        wait_for(lambda: all(broker_answers(n.bootstrap_servers, 2.0) for n in nodes), 180,
+                 "the three brokers to form a cluster")  # fmt: skip
+        bootstrap = ",".join(n.bootstrap_servers for n in nodes)
+        workers = WorkerFactory(bootstrap, tmp_path, f"it-{test_id}", f"t{test_id}.", sqlite_url)
+        env = {**FAST_FAILOVER, "PIPELINE_REPLICATION_FACTOR": "3"}
+        try:
+            live = [workers.start("w1", **env), workers.start("w2", **env)]
+            assert asyncio.run(_replicas(bootstrap, workers.topic("orders.events"))) == {3}
+            set_stock(live[0])
+            load = Load(lambda: live, rate=15).start()
+            time.sleep(5)
+            pid = nodes[1].running_pid()
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)  # and it stays down
+            time.sleep(8)
+            finish("1 of 3 brokers SIGKILLed (RF 3)", load, live[0], sqlite_url)
+        finally:
+            workers.stop_all()
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+async def _replicas(bootstrap: str, topic: str) -> set[int]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return {len(p["replicas"]) for p in described["partitions"]}
