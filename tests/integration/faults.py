@@ -116,9 +116,9 @@ def drain(worker: Worker, timeout: float = 180) -> tuple[dict[str, Any], float]:
     raise AssertionError(f"did not reconcile within {timeout}s: {differences}")
 
 
-def summarize(name: str, load: Load, report: dict[str, Any], seconds: float,
-              dead_letters: int = 0) -> None:  # fmt: skip
+def summarize(name: str, load: Load, report: dict[str, Any], seconds: float) -> None:
     checked = report["checked"]
+    dead_letters = checked.get("dead_lettered_analytics", 0)
     SUMMARY.append(
         f"{name:<34} sent {load.events:>5}  applied {checked['kafka_events']:>5}  "
         f"duplicates absorbed {checked.get('kafka_duplicates', 0):>4}  "
