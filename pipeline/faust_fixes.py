@@ -21,13 +21,26 @@ exactly one event that was never acknowledged (dropped from a queue in a rebalan
 committed over and never processed. Found by the rebalance-churn scenario (an order missing
 from its customer's stats and never reserved). :func:`_new_offset` refuses any gap at the
 head; the event is then read again after the next rebalance or restart instead of lost.
+
+Persisted changelog offset jumping over another worker's writes (same version,
+``Collection._on_changelog_sent``): each acknowledged changelog write records its offset as
+"applied up to here" in the local store, and recovery resumes reading from that mark. A worker
+frozen past its session timeout (a zombie) loses its partitions; another worker writes the
+changelog meanwhile; when the zombie wakes, its buffered writes are acknowledged at the end of
+the changelog and move its mark past the other worker's records, so when it gets the partition
+back its recovery skips them and the table misses those updates for good (found by the
+SIGSTOP scenario: half of two customers' orders missing from their stats).
+:func:`_on_changelog_sent` keeps the mark when an acknowledged offset is not the next one after
+it — somebody else wrote in between — so the next recovery reads those records.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
+import faust.tables.base as faust_tables
 import faust.transport.consumer as faust_consumer
 import faust.transport.producer as faust_producer
 from faust.types import TP
@@ -65,7 +78,28 @@ def _new_offset(self: Any, tp: TP) -> int | None:
     return STOCK_NEW_OFFSET(self, tp)
 
 
+log = logging.getLogger(__name__)
+STOCK_ON_CHANGELOG_SENT = faust_tables.Collection._on_changelog_sent
+
+
+def _on_changelog_sent(self: Any, fut: Any) -> None:
+    """Faust's ``_on_changelog_sent``, but never moving the persisted offset over records
+    this worker did not write (and so never applied)."""
+    if not self.app.in_transaction:
+        res = fut.result()
+        current = self.data.persisted_offset(res.topic_partition)
+        if current is not None and res.offset > current + 1:
+            log.warning(
+                "%s: changelog %s has records %d..%d this worker did not write; keeping the "
+                "recovery mark at %d so they are read on the next recovery",
+                self.name, res.topic_partition, current + 1, res.offset - 1, current,
+            )  # fmt: skip
+            return
+    STOCK_ON_CHANGELOG_SENT(self, fut)
+
+
 def install() -> None:
     """Install the fixes into Faust's classes (idempotent)."""
     faust_producer.ProducerBuffer = DrainingProducerBuffer  # type: ignore[misc]
     faust_consumer.Consumer._new_offset = _new_offset  # type: ignore[method-assign]
+    faust_tables.Collection._on_changelog_sent = _on_changelog_sent  # type: ignore[method-assign]
