@@ -13,9 +13,8 @@ import json
 import sys
 from typing import Any
 
+from pipeline.dead_letters import FILTER_FIELDS
 from pipeline.settings import Settings
-
-FILTERS = ("agent", "error_type", "reason", "status", "event_id", "since", "until", "limit")
 
 
 def add_parser(sub: Any) -> None:
@@ -44,7 +43,7 @@ def add_parser(sub: Any) -> None:
 def run(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.dead_letters import BadFilter, parse_filter, parse_replay_request
 
-    raw = {name: getattr(args, name, None) for name in FILTERS}
+    raw = {name: getattr(args, name, None) for name in FILTER_FIELDS}
     try:
         if args.action == "list":
             where = parse_filter(raw)
