@@ -103,14 +103,16 @@ def test_a_handler_failing_k_times_then_succeeding_applies_once_without_blocking
     assert _dead_letters(worker, event_id=flaky.event_id) == []
     text = worker.metrics()
     for stage in ("in-place", "topic-1", "topic-2"):
-        labels = f'agent="faulty",error="TimeoutError",stage="{stage}"'
-        assert (metric(text, f"pipeline_retries_total{{{labels}}}") or 0) >= 1, stage
+        labels = {"agent": "faulty", "error": "TimeoutError", "stage": stage}
+        assert (metric(text, "pipeline_retries_total", **labels) or 0) >= 1, stage
 
 
 def test_a_permanent_failure_lands_in_the_dead_letter_topic_with_every_header(
     setup: tuple[WorkerFactory, Worker, Path],
 ) -> None:
     factory, worker, faults = setup
+    labels = {"agent": "faulty", "reason": "permanent", "error": "NonRetryableError"}
+    counted_before = metric(worker.metrics(), "pipeline_dead_letters_total", **labels) or 0
     refused = _order(faults, "permanent")
     key = refused.customer_id.encode()
     _send(factory, "faulty.in", (key, encode(refused)))
@@ -123,6 +125,8 @@ def test_a_permanent_failure_lands_in_the_dead_letter_topic_with_every_header(
     assert listed["original"]["topic"] == factory.topic("faulty.in")
     assert "NonRetryableError" in listed["stacktrace"]
     assert refused.event_id not in _lines(faults / "calls.log")
+    counted = metric(worker.metrics(), "pipeline_dead_letters_total", **labels)
+    assert counted == counted_before + 1  # per agent, reason and error
 
     records = asyncio.run(consume(factory.bootstrap, factory.topic("dead-letters"), count=50,
                                   timeout=5))  # fmt: skip

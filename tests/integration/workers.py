@@ -19,6 +19,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.settings import PROJECT_ROOT
 
@@ -58,11 +59,13 @@ def http_put(url: str, body: Any, headers: dict[str, str] | None = None) -> tupl
     return _call(urllib.request.Request(url, data=data, method="PUT", headers=headers or {}), 10)
 
 
-def metric(text: str, name: str) -> float | None:
-    """The value of an unlabelled sample in Prometheus text output."""
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """The value of the sample ``name`` with exactly ``labels`` in Prometheus text output
+    (parsed, so the order the labels are printed in does not matter)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
     return None
 
 
