@@ -7,8 +7,15 @@ from types import SimpleNamespace
 from typing import Any
 
 import faust.transport.producer as faust_producer
+from faust.types import TP
 
-from pipeline.faust_fixes import STOCK_NEW_OFFSET, DrainingProducerBuffer, _new_offset
+from pipeline.faust_fixes import (
+    STOCK_ADD_GAP,
+    STOCK_NEW_OFFSET,
+    DrainingProducerBuffer,
+    _add_gap,
+    _new_offset,
+)
 
 STOCK_BUFFER = DrainingProducerBuffer.__mro__[1]  # Faust's own, whether installed or not
 
@@ -60,7 +67,7 @@ def _consumer_state(acked: list[int], committed: int | None) -> Any:
 
     from intervaltree import IntervalTree
 
-    tp = ("orders.events", 1)
+    tp = TP("orders.events", 1)
     state = SimpleNamespace(
         _acked={tp: list(acked)}, _committed_offset={tp: committed},
         _gap=defaultdict(IntervalTree), _acked_index=defaultdict(set),
@@ -81,6 +88,25 @@ def test_the_fixed_commit_waits_for_the_missing_offset() -> None:
     assert _new_offset(state, tp) == 25
     state, tp = _consumer_state([5, 6], committed=None)  # nothing committed yet: Faust's rule
     assert _new_offset(state, tp) == 7
+
+
+async def test_fausts_gap_commits_offsets_nobody_processed() -> None:
+    """Pins the upstream bug: the gap counts as processed and lifts the head guard."""
+    state, tp = _consumer_state([22, 23, 24, 30], committed=22)
+    await STOCK_ADD_GAP(state, tp, 25, 30)
+    assert STOCK_NEW_OFFSET(state, tp) == 31  # 25-29 were never processed
+    state, tp = _consumer_state([30], committed=24)  # 24 is next and was never acknowledged
+    await STOCK_ADD_GAP(state, tp, 25, 30)
+    assert _new_offset(state, tp) == 31  # the head guard yields to the gap
+
+
+async def test_the_fixed_gap_commits_only_what_was_acknowledged() -> None:
+    state, tp = _consumer_state([22, 23, 24, 30], committed=22)
+    await _add_gap(state, tp, 25, 30)
+    assert _new_offset(state, tp) == 25
+    state, tp = _consumer_state([30], committed=24)
+    await _add_gap(state, tp, 25, 30)
+    assert _new_offset(state, tp) is None
 
 
 class _Store:
