@@ -20,13 +20,15 @@ import faust
 from aiokafka.errors import KafkaError
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from pipeline import errors
+from pipeline import errors, logs
 from pipeline.app import app, settings
 from pipeline.errors import Failure, FailurePolicy, Headers, Origin
 from pipeline.events import InvalidEvent, decode
 from pipeline.topics import dead_letters_topic, retry_topics
 
 log = logging.getLogger(__name__)
+# One line per event an agent handles (PIPELINE_LOG_EVENTS), with the ids bound below.
+trace = logging.getLogger("pipeline.trace")
 
 Handler = Callable[[Any], Awaitable[None]]
 
@@ -70,19 +72,30 @@ async def consume(
 async def handle_record(
     message: Any, policy: FailurePolicy, handle: Handler, types: tuple[type[Any], ...]
 ) -> None:
-    try:
-        event = decode(message.value, *types)
-    except InvalidEvent as exc:
-        await _dead_letter(message, policy, errors.POISON, exc, attempts=1)
-        return
+    where = {"agent": policy.agent, "topic": message.topic, "partition": message.partition,
+             "offset": message.offset}  # fmt: skip
+    with logs.bound(**where):
+        try:
+            event = decode(message.value, *types)
+        except InvalidEvent as exc:
+            await _dead_letter(message, policy, errors.POISON, exc, attempts=1)
+            return
+        with logs.bound(event_id=event.event_id, order_id=getattr(event, "order_id", None)):
+            await _handle_event(message, event, policy, handle)
+
+
+async def _handle_event(message: Any, event: Any, policy: FailurePolicy, handle: Handler) -> None:
     attempt = 0
     while True:
         attempt += 1
         try:
             await handle(event)
-            return
         except Exception as exc:  # noqa: BLE001 - every failure is classified, none is lost
             failure = exc
+        else:
+            _count_handled(message, policy.agent)
+            trace.info("%s handled %s", policy.agent, type(event).__name__)
+            return
         transient = policy.is_transient(failure)
         log.warning(
             "%s failed on %s[%s]@%s (attempt %d, %s): %r", policy.agent, message.topic,
@@ -160,6 +173,13 @@ async def send_reliably(
             log.warning("sending to %s failed (%r), retrying in %.1fs", topic, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+def _count_handled(message: Any, agent: str) -> None:
+    metrics = _metrics()
+    metrics.events_processed.labels(agent).inc()
+    if message.timestamp is not None:  # seconds since the epoch (Faust converts Kafka's ms)
+        metrics.event_latency.labels(agent).observe(max(0.0, time.time() - message.timestamp))
 
 
 def _metrics() -> Any:

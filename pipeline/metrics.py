@@ -6,6 +6,8 @@ several and nothing registers twice.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -71,6 +73,32 @@ class Metrics:
             "pipeline_dead_letter_replays", "Dead letters replayed, by agent", ["agent"],
             registry=r,
         )  # fmt: skip
+
+        self.events_processed = Counter(
+            "pipeline_events_processed",
+            "Events an agent handled (its effect applied, or found already applied), by agent",
+            ["agent"],
+            registry=r,
+        )
+        self.event_latency = Histogram(
+            "pipeline_event_latency_seconds",
+            "From the record's timestamp in Kafka until the agent has handled it, by agent",
+            ["agent"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "pipeline_consumer_lag",
+            "Records in a partition this worker consumes past its last committed offset",
+            ["topic", "partition"],
+            registry=r,
+        )
+
+    def set_lag(self, lag: Mapping[tuple[str, int], int]) -> None:
+        """Replace the lag samples with ``lag`` (partitions no longer assigned disappear)."""
+        self.consumer_lag.clear()
+        for (topic, partition), records in lag.items():
+            self.consumer_lag.labels(topic, str(partition)).set(records)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import uuid
 from collections.abc import Callable, Mapping
@@ -18,6 +19,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from pipeline import logs
 from pipeline.events import CENTS, OrderCancelled, OrderCreated, OrderLine, money, utc_now
 from pipeline.order_store import (
     CancelOutcome,
@@ -26,6 +28,9 @@ from pipeline.order_store import (
     OrderStore,
     StoredResponse,
 )
+
+# The order's life starts here; agents log the rest on the same logger (PIPELINE_LOG_EVENTS).
+trace = logging.getLogger("pipeline.trace")
 
 MAX_ID_LENGTH = 64
 MAX_EMAIL_LENGTH = 254
@@ -230,10 +235,19 @@ class OrderService:
         if isinstance(stored, StoredResponse):
             return Reply(stored.status_code, stored.body, replayed=True)
         self.on_committed()
+        with logs.bound(order_id=event.order_id, event_id=event.event_id):
+            trace.info("order created for %s: %d lines, total %s", event.customer_id,
+                       len(event.items), money(event.total))  # fmt: skip
         return Reply(201, reply)
 
     async def cancel_order(self, order_id: str) -> Reply:
-        outcome, order = await self.store.cancel_order(order_id, self._cancelled_event)
+        made: list[OrderCancelled] = []
+
+        def cancelled(order: OrderRow) -> OrderCancelled:
+            made.append(self._cancelled_event(order))
+            return made[-1]
+
+        outcome, order = await self.store.cancel_order(order_id, cancelled)
         if outcome is CancelOutcome.NOT_FOUND:
             return Reply(404, {"error": "not_found", "detail": f"no order {order_id!r}"})
         if outcome is CancelOutcome.CONFLICT:
@@ -243,6 +257,8 @@ class OrderService:
                 {"error": "conflict", "detail": f"order {order_id} is already {order.status}"},
             )
         self.on_committed()
+        with logs.bound(order_id=order_id, event_id=made[-1].event_id if made else None):
+            trace.info("order cancelled")
         return Reply(200, {"order_id": order_id, "status": "cancelled"})
 
     def _cancelled_event(self, order: OrderRow) -> OrderCancelled:

@@ -73,6 +73,20 @@ class Runtime(Service):
             known_agents=lambda: list(AGENT_SOURCES),
         )
 
+    def consumer_lag(self) -> dict[tuple[str, int], int]:
+        """Per partition this worker consumes (changelogs aside): the end offset Faust last
+        saw minus the offset it last committed."""
+        monitor, consumer = app.monitor, app.consumer
+        lag: dict[tuple[str, int], int] = {}
+        for tp in consumer.assignment():
+            if tp.topic.endswith("-changelog") or "__assignor" in tp.topic:
+                continue
+            end = monitor.tp_end_offsets.get(tp)
+            committed = monitor.tp_committed_offsets.get(tp)
+            if end is not None:
+                lag[(tp.topic, tp.partition)] = max(0, end - (committed or 0))
+        return lag
+
     async def _send_replay(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers, partition: int
     ) -> None:

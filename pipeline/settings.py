@@ -73,6 +73,8 @@ class Settings:
     web_port: int
     api_token: Secret
     log_level: str = "info"
+    log_format: str = "json"
+    log_events: bool = True
     dedupe_window: int = 1000
     max_body_bytes: int = 64 * 1024
     max_order_items: int = 100
@@ -105,6 +107,8 @@ class Settings:
     kafka_ssl_keyfile: str = ""
     session_timeout_seconds: float = 60.0
     heartbeat_seconds: float = 3.0
+    # How long the topics `python -m pipeline topics create` makes keep records (-1: forever).
+    topic_retention_hours: int = 168
 
     @property
     def web_is_loopback(self) -> bool:
@@ -213,6 +217,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     log_level = env.get("PIPELINE_LOG_LEVEL", "info").strip().lower()
     if log_level not in {"debug", "info", "warning", "warn", "error", "critical"}:
         raise SettingsError(f"PIPELINE_LOG_LEVEL={log_level!r} is not a log level")
+    log_format = env.get("PIPELINE_LOG_FORMAT", "json").strip().lower()
+    if log_format not in {"json", "text"}:
+        raise SettingsError(f"PIPELINE_LOG_FORMAT={log_format!r} must be json or text")
 
     return Settings(
         kafka_bootstrap_servers=bootstrap,
@@ -235,6 +242,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         web_port=_int(env, "PIPELINE_WEB_PORT", 6066, low=1024, high=65535),
         api_token=Secret(env.get("PIPELINE_API_TOKEN", "")),
         log_level=log_level,
+        log_format=log_format,
+        log_events=_bool(env, "PIPELINE_LOG_EVENTS", True),
         dedupe_window=_int(env, "PIPELINE_DEDUPE_WINDOW", 1000, low=1, high=1_000_000),
         max_body_bytes=_int(env, "PIPELINE_MAX_BODY_BYTES", 64 * 1024, low=1024, high=16 << 20),
         max_order_items=_int(env, "PIPELINE_MAX_ORDER_ITEMS", 100, low=1, high=10_000),
@@ -274,6 +283,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             env, "PIPELINE_SESSION_TIMEOUT_SECONDS", 60.0, low=1.0, high=3600.0
         ),
         heartbeat_seconds=_float(env, "PIPELINE_HEARTBEAT_SECONDS", 3.0, low=0.1, high=600.0),
+        topic_retention_hours=_retention_hours(env),
         extra_modules=tuple(
             m.strip() for m in env.get("PIPELINE_EXTRA_MODULES", "").split(",") if m.strip()
         ),
@@ -313,6 +323,14 @@ def _kafka_security(env: Mapping[str, str]) -> dict[str, Any]:
         "kafka_sasl_password": password,
         **files,
     }
+
+
+def _retention_hours(env: Mapping[str, str]) -> int:
+    """Kafka's ``retention.ms`` in hours for the topics we create; -1 keeps records forever."""
+    hours = _int(env, "PIPELINE_TOPIC_RETENTION_HOURS", 168, low=-1, high=10 * 8760)
+    if hours == 0:
+        raise SettingsError("PIPELINE_TOPIC_RETENTION_HOURS=0: use -1 to keep records forever")
+    return hours
 
 
 def _delays(raw: str) -> tuple[float, ...]:

@@ -6,6 +6,7 @@ worker answers any read. Errors are ``{"error": "<code>", "detail": ...}``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import uuid
@@ -79,6 +80,8 @@ class Ready(View):
 @app.page("/metrics")
 class MetricsView(View):
     async def get(self, request: Request) -> Response:
+        with contextlib.suppress(Exception):  # no assignment yet (starting, rebalancing)
+            runtime.metrics.set_lag(runtime.consumer_lag())
         return self.bytes(runtime.metrics.render(), content_type="text/plain; version=0.0.4")
 
 
