@@ -11,10 +11,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_POSTGRES_PORT ?= 55432
+# The dashboard test drives Debian's Chromium through Playwright, which must never download a
+# browser of its own.
+CHROMIUM ?= /usr/bin/chromium
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 PYTEST_ARGS ?=
 
 .PHONY: help install lint format test unit integration demo bench kafka-jars kafka-up kafka-down \
-	postgres-up postgres-down clean
+	postgres-up postgres-down chromium clean
 
 help:
 	@echo "make demo         run the pipeline locally (Kafka, SQLite, two workers); Ctrl-C stops it"
@@ -66,10 +70,23 @@ postgres-down: install
 unit: install
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-integration: install kafka-jars postgres-up
+# Debian's Chromium for the dashboard test, installed when missing (as root). When it cannot
+# be, the suite still runs and that test fails saying so.
+chromium:
+	@test -x $(CHROMIUM) || { \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing Debian's chromium for the dashboard test"; \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+				--no-install-recommends chromium fonts-liberation; \
+		fi; \
+		test -x $(CHROMIUM) || echo "warning: $(CHROMIUM) is missing and could not be installed" \
+			"(apt-get install -y chromium as root); the dashboard test will fail"; \
+	}
+
+integration: install kafka-jars postgres-up chromium
 	TEST_POSTGRES_PORT=$(TEST_POSTGRES_PORT) $(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
-test: lint kafka-jars postgres-up
+test: lint kafka-jars postgres-up chromium
 	TEST_POSTGRES_PORT=$(TEST_POSTGRES_PORT) $(BIN)/pytest tests -ra $(PYTEST_ARGS)
 
 demo: install

@@ -33,6 +33,7 @@ def create_app(settings: Settings) -> faust.App:
             *settings.extra_modules,
             "tables",
             "pipeline.views",
+            "pipeline.dashboard",
         ],
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,

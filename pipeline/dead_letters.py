@@ -286,6 +286,13 @@ class DeadLetterStore:
             rows = (await conn.execute(query)).all()
         return [_letter(r._mapping) for r in rows]
 
+    async def counts(self) -> list[tuple[str, str, int]]:
+        """How many dead letters there are, as ``(reason, status, count)`` rows."""
+        c = dead_letters.c
+        query = select(c.reason, c.status, func.count()).group_by(c.reason, c.status)
+        async with self.engine.connect() as conn:
+            return [(r, s, int(n)) for r, s, n in (await conn.execute(query)).all()]
+
     async def replay_count(self, agent: str, event_key: str) -> int:
         r = dead_letter_replays.c
         query = select(func.count()).where(r.agent == agent, r.event_key == event_key)
