@@ -34,6 +34,17 @@ gap of one to a dozen records per partition). :func:`_add_gap` records nothing: 
 committed only once its record was acknowledged, and the records are read again after the next
 rebalance or restart.
 
+No seek for a partition without a committed offset (same version,
+``AIOKafkaConsumerThread.seek_to_committed`` via aiokafka's, which seeks only offsets > 0): after
+a rebalance Faust "seeks stream partitions to committed offsets", but a partition whose group
+has committed nothing yet keeps the fetch position it had, past records that were fetched and
+then dropped from the agents' queues by the rebalance. Nothing marks where the partition
+starts either (Faust's committed offset is None there, so no head guard applies), and the
+first commit goes over them (found by the churn scenario: the fifth event of a partition,
+produced during the first rebalance, never handled). :func:`_seek_to_committed` sends such
+partitions back to their beginning, what ``auto_offset_reset=earliest`` means; what was
+already handled is handled again and absorbed by the agents' idempotency.
+
 Persisted changelog offset jumping over another worker's writes (same version,
 ``Collection._on_changelog_sent``): each acknowledged changelog write records its offset as
 "applied up to here" in the local store, and recovery resumes reading from that mark. A worker
@@ -50,10 +61,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import faust.tables.base as faust_tables
 import faust.transport.consumer as faust_consumer
+import faust.transport.drivers.aiokafka as faust_aiokafka
 import faust.transport.producer as faust_producer
 from faust.types import TP
 
@@ -104,6 +117,20 @@ async def _add_gap(self: Any, tp: TP, offset_from: int, offset_to: int) -> None:
     )  # fmt: skip
 
 
+async def _seek_to_committed(self: Any) -> Mapping[Any, int | None]:
+    """Faust's ``seek_to_committed``, but a partition with nothing committed goes back to its
+    beginning instead of staying where the last fetch left it."""
+    return await self.call_thread(_seek_consumer_to_committed, self._ensure_consumer())
+
+
+async def _seek_consumer_to_committed(consumer: Any) -> Mapping[Any, int | None]:
+    committed: Mapping[Any, int | None] = await consumer.seek_to_committed()
+    uncommitted = [tp for tp, offset in committed.items() if not offset]  # None, or 0
+    if uncommitted:
+        await consumer.seek_to_beginning(*uncommitted)
+    return committed
+
+
 STOCK_ON_CHANGELOG_SENT = faust_tables.Collection._on_changelog_sent
 
 
@@ -128,4 +155,5 @@ def install() -> None:
     faust_producer.ProducerBuffer = DrainingProducerBuffer  # type: ignore[misc]
     faust_consumer.Consumer._new_offset = _new_offset  # type: ignore[method-assign]
     faust_consumer.Consumer._add_gap = _add_gap  # type: ignore[method-assign]
+    faust_aiokafka.AIOKafkaConsumerThread.seek_to_committed = _seek_to_committed  # type: ignore[method-assign,assignment]
     faust_tables.Collection._on_changelog_sent = _on_changelog_sent  # type: ignore[method-assign]
