@@ -7,10 +7,14 @@ import sys
 
 def main() -> int:
     argv = sys.argv[1:]
-    from pipeline.cli import OUR_COMMANDS, run, web_bind_refusal
+    from pipeline.cli import OUR_COMMANDS, build_parser, run, web_bind_refusal
 
     if argv and argv[0] in OUR_COMMANDS:
         return run(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        # Ours and the worker; Faust's other commands stay reachable by name (send, tables...).
+        build_parser().print_help()
+        return 0 if argv else 2
 
     from pipeline.settings import SettingsError, load_settings
 

@@ -1,5 +1,5 @@
 """The operator commands that are not Faust's own: ``migrate``, ``kafka``, ``postgres``,
-``dlt``.
+``dlt``, ``reconcile``, ``load``, ``stock``, ``outbox``, ``topics``, ``forwarder``.
 
 Everything else (``worker``, ``send``, ...) goes to Faust's command line in ``__main__``.
 Each command exits non-zero with a message saying what to do when it cannot do its job.
@@ -13,7 +13,8 @@ from collections.abc import Sequence
 
 from pipeline.settings import Settings, SettingsError, is_loopback, load_settings
 
-OUR_COMMANDS = {"migrate", "kafka", "postgres", "demo", "dlt", "reconcile"}
+OUR_COMMANDS = {"migrate", "kafka", "postgres", "demo", "dlt", "reconcile", "load", "stock",
+                "outbox", "topics", "forwarder"}  # fmt: skip
 
 
 def local_kafka(settings: Settings):  # type: ignore[no-untyped-def]
@@ -152,6 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--no-kafka", action="store_true", help="do not scan orders.events")
     rec.add_argument("--json", action="store_true", help="the full report as JSON")
     rec.add_argument("--timeout", type=float, default=120.0, help="seconds to wait")
+    from pipeline import load_cli, ops_cli
+
+    load_cli.add_parser(sub)
+    ops_cli.add_parsers(sub)
+    from pipeline import forwarder_cli
+
+    forwarder_cli.add_parser(sub)
+    sub.add_parser("worker", help="run a worker: Faust's worker command (worker --help)",
+                   add_help=False)  # fmt: skip
     sub.add_parser("demo", help="run the whole pipeline locally (see --help)", add_help=False)
     return parser
 
@@ -171,6 +181,18 @@ def run(argv: Sequence[str]) -> int:
         from pipeline import dlt_cli
 
         return dlt_cli.run(settings, args)
+    if args.command == "forwarder":
+        from pipeline import forwarder_cli
+
+        return forwarder_cli.run(settings, args)
+    if args.command == "load":
+        from pipeline import load_cli
+
+        return load_cli.cmd_load(settings, args)
+    if args.command in ("stock", "outbox", "topics"):
+        from pipeline import ops_cli
+
+        return ops_cli.run(settings, args)
     handler = {"migrate": cmd_migrate, "kafka": cmd_kafka, "postgres": cmd_postgres,
                "reconcile": cmd_reconcile}  # fmt: skip
     return handler[args.command](settings, args)

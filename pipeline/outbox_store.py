@@ -132,6 +132,13 @@ class OutboxStore:
         async with self.engine.connect() as conn:
             return {status: int(n) for status, n in (await conn.execute(query)).all()}
 
+    async def published_since(self, cutoff: datetime) -> int:
+        """Rows published at or after ``cutoff`` (older ones are the purge's)."""
+        c = outbox.c
+        query = select(func.count()).where(c.status == PUBLISHED, c.published_at >= cutoff)
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
     async def parked(self, limit: int = 100) -> list[dict[str, Any]]:
         query = (
             select(

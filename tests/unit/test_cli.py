@@ -37,3 +37,19 @@ def test_agents_and_tables_are_this_projects_packages() -> None:
 
     for module in (agents, tables):
         assert pathlib.Path(module.__file__ or "").resolve().is_relative_to(PROJECT_ROOT)
+
+
+def test_help_lists_every_operator_command(capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    from pipeline.__main__ import main
+
+    argv, sys.argv = sys.argv, ["pipeline", "--help"]
+    try:
+        assert main() == 0
+    finally:
+        sys.argv = argv
+    shown = capsys.readouterr().out
+    for command in ("migrate", "kafka", "dlt", "reconcile", "load", "stock", "outbox", "topics",
+                    "forwarder", "worker", "demo"):  # fmt: skip
+        assert f"    {command} " in shown, command
