@@ -185,15 +185,22 @@ async def generate_orders(
 
 
 def report(workers: list[Worker], progress: Progress, started: float) -> str:
-    # Any worker answers for any customer: the read is routed to the key's owner.
-    top = "customer-0000"
-    status, stats = _get(f"{workers[-1].url}/customers/{top}/stats")
-    seen = f"{stats['order_count']} orders, {stats['total_spent']} spent" if status == 200 else "-"
-    return (
+    """One line of live progress: what the generator sent, and the cluster's figures as the
+    dashboard sees them (any worker gathers them from all)."""
+    sent = (
         f"[{time.monotonic() - started:6.1f}s] orders created {progress.created:6d}  "
-        f"cancelled {progress.cancelled:5d}  refused {progress.rejected:4d}  "
-        f"customers {len(progress.customers):4d}  "
-        f"| {top}: {seen}"
+        f"cancelled {progress.cancelled:5d}  refused {progress.rejected:4d}"
+    )
+    status, data = _get(f"{workers[-1].url}/dashboard/data")
+    if status != 200 or not data:
+        return sent + "  | workers busy (rebalancing?)"
+    throughput = data["throughput"]
+    processed = sum(a["events_processed"] for a in throughput["by_agent"])
+    dead = (data.get("dead_letters") or {}).get("total", "?")
+    backlog = (data.get("outbox") or {}).get("backlog", "?")
+    return (
+        f"{sent}  | events processed {processed:8.0f} ({throughput['events_per_second']:6.1f}/s)  "
+        f"lag {data['consumer_lag']['total']:5d}  outbox {backlog}  dead letters {dead}"
     )
 
 
@@ -245,6 +252,7 @@ def main(argv: list[str]) -> int:
         wait_ready(workers)
         for w in workers:
             print(f"worker {w.index}: {w.url}  (try {w.url}/customers/customer-0000/stats)")
+        print(f"dashboard: {workers[0].url}/dashboard  (live; any worker serves it)", flush=True)
         seed_stock(workers[0], settings.api_token.get())
         print("feeding orders; Ctrl-C stops everything the demo started", flush=True)
         asyncio.run(run_flow(settings, workers, args))
