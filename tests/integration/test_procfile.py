@@ -5,6 +5,7 @@ agents; every process stops on SIGTERM."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -88,11 +89,29 @@ def test_the_procfile_runs_web_worker_and_forwarder_under_honcho(
         wait_for(lambda: http_get(order_url)[1].get("status") == "confirmed", 90,
                  "the order to be confirmed")  # fmt: skip
 
+        # One order followed through the JSON logs of every process by its id.
+        order_id = placed["order_id"]
+        wait_for(lambda: "notifications" in _trace(log_path, order_id), 30, "the notification")
+        trace = _trace(log_path, order_id)
+        assert trace["order-api"] == ["order created for cust-procfile: 1 lines, total 9.00"]
+        assert trace["analytics"] == ["analytics handled OrderCreated"]
+        assert trace["inventory-requests"] == ["inventory-requests handled OrderCreated"]
+        assert "inventory handled LineReservationRequested" in trace["inventory"]
+        assert "order-status handled InventoryReserved" in trace["order-status"]
+        assert "notifications handled OrderConfirmed" in trace["notifications"]
+
         text = _text(forwarder + "/metrics")
         assert metric(text, "pipeline_outbox_forwarder_active") == 1
         assert (metric(text, "pipeline_outbox_published_total") or 0) >= 1
+        processed: dict[str, float] = {}
         for url in (web, worker):  # the workers published nothing themselves
-            assert metric(_text(url + "/metrics"), "pipeline_outbox_published_total") == 0
+            text = _text(url + "/metrics")
+            assert metric(text, "pipeline_outbox_published_total") == 0
+            for agent in ("analytics", "order-status"):
+                count = metric(text, "pipeline_events_processed_total", agent=agent) or 0
+                processed[agent] = processed.get(agent, 0) + count
+            assert "pipeline_consumer_lag{" in text
+        assert processed["analytics"] >= 1 and processed["order-status"] >= 1
     finally:
         os.killpg(honcho.pid, signal.SIGTERM)
         try:
@@ -106,3 +125,20 @@ def test_the_procfile_runs_web_worker_and_forwarder_under_honcho(
 def _text(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as resp:
         return str(resp.read().decode())
+
+
+def _trace(log_path: Path, order_id: str) -> dict[str, list[str]]:
+    """The JSON log lines of every process carrying ``order_id``: messages by agent (the
+    order API's under "order-api")."""
+    found: dict[str, list[str]] = {}
+    for line in log_path.read_text(errors="replace").splitlines():
+        _, sep, body = line.partition("| ")
+        if not sep or not body.startswith("{"):
+            continue
+        try:
+            record = json.loads(body)
+        except ValueError:
+            continue
+        if record.get("order_id") == order_id and record.get("logger") == "pipeline.trace":
+            found.setdefault(record.get("agent", "order-api"), []).append(record["message"])
+    return found
