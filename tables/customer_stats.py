@@ -32,6 +32,7 @@ from pipeline.events import (
     derived_event_id,
     money,
 )
+from tables import versions
 
 FIRST_ORDER, LIFETIME_VALUE = "first_order", "lifetime_value"
 
@@ -49,6 +50,8 @@ class CustomerStats:
     seen: tuple[str, ...] = ()
     # milestone -> the event that reached it: each is reached once per customer, ever.
     milestones: dict[str, str] = field(default_factory=dict)
+    # Of the stored value this was read from (tables.versions); not part of what it says.
+    version: int = field(default=0, compare=False)
 
     @property
     def average_order_value(self) -> Decimal:
@@ -78,6 +81,7 @@ class CustomerStats:
             last_order_at=_time(value["last_order_at"]),
             seen=tuple(value["seen"]),
             milestones=dict(value.get("milestones", {})),
+            version=value.get(versions.VERSION, 0),
         )
 
     def public(self) -> dict[str, Any]:
@@ -226,6 +230,6 @@ def read_figures(raw: bytes) -> dict[str, Any]:
 
 
 def write_customer_stats(stats: CustomerStats) -> None:
-    customer_stats_table[stats.customer_id.encode()] = json.dumps(
-        stats.to_value(), separators=(",", ":")
-    ).encode()
+    customer_stats_table[stats.customer_id.encode()] = versions.encode(
+        stats.version + 1, stats.to_value()
+    )

@@ -36,6 +36,7 @@ from pipeline.events import (
     StockSet,
     derived_event_id,
 )
+from tables import versions
 
 RESERVED, REJECTED, RELEASED, TOMBSTONE = "R", "X", "C", "T"
 SETTLED = {REJECTED, RELEASED, TOMBSTONE}
@@ -50,6 +51,8 @@ class Stock:
     reserved: int = 0
     lines: dict[str, str] = field(default_factory=dict)
     seen: tuple[str, ...] = ()
+    # Of the stored value this was read from (tables.versions); not part of what it says.
+    version: int = field(default=0, compare=False)
 
     def to_value(self) -> dict[str, Any]:
         return {
@@ -68,6 +71,7 @@ class Stock:
             reserved=value["reserved"],
             lines=dict(value["lines"]),
             seen=tuple(value["seen"]),
+            version=value.get(versions.VERSION, 0),
         )
 
     def public(self) -> dict[str, Any]:
@@ -189,4 +193,4 @@ def read_stock(sku: str) -> Stock | None:
 
 
 def write_stock(stock: Stock) -> None:
-    stock_table[stock.sku.encode()] = json.dumps(stock.to_value(), separators=(",", ":")).encode()
+    stock_table[stock.sku.encode()] = versions.encode(stock.version + 1, stock.to_value())

@@ -25,6 +25,7 @@ from pipeline.events import (
     OrderRejected,
     derived_event_id,
 )
+from tables import versions
 
 CONFIRMED, REJECTED = "confirmed", "rejected"
 
@@ -39,6 +40,8 @@ class OrderProgress:
     lines: dict[int, tuple[str, int, str]] = field(default_factory=dict)
     decision: str | None = None
     reason: str = ""
+    # Of the stored value this was read from (tables.versions); not part of what it says.
+    version: int = field(default=0, compare=False)
 
     def to_value(self) -> dict[str, Any]:
         return {
@@ -61,6 +64,7 @@ class OrderProgress:
             lines={int(n): (v[0], int(v[1]), v[2]) for n, v in value["lines"].items()},
             decision=value["decision"],
             reason=value["reason"],
+            version=value.get(versions.VERSION, 0),
         )
 
 
@@ -154,6 +158,6 @@ def forget_progress(order_id: str) -> None:
 
 
 def write_progress(progress: OrderProgress) -> None:
-    order_progress_table[progress.order_id.encode()] = json.dumps(
-        progress.to_value(), separators=(",", ":")
-    ).encode()
+    order_progress_table[progress.order_id.encode()] = versions.encode(
+        progress.version + 1, progress.to_value()
+    )
