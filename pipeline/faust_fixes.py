@@ -19,8 +19,15 @@ start where the last commit ended — but its test is ``min(acked) - committed >
 ``committed`` is already the *next* offset to read, so a run starting one past it is accepted:
 exactly one event that was never acknowledged (dropped from a queue in a rebalance) is
 committed over and never processed. Found by the rebalance-churn scenario (an order missing
-from its customer's stats and never reserved). :func:`_new_offset` refuses any gap at the
-head; the event is then read again after the next rebalance or restart instead of lost.
+from its customer's stats and never reserved). And where Faust knows no committed offset — a
+partition its group never committed, and every partition between a rebalance's revocation and
+the seek that ends its recovery — it applies no test at all. In that window a record fetched
+before the rebalance, whose hand-over to an agent was held up by the paused flow and so
+survived the clearing of the queues, is handled when recovery resumes the flow; its offset is
+acknowledged and committed, over every record before it that the rebalance dropped (the churn
+scenario: three order lines reserved, the order never decided). :func:`_new_offset` refuses
+any gap at the head, and commits nothing for a partition whose head it does not know: the
+committed offset, or after the seek the partition's first offset (:func:`_perform_seek`).
 
 Offsets skipped in a fetch counted as processed (same version, ``Consumer._add_gap``): when
 the fetcher hands over a record more than one past the last one it handed over for that
@@ -97,10 +104,49 @@ STOCK_NEW_OFFSET = faust_consumer.Consumer._new_offset
 def _new_offset(self: Any, tp: TP) -> int | None:
     """Faust's ``_new_offset``, but never past an offset that was not acknowledged."""
     acked = self._acked[tp]
-    committed = self._committed_offset[tp]
-    if acked and committed is not None and not self._gap[tp] and min(acked) > committed:
+    if not acked:
+        return None
+    head = self._committed_offset[tp]
+    if head is None:
+        head = _heads(self).get(tp)
+        if head is None:
+            return None  # not sought since it was assigned: where it starts is unknown
+    if not self._gap[tp] and min(acked) > head:
         return None  # the next offset to commit was never acknowledged: wait for it
     return STOCK_NEW_OFFSET(self, tp)
+
+
+def _heads(consumer: Any) -> dict[TP, int]:
+    """Where each partition without a committed offset starts, known since the last seek."""
+    heads: dict[TP, int] | None = consumer.__dict__.get("_pipeline_heads")
+    if heads is None:
+        heads = consumer._pipeline_heads = {}
+    return heads
+
+
+STOCK_PERFORM_SEEK = faust_consumer.Consumer.perform_seek
+STOCK_ON_PARTITIONS_REVOKED = faust_consumer.Consumer.on_partitions_revoked
+
+
+async def _perform_seek(self: Any) -> None:
+    """Faust's ``perform_seek``, and the first offset of each partition it knows no committed
+    offset of (sought to its beginning by :func:`_seek_to_committed`)."""
+    await STOCK_PERFORM_SEEK(self)
+    acks_enabled_for = self.app.topics.acks_enabled_for
+    unknown = [
+        tp
+        for tp in self.assignment()
+        if self._committed_offset[tp] is None and acks_enabled_for(tp.topic)
+    ]
+    if unknown:
+        _heads(self).update(await self.earliest_offsets(*unknown))
+
+
+async def _on_partitions_revoked(self: Any, revoked: Any) -> None:
+    heads = _heads(self)
+    for tp in revoked:
+        heads.pop(tp, None)
+    await STOCK_ON_PARTITIONS_REVOKED(self, revoked)
 
 
 log = logging.getLogger(__name__)
@@ -155,5 +201,7 @@ def install() -> None:
     faust_producer.ProducerBuffer = DrainingProducerBuffer  # type: ignore[misc]
     faust_consumer.Consumer._new_offset = _new_offset  # type: ignore[method-assign]
     faust_consumer.Consumer._add_gap = _add_gap  # type: ignore[method-assign]
+    faust_consumer.Consumer.perform_seek = _perform_seek  # type: ignore[method-assign]
+    faust_consumer.Consumer.on_partitions_revoked = _on_partitions_revoked  # type: ignore[method-assign]
     faust_aiokafka.AIOKafkaConsumerThread.seek_to_committed = _seek_to_committed  # type: ignore[method-assign,assignment]
     faust_tables.Collection._on_changelog_sent = _on_changelog_sent  # type: ignore[method-assign]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 from types import SimpleNamespace
 from typing import Any
 
@@ -87,8 +88,46 @@ def test_the_fixed_commit_waits_for_the_missing_offset() -> None:
     assert _new_offset(state, tp) is None
     state, tp = _consumer_state([22, 23, 24], committed=22)
     assert _new_offset(state, tp) == 25
-    state, tp = _consumer_state([5, 6], committed=None)  # nothing committed yet: Faust's rule
+    state, tp = _consumer_state([5, 6], committed=None)  # nothing committed, head unknown
+    assert _new_offset(state, tp) is None
+    state._pipeline_heads = {tp: 5}  # known since the seek: the partition starts at 5
     assert _new_offset(state, tp) == 7
+    state._pipeline_heads = {tp: 3}
+    assert _new_offset(state, tp) is None
+
+
+def test_fausts_commit_without_a_committed_offset_takes_any_run() -> None:
+    """Pins the upstream bug: between a revocation and the seek, a stale record's ack is
+    committed over everything before it."""
+    state, tp = _consumer_state([450, 451], committed=None)
+    assert STOCK_NEW_OFFSET(state, tp) == 452
+
+
+async def test_the_seek_records_where_uncommitted_partitions_start(monkeypatch: Any) -> None:
+    from pipeline import faust_fixes
+
+    async def stock_seek(self: Any) -> None:
+        self._committed_offset.update({TP("t", 0): 40})  # what the broker holds
+
+    async def earliest(*tps: TP) -> dict[TP, int]:
+        return {tp: 7 for tp in tps}
+
+    async def stock_revoke(self: Any, revoked: Any) -> None:
+        return None
+
+    monkeypatch.setattr(faust_fixes, "STOCK_PERFORM_SEEK", stock_seek)
+    monkeypatch.setattr(faust_fixes, "STOCK_ON_PARTITIONS_REVOKED", stock_revoke)
+    committed: dict[TP, int | None] = {}
+    consumer = SimpleNamespace(
+        _committed_offset=defaultdict(lambda: None, committed),
+        assignment=lambda: {TP("t", 0), TP("t", 1)},
+        earliest_offsets=earliest,
+        app=SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True)),
+    )
+    await faust_fixes._perform_seek(consumer)
+    assert consumer._pipeline_heads == {TP("t", 1): 7}
+    await faust_fixes._on_partitions_revoked(consumer, {TP("t", 1)})
+    assert consumer._pipeline_heads == {}
 
 
 async def test_fausts_gap_commits_offsets_nobody_processed() -> None:
