@@ -54,3 +54,17 @@ def faust_credentials(settings: Settings) -> Any:
     if context is not None:
         return faust.SSLCredentials(context)
     return None
+
+
+def unreachable_hint(settings: Settings) -> str:
+    """What to check when Kafka does not answer: with SASL a refused login looks the same to
+    the client as a broker that is down (the broker closes the connection)."""
+    hint = "start it (python -m pipeline kafka up) or set KAFKA_BOOTSTRAP_SERVERS"
+    if settings.kafka_security_protocol.startswith("SASL"):
+        hint += (
+            "; if it is up, check KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_MECHANISM, "
+            "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+        )
+    elif settings.kafka_security_protocol == "SSL":
+        hint += "; if it is up, check KAFKA_SECURITY_PROTOCOL and KAFKA_SSL_*"
+    return hint

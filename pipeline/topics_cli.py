@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.kafka_security import unreachable_hint
 from pipeline.ops_cli import CommandError
 from pipeline.settings import Settings
 
@@ -150,8 +151,8 @@ def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
         )
     except (KafkaError, OSError) as exc:
         raise CommandError(
-            f"cannot reach Kafka at {settings.kafka_bootstrap_servers} ({exc}); start it "
-            "(python -m pipeline kafka up) or set KAFKA_BOOTSTRAP_SERVERS"
+            f"cannot reach Kafka at {settings.kafka_bootstrap_servers} "
+            f"({type(exc).__name__}); {unreachable_hint(settings)}"
         ) from None
     width = max(len(o.spec.name) for o in outcomes)
     labels = {

@@ -24,6 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 POM = Path(__file__).with_name("pom.xml")
 
@@ -79,6 +80,9 @@ class LocalKafka:
     voters: str = ""
     cluster_id: str = ""
     replication: int = 1
+    # SASL/PLAIN users (name -> password) of a broker whose client listener authenticates
+    # (tests of the Kafka security settings); the first user is the broker's own.
+    sasl_users: tuple[tuple[str, str], ...] = ()
 
     @property
     def bootstrap_servers(self) -> str:
@@ -153,6 +157,7 @@ class LocalKafka:
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            **self._sasl_properties(),
             "log.dirs": str(self.data_dir / "logs"),
             "num.partitions": "4",
             "default.replication.factor": str(self.replication),
@@ -174,6 +179,33 @@ class LocalKafka:
             lines["share.coordinator.state.topic.replication.factor"] = str(self.replication)
             lines["share.coordinator.state.topic.min.isr"] = str(min_isr)
         return "".join(f"{k}={v}\n" for k, v in lines.items())
+
+    def _sasl_properties(self) -> dict[str, str]:
+        if not self.sasl_users:
+            return {}
+        (admin, admin_password), *_ = self.sasl_users
+        users = " ".join(f'user_{name}="{password}"' for name, password in self.sasl_users)
+        return {
+            "listeners": f"SASL_PLAINTEXT://{self.host}:{self.port},"
+            f"CONTROLLER://{self.host}:{self.controller_port}",
+            "advertised.listeners": f"SASL_PLAINTEXT://{self.host}:{self.port}",
+            "inter.broker.listener.name": "SASL_PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+            "sasl.enabled.mechanisms": "PLAIN",
+            "sasl.mechanism.inter.broker.protocol": "PLAIN",
+            "listener.name.sasl_plaintext.plain.sasl.jaas.config": (
+                "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                f'username="{admin}" password="{admin_password}" {users};'
+            ),
+        }
+
+    def client_security(self) -> dict[str, Any]:
+        """aiokafka options to talk to this broker (its first SASL user)."""
+        if not self.sasl_users:
+            return {}
+        name, password = self.sasl_users[0]
+        return {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN",
+                "sasl_plain_username": name, "sasl_plain_password": password}  # fmt: skip
 
     def _write_config(self) -> Path:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -240,7 +272,7 @@ class LocalKafka:
         (at once with ``wait=False``: a cluster's nodes answer only once a quorum is up)."""
         pid = self.running_pid()
         if pid is not None:
-            if broker_answers(self.bootstrap_servers, timeout=timeout):
+            if broker_answers(self.bootstrap_servers, timeout=timeout, **self.client_security()):
                 return self.bootstrap_servers
             raise LocalKafkaError(
                 f"a local broker (pid {pid}) is running from {self.data_dir} but does not "
@@ -278,7 +310,7 @@ class LocalKafka:
                     f"the local broker exited with code {proc.returncode} while starting; "
                     f"last lines of {self.log_file}:\n{self._log_tail()}"
                 )
-            if broker_answers(self.bootstrap_servers, timeout=2.0):
+            if broker_answers(self.bootstrap_servers, timeout=2.0, **self.client_security()):
                 return self.bootstrap_servers
             time.sleep(0.3)
         self.stop()
@@ -347,7 +379,7 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def broker_answers(bootstrap_servers: str, timeout: float = 5.0) -> bool:
+def broker_answers(bootstrap_servers: str, timeout: float = 5.0, **security: Any) -> bool:
     """True when a broker at ``bootstrap_servers`` answers a metadata request in time."""
     host, _, port = bootstrap_servers.split(",")[0].rpartition(":")
     try:
@@ -355,15 +387,15 @@ def broker_answers(bootstrap_servers: str, timeout: float = 5.0) -> bool:
         socket.create_connection((host, int(port)), timeout=min(timeout, 2.0)).close()
     except OSError:
         return False
-    return asyncio.run(_metadata_ok(bootstrap_servers, timeout_s=timeout))
+    return asyncio.run(_metadata_ok(bootstrap_servers, timeout_s=timeout, **security))
 
 
-async def _metadata_ok(bootstrap_servers: str, *, timeout_s: float) -> bool:
+async def _metadata_ok(bootstrap_servers: str, *, timeout_s: float, **security: Any) -> bool:
     from aiokafka import AIOKafkaClient
     from aiokafka.errors import KafkaError
 
     client = AIOKafkaClient(
-        bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout_s * 1000)
+        bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout_s * 1000), **security
     )
     try:
         await asyncio.wait_for(client.bootstrap(), timeout_s)
