@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+from faust.exceptions import NotReady
 from mode import Service
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -42,6 +43,8 @@ class Runtime(Service):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.settings = settings
         self.metrics = Metrics()
+        # Set once on_start is done (topics declared, forwarder running): /readyz waits for it.
+        self.ready = False
         self._forwarder: OutboxForwarder | None = None
         self._forwarder_task: asyncio.Task[None] | None = None
 
@@ -155,10 +158,18 @@ class Runtime(Service):
         await self.order_store.purge_idempotency_keys(utc_now() - ttl)
 
     async def on_start(self) -> None:
-        for topic in (*ALL_TOPICS, *redelivery_topics()):
-            await topic.maybe_declare()
-        if not self.settings.forwarder_enabled:
-            return
+        try:
+            for topic in (*ALL_TOPICS, *redelivery_topics()):
+                await topic.maybe_declare()
+        except NotReady:
+            if app.should_stop:  # told to stop while starting: the producer is gone already
+                return
+            raise
+        if self.settings.forwarder_enabled:
+            await self._start_forwarder()
+        self.ready = True
+
+    async def _start_forwarder(self) -> None:
         s = self.settings
         producer = make_producer(
             s.kafka_bootstrap_servers, s.outbox_max_message_bytes, **client_options(s)

@@ -64,13 +64,19 @@ class Health(View):
 
 @app.page("/readyz")
 class Ready(View):
-    """Readiness: partitions assigned and tables recovered, so reads are answered here."""
+    """Readiness: partitions assigned, tables recovered and the worker's own services (topics,
+    forwarder) started, so requests and reads are answered here."""
 
     async def get(self, request: Request) -> Response:
         recovered = app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
-        if app.rebalancing or not recovered:
+        if app.rebalancing or not recovered or not runtime.ready:
             return self.json(
-                {"status": "starting", "rebalancing": app.rebalancing, "recovered": recovered},
+                {
+                    "status": "starting",
+                    "rebalancing": app.rebalancing,
+                    "recovered": recovered,
+                    "services": runtime.ready,
+                },
                 status=503,
                 headers={"Retry-After": "1"},
             )
