@@ -116,7 +116,7 @@ async def _after_failure(
     state = _failure(message, headers, policy, attempts)
     step, tier = errors.route(policy, state, exc)
     if step != errors.RETRY:
-        await _dead_letter(message, policy, step, exc, attempts=attempts)
+        await _send_dead_letter(message, headers, state, policy, step, exc)
         return
     due_at = time.time() + policy.retry_delays[tier]
     state = dataclasses.replace(state, retry_tier=tier + 1)
@@ -140,6 +140,17 @@ async def _dead_letter(
 ) -> None:
     headers = errors.header_map(message.headers)
     state = _failure(message, headers, policy, attempts)
+    await _send_dead_letter(message, headers, state, policy, reason, exc)
+
+
+async def _send_dead_letter(
+    message: Any,
+    headers: dict[str, bytes],
+    state: Failure,
+    policy: FailurePolicy,
+    reason: str,
+    exc: BaseException,
+) -> None:
     out = errors.dead_letter_headers(
         errors.original_headers(headers), state, reason, exc, errors.now_utc()
     )
