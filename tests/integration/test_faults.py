@@ -88,13 +88,6 @@ def test_a_worker_killed_repeatedly_under_load_loses_and_doubles_nothing(
     finish("worker SIGKILL x3 under load", load, live[0], db)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open: the zombie's buffered changelog writes land after the new owner's and "
-    "overwrite newer values of the keys it wrote just before it froze (no fencing without "
-    "transactions); about 1 run in 2 a customer's stats go back. See the README's fault "
-    "table. Kept running so a fix shows as XPASS.",
-)
 def test_a_frozen_worker_past_its_session_timeout_does_not_double_apply(
     pair: tuple[WorkerFactory, list[Worker]], db: str
 ) -> None:
