@@ -6,7 +6,9 @@ the same broker by:
   customer in RocksDB (rocksdict), then produce the stats update, the revenue record and the
   changelog record a Faust table write produces;
 - a real worker process running only the analytics agent (Faust agent, RocksDB table with its
-  changelog, the same pure functions).
+  changelog, the same pure functions);
+- two such workers of one app sharing the partitions (one run: on two cores they share the
+  CPU with the broker, so this shows how far a second process helps, not linear scaling).
 Each reports events/s (from first to last event processed) and CPU µs per event.
 """
 
@@ -150,34 +152,43 @@ async def _committed(bootstrap: str, group: str, topic: str, partitions: int) ->
 
 
 def faust_worker(
-    bootstrap: str, prefix: str, count: int, partitions: int, extra_env: dict[str, str]
-) -> dict[str, float]:
-    """A real worker process running the analytics agent over the prefilled topic."""
+    bootstrap: str, prefix: str, count: int, partitions: int, extra_env: dict[str, str],
+    workers: int = 1,
+) -> dict[str, float]:  # fmt: skip
+    """Real worker processes (one app, ``workers`` of them sharing the partitions) running the
+    analytics agent over the prefilled topic."""
     app_id = f"bench-{uuid.uuid4().hex[:8]}"
     data_dir = Path(tempfile.mkdtemp(prefix="bench-worker-"))
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIPELINE_", "KAFKA_"))}
     env.update(
         KAFKA_BOOTSTRAP_SERVERS=bootstrap, PIPELINE_APP_ID=app_id, PIPELINE_TOPIC_PREFIX=prefix,
-        PIPELINE_PARTITIONS=str(partitions), PIPELINE_DATA_DIR=str(data_dir),
-        PIPELINE_AGENTS="analytics", PIPELINE_FORWARDER_ENABLED="false", **extra_env,
+        PIPELINE_PARTITIONS=str(partitions), PIPELINE_AGENTS="analytics",
+        PIPELINE_FORWARDER_ENABLED="false", **extra_env,
     )  # fmt: skip
-    log = (data_dir / "worker.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "worker", "-l", "warn", "--web-port", str(port)],
-        cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    procs, ports, logs = [], [], []
+    command = [sys.executable, "-m", "pipeline", "worker", "-l", "warn", "--web-port"]
+    for n in range(workers):
+        (data_dir / f"w{n}").mkdir()
+        ports.append(free_port())
+        logs.append((data_dir / f"worker-{n}.log").open("wb"))
+        procs.append(subprocess.Popen(
+            [*command, str(ports[-1])],
+            cwd=PROJECT_ROOT, env={**env, "PIPELINE_DATA_DIR": str(data_dir / f"w{n}")},
+            stdout=logs[-1], stderr=subprocess.STDOUT,
+        ))  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        while True:
-            try:
-                if http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"bench worker did not start; see {data_dir / 'worker.log'}")
-            time.sleep(0.1)
+        for port, proc in zip(ports, procs, strict=True):
+            while True:
+                try:
+                    if http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200:
+                        break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    log_text = (data_dir / "worker-0.log").read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"bench worker did not start:\n{log_text}")
+                time.sleep(0.1)
         source = prefix + "orders.events"
         # The clock starts at the first committed offset, as the loop's starts at its first
         # record: neither side is charged for joining the group.
@@ -185,22 +196,26 @@ def faust_worker(
         while done == 0:
             time.sleep(0.05)
             done = asyncio.run(_committed(bootstrap, app_id, source, partitions))
-        first, started, cpu0 = done, time.perf_counter(), _cpu_seconds(proc.pid)
+        first, started = done, time.perf_counter()
+        cpu0 = sum(_cpu_seconds(p.pid) for p in procs)
         while done < count:
             time.sleep(0.25)
             done = asyncio.run(_committed(bootstrap, app_id, source, partitions))
             if time.monotonic() > deadline + 600:
                 raise RuntimeError(f"bench worker stalled at {done}/{count}")
         elapsed = time.perf_counter() - started
-        cpu = _cpu_seconds(proc.pid) - cpu0
+        cpu = sum(_cpu_seconds(p.pid) for p in procs) - cpu0
         count -= first
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for log in logs:
+            log.close()
         shutil.rmtree(data_dir, ignore_errors=True)
     return {"events_per_s": count / elapsed, "cpu_us_per_event": cpu / count * 1e6}
 
@@ -212,7 +227,7 @@ async def _setup(bootstrap: str, prefix: str, partitions: int, events: list[Any]
 
 
 def run(bootstrap: str, quick: bool, repeats: int, partitions: int = 4) -> dict[str, Any]:
-    count = 20_000 if quick else 100_000
+    count = 12_000 if quick else 60_000
     events = make_events(count)
     loops, workers = [], []
     for _ in range(repeats):
@@ -220,9 +235,14 @@ def run(bootstrap: str, quick: bool, repeats: int, partitions: int = 4) -> dict[
         asyncio.run(_setup(bootstrap, prefix, partitions, events))
         loops.append(asyncio.run(plain_loop(bootstrap, prefix + "orders.events", prefix, count)))
         workers.append(faust_worker(bootstrap, prefix, count, partitions, {}))
+    # Two workers of one app share the partitions; one run (it is the slowest part).
+    prefix = f"benchp{uuid.uuid4().hex[:6]}."
+    asyncio.run(_setup(bootstrap, prefix, partitions, events))
+    two = faust_worker(bootstrap, prefix, count, partitions, {}, workers=2)
     median = _median_by("events_per_s")
     loop, worker = median(loops), median(workers)
     return {
+        "source_topic": prefix + "orders.events",
         "events": count,
         "event_bytes": round(sum(len(v) for _, v in events) / len(events)),
         "events_per_s": round(worker["events_per_s"], 1),
@@ -232,6 +252,9 @@ def run(bootstrap: str, quick: bool, repeats: int, partitions: int = 4) -> dict[
         "baseline_loop_events_per_s_runs": [round(w["events_per_s"], 1) for w in loops],
         "baseline_loop_cpu_us_per_event": round(loop["cpu_us_per_event"], 1),
         "ratio": round(worker["events_per_s"] / loop["events_per_s"], 3),
+        "two_workers_events_per_s": round(two["events_per_s"], 1),
+        "two_workers_cpu_us_per_event": round(two["cpu_us_per_event"], 1),
+        "two_workers_scaling": round(two["events_per_s"] / worker["events_per_s"], 3),
     }
 
 
@@ -250,6 +273,9 @@ def table(result: dict[str, Any]) -> str:
         ("Faust worker, analytics agent",
          f"{result['events_per_s']:,.0f} events/s, {result['cpu_us_per_event']:.0f} us CPU/event"),
         ("worker / plain loop", f"{result['ratio']:.2f}x  (target >= 0.5x)"),
+        ("two Faust workers, one app",
+         f"{result['two_workers_events_per_s']:,.0f} events/s "
+         f"({result['two_workers_scaling']:.2f}x one worker)"),
     ]  # fmt: skip
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)

@@ -5,6 +5,8 @@ This module is the composition root: it reads the settings once and builds the a
 
 from __future__ import annotations
 
+from typing import Any
+
 import faust
 
 from pipeline import faust_fixes
@@ -16,6 +18,24 @@ faust_fixes.install()
 
 def broker_urls(bootstrap_servers: str) -> list[str]:
     return [f"kafka://{host.strip()}" for host in bootstrap_servers.split(",") if host.strip()]
+
+
+# Faust's RocksDB defaults are per partition database: a 2 GiB block cache and 3 write buffers
+# of 64 MiB, so a worker holding 4 tables x 4 partitions could grow to tens of GiB. These bound
+# each database to a 16 MiB block cache and 2 x 16 MiB write buffers (48 MiB at most).
+ROCKSDB_OPTIONS = {
+    "block_cache_size": 16 * 1024 * 1024,
+    "write_buffer_size": 16 * 1024 * 1024,
+    "max_write_buffer_number": 2,
+}
+
+
+class Table(faust.Table):
+    """Faust's table with the bounded RocksDB options above (a table's own options win)."""
+
+    def __init__(self, app: Any, *, options: dict[str, Any] | None = None, **kw: Any) -> None:
+        # A fresh dict per table: Faust's store pops keys from the one it is given.
+        super().__init__(app, options={**ROCKSDB_OPTIONS, **(options or {})}, **kw)
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -41,6 +61,7 @@ def create_app(settings: Settings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
         Worker="pipeline.worker:Worker",
+        Table=Table,
         producer_acks=-1,
         broker_credentials=faust_credentials(settings),
         # Agents send several records per event; a few ms of linger turns them into batches

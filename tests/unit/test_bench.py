@@ -1,0 +1,132 @@
+"""The benchmarks' pure helpers (the benchmarks themselves never run in the test suite)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from bench.e2e import kept_up
+from bench.kafka_tools import java_command, parse_consumer, parse_producer
+from bench.report import (
+    REQUIRED_KEYS,
+    Target,
+    missing_keys,
+    open_loop_schedule,
+    percentile,
+    render,
+    spread,
+    summary_rows,
+)
+
+PRODUCER_OUT = """\
+100000 records sent, 20000.0 records/sec (5.72 MB/sec), 12.3 ms avg latency, 300.0 ms max latency.
+200000 records sent, 64871.878041 records/sec (18.56 MB/sec), 987.90 ms avg latency, \
+1367.00 ms max latency, 995 ms 50th, 1321 ms 95th, 1367 ms 99th, 1370 ms 99.9th.
+"""
+
+CONSUMER_OUT = """\
+start.time, end.time, data.consumed.in.MB, MB.sec, data.consumed.in.nMsg, nMsg.sec, \
+rebalance.time.ms, fetch.time.ms, fetch.MB.sec, fetch.nMsg.sec
+2026-11-26 21:20:01:000, 2026-11-26 21:20:02:541, 57.2205, 37.1320, 200000, 129785.8533, \
+787, 754, 75.8893, 265251.9894
+"""
+
+
+def full_result() -> dict[str, object]:
+    return {
+        "pipeline": {"events_per_s": 1500.0, "baseline_loop_events_per_s": 4000.0, "ratio": 0.375},
+        "forwarder": {"rows_per_s": 17000.0, "baseline_insert_rows_per_s": 2500.0, "ratio": 6.8,
+                      "commit_to_ack_p99_ms": 24.7, "commit_to_ack_p50_ms": 8.0},
+        "e2e": {"p99_ms_half_load": 80.0, "max_orders_per_s": 100.0},
+        "recovery": {"keys_per_s": 15000.0, "keys": 1_000_000, "seconds": 66.0},
+        "meta": {"mode": "full"},
+    }  # fmt: skip
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 99.9) == 100.0
+    assert percentile(list(reversed(values)), 100) == 100.0
+    assert percentile([7.0], 99.9) == 7.0
+    assert math.isnan(percentile([], 50))
+
+
+def test_spread_gives_median_and_range() -> None:
+    assert spread([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0}
+
+
+def test_open_loop_schedule_is_evenly_spaced_from_zero() -> None:
+    times = open_loop_schedule(rate=4, seconds=2.5)
+    assert times == [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25]
+    assert open_loop_schedule(0, 10) == []
+
+
+def test_a_step_is_kept_up_only_with_a_short_backlog_and_no_errors() -> None:
+    assert kept_up(backlog=40, rate=100, errors=0)
+    assert not kept_up(backlog=60, rate=100, errors=0)
+    assert not kept_up(backlog=0, rate=100, errors=1)
+
+
+def test_target_verdicts_say_by_how_much_a_target_is_missed() -> None:
+    at_least = Target(0.5, True, ">= 0.5x")
+    assert at_least.verdict(0.6) == "met"
+    assert at_least.verdict(0.36) == "MISSED by 28%"
+    below = Target(100.0, False, "p99 < 100 ms")
+    assert below.verdict(80.0) == "met"
+    assert below.verdict(150.0) == "MISSED by 50%"
+    assert below.verdict(None) == "not measured"
+
+
+def test_required_keys_are_checked_as_numbers() -> None:
+    result = full_result()
+    assert missing_keys(result) == []
+    del result["meta"]
+    result["recovery"] = {"keys_per_s": "fast"}
+    assert missing_keys(result) == ["recovery.keys_per_s", "meta"]
+    assert "e2e.p99_ms_half_load" in REQUIRED_KEYS
+
+
+def test_summary_table_shows_each_figure_with_its_baseline_and_verdict() -> None:
+    text = render(summary_rows(full_result()))
+    lines = text.splitlines()
+    assert lines[0].split() == ["what", "figure", "baseline", "target"]
+    assert set(lines[1].replace(" ", "")) == {"-"}
+    ratio = next(line for line in lines if line.startswith("pipeline / plain loop"))
+    assert "0.38x" in ratio and ">= 0.5x: MISSED by 25%" in ratio
+    e2e = next(line for line in lines if "e2e POST" in line and "p99 80 ms" in line)
+    assert "p99 < 100 ms: met" in e2e
+    recovery = next(line for line in lines if line.startswith("recovery of 1,000,000 keys"))
+    assert "15,000 keys/s" in recovery and "MISSED by 85%" in recovery
+
+
+def test_producer_tool_summary_is_parsed() -> None:
+    out = parse_producer(PRODUCER_OUT)
+    assert out["records"] == 200000
+    assert out["records_per_s"] == pytest.approx(64871.878041)
+    assert out["mb_per_s"] == 18.56
+    assert out["p99_latency_ms"] == 1367.0
+    assert out["p99.9_latency_ms"] == 1370.0
+
+
+def test_consumer_tool_csv_is_parsed() -> None:
+    out = parse_consumer(CONSUMER_OUT)
+    assert out["records"] == 200000
+    assert out["fetch_records_per_s"] == pytest.approx(265251.9894)
+    assert out["records_per_s"] == pytest.approx(129785.8533)
+
+
+def test_tool_output_without_a_result_is_an_error() -> None:
+    with pytest.raises(ValueError):
+        parse_producer("nothing here")
+    with pytest.raises(ValueError):
+        parse_consumer("a, b\n1, 2")
+
+
+def test_tools_run_on_the_broker_jars_classpath(tmp_path: Path) -> None:
+    cmd = java_command(tmp_path, "org.apache.kafka.tools.ProducerPerformance", "--topic", "t")
+    assert cmd[-3:] == ["org.apache.kafka.tools.ProducerPerformance", "--topic", "t"]
+    assert cmd[cmd.index("-cp") + 1] == f"{tmp_path}/*"
