@@ -52,15 +52,6 @@ produced during the first rebalance, never handled). :func:`_seek_to_committed` 
 partitions back to their beginning, what ``auto_offset_reset=earliest`` means; what was
 already handled is handled again and absorbed by the agents' idempotency.
 
-Records of a batch fetched before a seek handed over after it (same version,
-``Consumer.getmany`` and ``_drain_messages``): the seek that ends a rebalance's recovery runs
-while the fetcher may still be handing over a batch fetched from the old position, which moves
-Faust's "read up to here" mark past the sought offset; the fetcher then drops every record
-below that mark as already read, although no agent got them (the churn scenario, under load:
-600 records of a partition never handled, and with the fixes above its commits held back until
-the next rebalance — a stall of minutes). :func:`_getmany` stops handing over a batch once a
-seek has happened since it was fetched, and the next batch starts from the marks the seek set.
-
 Persisted changelog offset jumping over another worker's writes (same version,
 ``Collection._on_changelog_sent``): each acknowledged changelog write records its offset as
 "applied up to here" in the local store, and recovery resumes reading from that mark. A worker
@@ -77,7 +68,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import faust.tables.base as faust_tables
@@ -139,12 +130,8 @@ STOCK_ON_PARTITIONS_REVOKED = faust_consumer.Consumer.on_partitions_revoked
 
 async def _perform_seek(self: Any) -> None:
     """Faust's ``perform_seek``, and the first offset of each partition it knows no committed
-    offset of (sought to its beginning by :func:`_seek_to_committed`); the marks it set are
-    kept for :func:`_getmany`."""
+    offset of (sought to its beginning by :func:`_seek_to_committed`)."""
     await STOCK_PERFORM_SEEK(self)
-    # No await since the seek set them: these are the sought offsets, whatever comes next.
-    self._pipeline_sought = dict(self._read_offset)
-    self._pipeline_seeks = self.__dict__.get("_pipeline_seeks", 0) + 1
     acks_enabled_for = self.app.topics.acks_enabled_for
     unknown = [
         tp
@@ -153,23 +140,6 @@ async def _perform_seek(self: Any) -> None:
     ]
     if unknown:
         _heads(self).update(await self.earliest_offsets(*unknown))
-
-
-STOCK_GETMANY = faust_consumer.Consumer.getmany
-
-
-async def _getmany(self: Any, timeout: float) -> AsyncIterator[tuple[TP, Any]]:  # noqa: ASYNC109 - Faust's signature
-    """Faust's ``getmany``, but a batch fetched before a seek is not handed over after it, and
-    the first batch after a seek starts from the marks the seek set (a record of an older batch
-    handed over meanwhile moved them)."""
-    sought = self.__dict__.pop("_pipeline_sought", None)
-    if sought is not None:
-        self._read_offset.update(sought)
-    seeks = self.__dict__.get("_pipeline_seeks", 0)
-    async for tp, message in STOCK_GETMANY(self, timeout):
-        if self.__dict__.get("_pipeline_seeks", 0) != seeks:
-            return  # fetched before the seek: the fetcher reads again from the new position
-        yield tp, message
 
 
 async def _on_partitions_revoked(self: Any, revoked: Any) -> None:
@@ -232,7 +202,6 @@ def install() -> None:
     faust_consumer.Consumer._new_offset = _new_offset  # type: ignore[method-assign]
     faust_consumer.Consumer._add_gap = _add_gap  # type: ignore[method-assign]
     faust_consumer.Consumer.perform_seek = _perform_seek  # type: ignore[method-assign]
-    faust_consumer.Consumer.getmany = _getmany  # type: ignore[method-assign]
     faust_consumer.Consumer.on_partitions_revoked = _on_partitions_revoked  # type: ignore[method-assign]
     faust_aiokafka.AIOKafkaConsumerThread.seek_to_committed = _seek_to_committed  # type: ignore[method-assign,assignment]
     faust_tables.Collection._on_changelog_sent = _on_changelog_sent  # type: ignore[method-assign]

@@ -120,14 +120,12 @@ async def test_the_seek_records_where_uncommitted_partitions_start(monkeypatch: 
     committed: dict[TP, int | None] = {}
     consumer = SimpleNamespace(
         _committed_offset=defaultdict(lambda: None, committed),
-        _read_offset={TP("t", 0): 40, TP("t", 1): None},
         assignment=lambda: {TP("t", 0), TP("t", 1)},
         earliest_offsets=earliest,
         app=SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True)),
     )
     await faust_fixes._perform_seek(consumer)
     assert consumer._pipeline_heads == {TP("t", 1): 7}
-    assert consumer._pipeline_sought == {TP("t", 0): 40, TP("t", 1): None}
     await faust_fixes._on_partitions_revoked(consumer, {TP("t", 1)})
     assert consumer._pipeline_heads == {}
 
@@ -230,24 +228,3 @@ def test_the_app_installs_the_seek_fix() -> None:
     from pipeline.app import app  # noqa: F401 - building the app installs the fixes
 
     assert faust_aiokafka.AIOKafkaConsumerThread.seek_to_committed is _seek_to_committed
-
-
-async def test_a_batch_fetched_before_a_seek_is_not_handed_over_after_it(monkeypatch: Any) -> None:
-    from pipeline import faust_fixes
-
-    tp = TP("inventory.events", 0)
-    consumer = SimpleNamespace(_read_offset={tp: 1388})  # moved by a stale record after a seek
-    consumer._pipeline_sought = {tp: 779}  # what the seek set
-    consumer._pipeline_seeks = 1
-
-    async def stock_getmany(self: Any, timeout: float) -> Any:
-        for offset in (779, 780, 781):
-            yield tp, offset
-            if offset == 780:
-                self._pipeline_seeks += 1  # another seek while this batch is handed over
-
-    monkeypatch.setattr(faust_fixes, "STOCK_GETMANY", stock_getmany)
-    handed = [offset async for _, offset in faust_fixes._getmany(consumer, 1.0)]
-    assert consumer._read_offset == {tp: 779}  # the fetcher drops nothing from 779 on
-    assert handed == [779, 780]  # 781 came from before the second seek
-    assert "_pipeline_sought" not in consumer.__dict__
