@@ -28,6 +28,10 @@ acknowledged and committed, over every record before it that the rebalance dropp
 scenario: three order lines reserved, the order never decided). :func:`_new_offset` refuses
 any gap at the head, and commits nothing for a partition whose head it does not know: the
 committed offset, or after the seek the partition's first offset (:func:`_perform_seek`).
+Where records never reach the agents at all — handed over past them around a rebalance, and
+then dropped as "already read" — the guard alone would hold the commits until the next
+rebalance; a partition whose next offset stays unacknowledged for ``STUCK_SECONDS`` while later
+ones are acknowledged is read again from it (:func:`_reread_when_stuck`).
 
 Offsets skipped in a fetch counted as processed (same version, ``Consumer._add_gap``): when
 the fetcher hands over a record more than one past the last one it handed over for that
@@ -68,6 +72,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -112,8 +117,53 @@ def _new_offset(self: Any, tp: TP) -> int | None:
         if head is None:
             return None  # not sought since it was assigned: where it starts is unknown
     if not self._gap[tp] and min(acked) > head:
+        _reread_when_stuck(self, tp, head)
         return None  # the next offset to commit was never acknowledged: wait for it
+    _stuck(self).pop(tp, None)
     return STOCK_NEW_OFFSET(self, tp)
+
+
+# How long a partition's next offset may go unacknowledged, with later ones acknowledged,
+# before the partition is read again from it.
+STUCK_SECONDS = 10.0
+
+
+def _stuck(consumer: Any) -> dict[TP, float]:
+    """Since when (monotonic) each partition's next offset has waited, or the last re-read."""
+    stuck: dict[TP, float] | None = consumer.__dict__.get("_pipeline_stuck")
+    if stuck is None:
+        stuck = consumer._pipeline_stuck = {}
+    return stuck
+
+
+def _reread_when_stuck(consumer: Any, tp: TP, head: int) -> None:
+    """A partition whose next offset stays unacknowledged while later ones are acknowledged
+    lost records on the way to the agents (handed over past them around a rebalance, see
+    above); reading it again from that offset brings them, and handles the rest once more
+    (absorbed). At most once per ``STUCK_SECONDS`` per partition."""
+    stuck = _stuck(consumer)
+    now = time.monotonic()
+    since = stuck.setdefault(tp, now)
+    if now - since < STUCK_SECONDS:
+        return
+    stuck[tp] = now
+    log.warning(
+        "%s[%d]: offset %d not handled for %.0fs while later ones were; reading the partition "
+        "again from it", tp.topic, tp.partition, head, now - since,
+    )  # fmt: skip
+    task = asyncio.ensure_future(_reread(consumer, tp, head))
+    _rereads.add(task)
+    task.add_done_callback(_rereads.discard)
+
+
+_rereads: set[asyncio.Future[None]] = set()
+
+
+async def _reread(consumer: Any, tp: TP, head: int) -> None:
+    try:
+        await consumer.seek(tp, head)
+    except Exception as exc:  # noqa: BLE001 - e.g. revoked meanwhile: the next owner reads it
+        log.warning("%s[%d]: could not read again from %d: %r", tp.topic, tp.partition, head, exc)
 
 
 def _heads(consumer: Any) -> dict[TP, int]:
@@ -143,9 +193,10 @@ async def _perform_seek(self: Any) -> None:
 
 
 async def _on_partitions_revoked(self: Any, revoked: Any) -> None:
-    heads = _heads(self)
+    heads, stuck = _heads(self), _stuck(self)
     for tp in revoked:
         heads.pop(tp, None)
+        stuck.pop(tp, None)
     await STOCK_ON_PARTITIONS_REVOKED(self, revoked)
 
 

@@ -228,3 +228,32 @@ def test_the_app_installs_the_seek_fix() -> None:
     from pipeline.app import app  # noqa: F401 - building the app installs the fixes
 
     assert faust_aiokafka.AIOKafkaConsumerThread.seek_to_committed is _seek_to_committed
+
+
+async def test_a_partition_stuck_behind_a_lost_offset_is_read_again(monkeypatch: Any) -> None:
+    from pipeline import faust_fixes
+
+    clock = [100.0]
+    monkeypatch.setattr(faust_fixes.time, "monotonic", lambda: clock[0])
+    state, tp = _consumer_state([30, 31], committed=24)  # 24-29 never reached the agents
+    sought: list[tuple[TP, int]] = []
+
+    async def seek(partition: TP, offset: int) -> None:
+        sought.append((partition, offset))
+
+    state.seek = seek
+    assert _new_offset(state, tp) is None
+    clock[0] += faust_fixes.STUCK_SECONDS - 1
+    assert _new_offset(state, tp) is None
+    await asyncio.sleep(0)
+    assert sought == []  # not yet: it may still be on its way
+    clock[0] += 2
+    assert _new_offset(state, tp) is None
+    await asyncio.sleep(0)
+    assert sought == [(tp, 24)]
+    assert _new_offset(state, tp) is None  # once per STUCK_SECONDS, not on every commit
+    await asyncio.sleep(0)
+    assert sought == [(tp, 24)]
+    state._acked[tp][:0] = [24, 25, 26, 27, 28, 29]  # read again and handled
+    assert _new_offset(state, tp) == 32
+    assert tp not in state._pipeline_stuck
