@@ -77,14 +77,17 @@ class Runtime(Service):
         )
 
     def consumer_lag(self) -> dict[tuple[str, int], int]:
-        """Per partition this worker consumes (changelogs aside): the end offset Faust last
-        saw minus the offset it last committed."""
+        """Per partition this worker consumes (changelogs aside): the partition's end offset
+        (from the last fetch response, or the last record Faust saw) minus the offset this
+        worker last committed."""
         monitor, consumer = app.monitor, app.consumer
         lag: dict[tuple[str, int], int] = {}
         for tp in consumer.assignment():
             if tp.topic.endswith("-changelog") or "__assignor" in tp.topic:
                 continue
-            end = monitor.tp_end_offsets.get(tp)
+            end = consumer.highwater(tp)
+            if end is None:
+                end = monitor.tp_end_offsets.get(tp)
             committed = monitor.tp_committed_offsets.get(tp)
             if end is not None:
                 lag[(tp.topic, tp.partition)] = max(0, end - (committed or 0))

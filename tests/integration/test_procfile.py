@@ -110,7 +110,8 @@ def test_the_procfile_runs_web_worker_and_forwarder_under_honcho(
             for agent in ("analytics", "order-status"):
                 count = metric(text, "pipeline_events_processed_total", agent=agent) or 0
                 processed[agent] = processed.get(agent, 0) + count
-            assert "pipeline_consumer_lag{" in text
+            wait_for(lambda u=url: "pipeline_consumer_lag{" in _text(u + "/metrics"), 15,
+                     f"consumer lag samples at {url}")  # fmt: skip
         assert processed["analytics"] >= 1 and processed["order-status"] >= 1
     finally:
         os.killpg(honcho.pid, signal.SIGTERM)
