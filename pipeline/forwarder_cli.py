@@ -26,10 +26,9 @@ from aiohttp import web
 from pipeline import logs
 from pipeline.db import make_bookkeeping_engine, make_engine
 from pipeline.events import utc_now
-from pipeline.kafka_security import client_options
 from pipeline.metrics import Metrics
 from pipeline.order_store import OrderStore
-from pipeline.outbox import OutboxForwarder, OutboxPublisher, leadership_for, make_producer
+from pipeline.outbox import OutboxForwarder, forwarder_for, producer_for
 from pipeline.outbox_store import OutboxStore
 from pipeline.settings import Settings
 
@@ -66,30 +65,17 @@ async def serve(settings: Settings, port: int) -> None:
     holder: list[OutboxForwarder] = []
     orders_engine = make_engine(settings.database_url)
     store = OutboxStore(make_bookkeeping_engine(settings.database_url))
-    producer = make_producer(
-        settings.kafka_bootstrap_servers, settings.outbox_max_message_bytes,
-        **client_options(settings),
-    )  # fmt: skip
+    producer = producer_for(settings)
     await producer.start()
 
     async def purge_keys() -> None:
         ttl = timedelta(seconds=settings.idempotency_key_ttl_seconds)
         await OrderStore(orders_engine).purge_idempotency_keys(utc_now() - ttl)
 
-    forwarder = OutboxForwarder(
-        store,
-        OutboxPublisher(producer, settings.topic_name(ORDER_EVENTS), metrics),
-        leadership_for(
-            settings.database_url,
-            settings.outbox_poll_interval,
-            lambda: holder[0].wake() if holder else None,
-        ),
-        metrics,
-        batch_size=settings.outbox_batch_size,
-        poll_interval=settings.outbox_poll_interval,
-        retention=timedelta(seconds=settings.outbox_retention_seconds),
-        purge_keys=purge_keys,
-    )
+    forwarder = forwarder_for(
+        settings, store, producer, metrics, topic=settings.topic_name(ORDER_EVENTS),
+        wake=lambda: holder[0].wake() if holder else None, purge_keys=purge_keys,
+    )  # fmt: skip
     holder.append(forwarder)
     runner = await _start_web(settings.web_host, port, metrics, forwarder)
     loop = asyncio.get_running_loop()

@@ -44,8 +44,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from pipeline.events import utc_now
+from pipeline.kafka_security import client_options
 from pipeline.metrics import Metrics
 from pipeline.outbox_store import NOTIFY_CHANNEL, OutboxStore, PendingRow
+from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -339,3 +341,35 @@ class OutboxForwarder:
     def stop(self) -> None:
         self.stopping.set()
         self.wakeup.set()
+
+
+def producer_for(settings: Settings) -> AIOKafkaProducer:
+    """The forwarder's producer for these settings (security included); not started."""
+    return make_producer(
+        settings.kafka_bootstrap_servers, settings.outbox_max_message_bytes,
+        **client_options(settings),
+    )  # fmt: skip
+
+
+def forwarder_for(
+    settings: Settings,
+    store: OutboxStore,
+    producer: AIOKafkaProducer,
+    metrics: Metrics,
+    *,
+    topic: str,
+    wake: Callable[[], None],
+    purge_keys: Callable[[], Any] | None,
+) -> OutboxForwarder:
+    """The forwarder these settings describe, a worker's or the forwarder process's; ``wake``
+    is what a NOTIFY calls."""
+    return OutboxForwarder(
+        store,
+        OutboxPublisher(producer, topic, metrics),
+        leadership_for(settings.database_url, settings.outbox_poll_interval, wake),
+        metrics,
+        batch_size=settings.outbox_batch_size,
+        poll_interval=settings.outbox_poll_interval,
+        retention=timedelta(seconds=settings.outbox_retention_seconds),
+        purge_keys=purge_keys,
+    )

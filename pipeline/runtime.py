@@ -25,7 +25,7 @@ from pipeline.kafka_security import client_options
 from pipeline.metrics import Metrics
 from pipeline.order_store import OrderStore
 from pipeline.orders import OrderService
-from pipeline.outbox import OutboxForwarder, OutboxPublisher, leadership_for, make_producer
+from pipeline.outbox import OutboxForwarder, forwarder_for, producer_for
 from pipeline.outbox_store import OutboxStore
 from pipeline.reconcile import ReconcileStore, Report, compare, scan_event_ids
 from pipeline.settings import Settings
@@ -174,21 +174,12 @@ class Runtime(Service):
 
     async def _start_forwarder(self) -> None:
         s = self.settings
-        producer = make_producer(
-            s.kafka_bootstrap_servers, s.outbox_max_message_bytes, **client_options(s)
-        )
-        await producer.start()
-        self._producer = producer
-        forwarder = OutboxForwarder(
-            self.outbox_store,
-            OutboxPublisher(producer, s.topic_name(ORDER_EVENTS), self.metrics),
-            leadership_for(s.database_url, s.outbox_poll_interval, self._wake),
-            self.metrics,
-            batch_size=s.outbox_batch_size,
-            poll_interval=s.outbox_poll_interval,
-            retention=timedelta(seconds=s.outbox_retention_seconds),
-            purge_keys=self._purge_keys,
-        )
+        self._producer = producer_for(s)
+        await self._producer.start()
+        forwarder = forwarder_for(
+            s, self.outbox_store, self._producer, self.metrics,
+            topic=s.topic_name(ORDER_EVENTS), wake=self._wake, purge_keys=self._purge_keys,
+        )  # fmt: skip
         self._forwarder = forwarder
         self._forwarder_task = asyncio.ensure_future(forwarder.run())
 
