@@ -6,7 +6,8 @@ the same broker by:
   customer in RocksDB (rocksdict), then produce the stats update, the revenue record and the
   changelog record a Faust table write produces;
 - a real worker process running only the analytics agent (Faust agent, RocksDB table with its
-  changelog, the same pure functions);
+  changelog, the same pure functions), without its one log line per event
+  (``PIPELINE_LOG_EVENTS=false``, as the loop writes none);
 - two such workers of one app sharing the partitions (one run: on two cores they share the
   CPU with the broker, so this shows how far a second process helps, not linear scaling).
 Each reports events/s (from first to last event processed) and CPU µs per event.
@@ -163,7 +164,7 @@ def faust_worker(
     env.update(
         KAFKA_BOOTSTRAP_SERVERS=bootstrap, PIPELINE_APP_ID=app_id, PIPELINE_TOPIC_PREFIX=prefix,
         PIPELINE_PARTITIONS=str(partitions), PIPELINE_AGENTS="analytics",
-        PIPELINE_FORWARDER_ENABLED="false", **extra_env,
+        PIPELINE_FORWARDER_ENABLED="false", PIPELINE_LOG_EVENTS="false", **extra_env,
     )  # fmt: skip
     procs, ports, logs = [], [], []
     command = [sys.executable, "-m", "pipeline", "worker", "-l", "warn", "--web-port"]

@@ -74,14 +74,14 @@ async def handle_record(
 ) -> None:
     where = {"agent": policy.agent, "topic": message.topic, "partition": message.partition,
              "offset": message.offset}  # fmt: skip
-    with logs.bound(**where):
-        try:
-            event = decode(message.value, *types)
-        except InvalidEvent as exc:
+    try:
+        event = decode(message.value, *types)
+    except InvalidEvent as exc:
+        with logs.bound(**where):
             await _dead_letter(message, policy, errors.POISON, exc, attempts=1)
-            return
-        with logs.bound(event_id=event.event_id, order_id=getattr(event, "order_id", None)):
-            await _handle_event(message, event, policy, handle)
+        return
+    with logs.bound(**where, event_id=event.event_id, order_id=getattr(event, "order_id", None)):
+        await _handle_event(message, event, policy, handle)
 
 
 async def _handle_event(message: Any, event: Any, policy: FailurePolicy, handle: Handler) -> None:
@@ -188,9 +188,17 @@ async def send_reliably(
 
 def _count_handled(message: Any, agent: str) -> None:
     metrics = _metrics()
-    metrics.events_processed.labels(agent).inc()
+    children = _handled_children.get(agent)
+    if children is None or children[0] is not metrics:  # ``labels()`` per event costs a lock
+        children = _handled_children[agent] = (
+            metrics, metrics.events_processed.labels(agent), metrics.event_latency.labels(agent)
+        )  # fmt: skip
+    children[1].inc()
     if message.timestamp is not None:  # seconds since the epoch (Faust converts Kafka's ms)
-        metrics.event_latency.labels(agent).observe(max(0.0, time.time() - message.timestamp))
+        children[2].observe(max(0.0, time.time() - message.timestamp))
+
+
+_handled_children: dict[str, tuple[Any, Any, Any]] = {}
 
 
 def _metrics() -> Any:

@@ -213,7 +213,7 @@ customer_stats_table = app.Table(
 
 
 def read_customer_stats(customer_id: str) -> CustomerStats | None:
-    value = customer_stats_table.get(customer_id.encode())
+    value = versions.stored(customer_stats_table, customer_id.encode())
     return None if value is None else CustomerStats.from_value(json.loads(value))
 
 

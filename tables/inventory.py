@@ -188,7 +188,7 @@ stock_table = app.Table(
 
 
 def read_stock(sku: str) -> Stock | None:
-    value = stock_table.get(sku.encode())
+    value = versions.stored(stock_table, sku.encode())
     return None if value is None else Stock.from_value(json.loads(value))
 
 

@@ -149,7 +149,7 @@ order_progress_table = app.Table(
 
 
 def read_progress(order_id: str) -> OrderProgress | None:
-    value = order_progress_table.get(order_id.encode())
+    value = versions.stored(order_progress_table, order_id.encode())
     return None if value is None else OrderProgress.from_value(json.loads(value))
 
 
