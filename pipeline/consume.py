@@ -65,8 +65,11 @@ async def consume(
 ) -> None:
     """Run ``handle`` on every event of ``types`` in ``stream``, with the failure policy."""
     policy = policy or policy_for(agent)
-    async for record in stream.events():
-        await handle_record(record.message, policy, handle, types)
+    # What ``stream.events()`` does, without its extra async generator per event.
+    async for _ in stream:
+        record = stream.current_event
+        if record is not None:
+            await handle_record(record.message, policy, handle, types)
 
 
 async def handle_record(
