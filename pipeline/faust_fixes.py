@@ -99,7 +99,6 @@ import faust.transport.consumer as faust_consumer
 import faust.transport.drivers.aiokafka as faust_aiokafka
 import faust.transport.producer as faust_producer
 from faust.types import TP
-from mode import Service
 from mode.services import WaitResults
 
 
@@ -121,25 +120,6 @@ class DrainingProducerBuffer(faust_producer.ProducerBuffer):
             await self.flush_atmost(None)
             if self.size or self.in_flight:
                 await asyncio.sleep(0.005)
-
-    @Service.task
-    async def _handle_pending(self) -> None:
-        """Send every queued record in one turn of the event loop, not one per turn.
-
-        Faust's loop takes one record per turn, while an agent handles many events per turn
-        (its awaits rarely suspend): the buffer grew to thousands of changelog records, and
-        the fetcher, which waits for it to ebb below 100 before each hand-over, waited for
-        one ``message_sent`` at a time, a ``wait_for`` task each (``make bench``).
-        """
-        pending = self.pending
-        while not self.should_stop:
-            fut = await pending.get()
-            while True:
-                await self._send_pending(fut)
-                self.message_sent.set()
-                if pending.empty():
-                    break
-                fut = pending.get_nowait()
 
 
 STOCK_NEW_OFFSET = faust_consumer.Consumer._new_offset
