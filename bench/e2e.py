@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench import profile
 from bench.report import open_loop_schedule, percentile
 from tests.integration.workers import Worker, WorkerFactory, create_topics
 
@@ -243,10 +244,19 @@ async def _measure(workers: list[Worker], quick: bool) -> dict[str, Any]:
         await settle(session, [w.url for w in workers])
         eighty = await open_loop(tracker, orders, max_rate * 0.8, seconds)
         polls = tracker.polls
+        profiled = None
+        if profile.enabled():  # a phase of its own: sampling slows the workers a little
+            await settle(session, [w.url for w in workers])
+            names = [f"e2e-half-load-{w.name}" for w in workers]
+            spies = [
+                profile.start(w.proc.pid, n, seconds) for w, n in zip(workers, names, strict=True)
+            ]
+            profiled = await open_loop(tracker, orders, max_rate * 0.5, seconds)
+            profiled["profiles"] = profile.finish(spies, names)
         for task in pollers:
             task.cancel()
     return {"max_orders_per_s": max_rate, "half": half, "eighty": eighty, "polls": polls,
-            "steps": steps, "seconds": seconds}  # fmt: skip
+            "steps": steps, "seconds": seconds, "profiled": profiled}  # fmt: skip
 
 
 def run(bootstrap: str, database_url: str, quick: bool, partitions: int = 4) -> dict[str, Any]:
@@ -281,4 +291,6 @@ def run(bootstrap: str, database_url: str, quick: bool, partitions: int = 4) -> 
         out[f"max_ms_{label}_load"] = phase["max_ms"]
         out[f"{label}_load_samples"] = phase["visible"]
         out[f"{label}_load_errors"] = phase["errors"]
+    if m["profiled"] is not None:
+        out["profiled_half_load"] = m["profiled"]
     return out

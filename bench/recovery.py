@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -29,7 +30,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
-from bench import kafka_tools
+from bench import kafka_tools, profile
 from pipeline.app import ROCKSDB_OPTIONS
 from tables.customer_stats import CustomerStats
 from tests.integration.workers import Worker, WorkerFactory, create_topics, http_get
@@ -88,10 +89,15 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def time_to_ready(factory: WorkerFactory, name: str, timeout: float = 600) -> tuple[Worker, float]:
-    """Start a worker on an empty state directory; seconds until ``/readyz`` answers 200."""
+def time_to_ready(
+    factory: WorkerFactory, name: str, timeout: float = 600, profile_after: float | None = None
+) -> tuple[Worker, float]:
+    """Start a worker on an empty state directory; seconds until ``/readyz`` answers 200.
+    With ``profile_after``, py-spy samples it from that many seconds after its start."""
     started = time.perf_counter()
     worker = factory.start(name, wait=False, **WORKER_ENV)
+    if profile_after is not None:
+        threading.Timer(profile_after, _profile, (worker.proc.pid,)).start()
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -104,7 +110,28 @@ def time_to_ready(factory: WorkerFactory, name: str, timeout: float = 600) -> tu
         time.sleep(0.05)
 
 
-def one_run(bootstrap: str, libs_dir: Path | None, keys: int, partitions: int) -> dict[str, Any]:
+PROFILE_SECONDS = 30
+_spies: list[Any] = []
+
+
+def _profile(pid: int) -> None:
+    _spies.append(profile.start(pid, "recovery", PROFILE_SECONDS))
+
+
+def profiled_run(bootstrap: str, keys: int, partitions: int) -> dict[str, Any]:
+    """A recovery of its own, sampled by py-spy from just after the worker's start-up (the
+    empty worker's time to ready) for ``PROFILE_SECONDS``."""
+    result = one_run(bootstrap, None, keys, partitions, profile_recovery=True)
+    summary = profile.finish(_spies, ["recovery"])
+    _spies.clear()
+    return {"keys": keys, "keys_per_s": round(result["keys_per_s"], 1),
+            "profile_seconds": PROFILE_SECONDS, **summary}  # fmt: skip
+
+
+def one_run(
+    bootstrap: str, libs_dir: Path | None, keys: int, partitions: int,
+    profile_recovery: bool = False,
+) -> dict[str, Any]:  # fmt: skip
     root = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
     run_id = uuid.uuid4().hex[:8]
 
@@ -121,7 +148,9 @@ def one_run(bootstrap: str, libs_dir: Path | None, keys: int, partitions: int) -
         time.sleep(1)
         empty_rss = rss_mib(worker.proc.pid)
         empty.stop_all()
-        worker, ready_s = time_to_ready(filled, "filled")
+        worker, ready_s = time_to_ready(
+            filled, "filled", profile_after=empty_s + 1 if profile_recovery else None
+        )
         time.sleep(1)
         rss = rss_mib(worker.proc.pid)
         probe = http_get(f"{worker.url}/customers/customer-{keys - 1:07d}/stats")[0]
@@ -171,4 +200,6 @@ def run(bootstrap: str, libs_dir: Path | None, quick: bool, repeats: int,
         "rocksdb_options": dict(ROCKSDB_OPTIONS),
         "rocksdb_note": "per partition database: block cache, write buffer size and count",
     }
+    if profile.enabled():
+        recovery["profiled"] = profiled_run(bootstrap, keys // 2, partitions)
     return recovery, memory

@@ -130,3 +130,20 @@ def test_tools_run_on_the_broker_jars_classpath(tmp_path: Path) -> None:
     cmd = java_command(tmp_path, "org.apache.kafka.tools.ProducerPerformance", "--topic", "t")
     assert cmd[-3:] == ["org.apache.kafka.tools.ProducerPerformance", "--topic", "t"]
     assert cmd[cmd.index("-cp") + 1] == f"{tmp_path}/*"
+
+
+def test_a_profile_summary_shares_the_main_threads_samples_by_category() -> None:
+    from bench.profile import summary
+
+    raw = "\n".join([
+        "<module> (x.py:1);BaseEventLoop._run_once (a.py:1);EpollSelector.select (s.py:1) 30",
+        "<module> (x.py:1);Agent._execute_actor (f.py:1);customer_analytics (agents/a.py:48);"
+        "consume (c.py:1);write_customer_stats (t.py:1) 50",
+        "<module> (x.py:1);Consumer._drain_messages (f.py:1) 20",
+        "Thread._bootstrap (threading.py:1);WorkerThread.run (m.py:1);select (s.py:1) 99",
+    ])  # fmt: skip
+    assert summary(raw) == {"main_thread_samples": 100, "percent": {
+        "agent: analytics (customer stats)": 50.0,
+        "idle: waiting on the network": 30.0,
+        "Faust: fetcher hand-over to the agents": 20.0,
+    }}  # fmt: skip
