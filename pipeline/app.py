@@ -67,6 +67,10 @@ def create_app(settings: Settings) -> faust.App:
         # Agents send several records per event; a few ms of linger turns them into batches
         # instead of one produce request each (the send path was the top of the profile).
         producer_linger=settings.producer_linger_ms / 1000,
+        # How often handled offsets are committed (Faust's default is 2.8 s): what a crashed
+        # worker's successor handles again, and how long the last events of a burst wait to
+        # count as done.
+        broker_commit_interval=settings.commit_interval_ms / 1000,
         # How soon a dead or frozen worker's partitions move to the others.
         broker_session_timeout=settings.session_timeout_seconds,
         broker_heartbeat_interval=settings.heartbeat_seconds,

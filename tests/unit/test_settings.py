@@ -35,6 +35,7 @@ def test_local_port_moves_the_default_bootstrap_address() -> None:
     [
         ({"PIPELINE_WEB_PORT": "http"}, "PIPELINE_WEB_PORT='http' is not an integer"),
         ({"PIPELINE_PARTITIONS": "0"}, "PIPELINE_PARTITIONS=0 is out of range"),
+        ({"PIPELINE_COMMIT_INTERVAL_MS": "0"}, "PIPELINE_COMMIT_INTERVAL_MS=0 is out of range"),
         ({"PIPELINE_KAFKA_VERSION": "latest"}, "PIPELINE_KAFKA_VERSION='latest'"),
         ({"DATABASE_URL": "mysql://x/y"}, "DATABASE_URL must be"),
         ({"PIPELINE_STORE": "rocksdb"}, "PIPELINE_STORE='rocksdb'"),
@@ -97,3 +98,11 @@ def test_kafka_sasl_and_tls_settings_reach_every_client(tmp_path: Path) -> None:
 def test_bad_security_and_retry_settings_name_the_variable(env: dict[str, str], fault: str) -> None:
     with pytest.raises(SettingsError, match=fault):
         load_settings(env)
+
+
+def test_the_commit_interval_reaches_faust() -> None:
+    from pipeline.app import create_app
+
+    assert load_settings({}).commit_interval_ms == 1000
+    settings = load_settings({"PIPELINE_COMMIT_INTERVAL_MS": "250"})
+    assert create_app(settings).conf.broker_commit_interval == 0.25
