@@ -1,4 +1,5 @@
-"""Fixes for faust-streaming bugs that break our guarantees, each small, tested and removable.
+"""Fixes for faust-streaming bugs that break our guarantees (and two costs), each small, tested
+and removable.
 
 Producer buffer flush (faust-streaming 0.15.3, ``faust/transport/producer.py``): before it
 commits offsets, Faust flushes its producer, and the flush starts with the ``ProducerBuffer``
@@ -66,15 +67,18 @@ back its recovery skips them and the table misses those updates for good (found 
 SIGSTOP scenario: half of two customers' orders missing from their stats).
 :func:`_on_changelog_sent` keeps the mark when an acknowledged offset is not the next one after
 it — somebody else wrote in between — so the next recovery reads those records.
+
+Two more are not bugs but costs on every event, found by profiling ``make bench``.
+
 A record's hand-over costs four tasks (same version, ``Consumer._drain_messages``): the
 fetcher hands each record to the agents' queues through
 ``Service.wait_first(callback(message), suspend_flow.wait())``, which wraps the hand-over, the
 suspend flag, and the consumer's stopped and crashed flags in a task each, waits on all four
-and cancels three: about a fifth of a busy worker's CPU (py-spy, ``make bench``). Not a bug, a
-cost: :func:`_wait_first` hands the record over inline in the fetcher's task and arranges to
-be interrupted when one of the three flags is set, as ``asyncio.timeout`` does (cancel the
-task, then ``uncancel`` and swallow only its own cancellation). The outcome is Faust's: the
-hand-over completes, or it is abandoned when the flow is suspended or the consumer stops.
+and cancels three: about a fifth of a busy worker's CPU. :func:`_wait_first` hands the record
+over inline in the fetcher's task and arranges to be interrupted when one of the three flags
+is set, as ``asyncio.timeout`` does (cancel the task, then ``uncancel`` and swallow only its
+own cancellation). The outcome is Faust's: the hand-over completes, or it is abandoned when
+the flow is suspended or the consumer stops.
 
 Three turns of the event loop per record published (same version, ``Topic._get_producer``):
 every ``Topic.publish_message`` — each table changelog record, through the producer buffer —
