@@ -152,17 +152,17 @@ async def _committed(bootstrap: str, group: str, topic: str, partitions: int) ->
         await admin.close()
 
 
-async def _first_output(bootstrap: str, topic: str, count: int, before: int) -> tuple[int, float]:
-    """Wait until ``topic`` (``count`` partitions) holds more than ``before`` records; how many
-    more, and when."""
+async def _output(bootstrap: str, topic: str, count: int, beyond: int | None) -> tuple[int, float]:
+    """How many records ``topic`` (``count`` partitions) holds beyond ``beyond``, and when:
+    at once for ``beyond=None`` (then the whole count), else once there are more."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, p) for p in range(count)]
         consumer.assign(partitions)
         while True:
-            out = sum((await consumer.end_offsets(partitions)).values()) - before
-            if out > 0:
+            out = sum((await consumer.end_offsets(partitions)).values()) - (beyond or 0)
+            if beyond is None or out > 0:
                 return out, time.perf_counter()
             await asyncio.sleep(0.02)
     finally:
@@ -183,9 +183,8 @@ def faust_worker(
         PIPELINE_PARTITIONS=str(partitions), PIPELINE_AGENTS="analytics",
         PIPELINE_FORWARDER_ENABLED="false", PIPELINE_LOG_EVENTS="false", **extra_env,
     )  # fmt: skip
-    # The loop wrote its revenue records to the same topic first (-1: return at once).
-    before, _ = asyncio.run(_first_output(bootstrap, prefix + "analytics.revenue", partitions, -1))
-    before -= 1
+    # The loop wrote its revenue records to the same topic first.
+    before, _ = asyncio.run(_output(bootstrap, prefix + "analytics.revenue", partitions, None))
     procs, ports, logs = [], [], []
     command = [sys.executable, "-m", "pipeline", "worker", "-l", "warn", "--web-port"]
     for n in range(workers):
@@ -218,7 +217,7 @@ def faust_worker(
         # as if handled after: a first commit held back for a while made a short run look
         # several times faster than it was.)
         first, started = asyncio.run(
-            _first_output(bootstrap, prefix + "analytics.revenue", partitions, before)
+            _output(bootstrap, prefix + "analytics.revenue", partitions, before)
         )
         cpu0 = sum(_cpu_seconds(p.pid) for p in procs)
         done = 0
