@@ -94,6 +94,7 @@ class Settings:
     agents: tuple[str, ...] = ALL_AGENTS
     producer_linger_ms: int = 5
     commit_interval_ms: int = 1000
+    gc_young_threshold: int = 50_000
     retry_in_place_attempts: int = 3
     retry_backoff_seconds: float = 0.1
     retry_delays: tuple[float, ...] = (1.0, 10.0, 60.0)
@@ -274,6 +275,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         agents=_agents(env.get("PIPELINE_AGENTS", "")),
         producer_linger_ms=_int(env, "PIPELINE_PRODUCER_LINGER_MS", 5, low=0, high=1000),
         commit_interval_ms=_int(env, "PIPELINE_COMMIT_INTERVAL_MS", 1000, low=50, high=60_000),
+        gc_young_threshold=_int(env, "PIPELINE_GC_YOUNG_THRESHOLD", 50_000, low=0, high=10_000_000),
         retry_in_place_attempts=_int(env, "PIPELINE_RETRY_IN_PLACE_ATTEMPTS", 3, low=1, high=20),
         retry_backoff_seconds=_float(
             env, "PIPELINE_RETRY_BACKOFF_SECONDS", 0.1, low=0.0, high=60.0
