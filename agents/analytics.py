@@ -35,7 +35,7 @@ async def update_customer_stats(event: OrderCreated | OrderCancelled) -> None:
         settings.lifetime_value_milestone,
     )  # fmt: skip
     if applied:
-        write_customer_stats(stats)
+        await write_customer_stats(stats)
     await publish(analytics_events_topic, stats.customer_id,
                   stats_updated_event(stats, event.event_id))  # fmt: skip
     for milestone in milestone_events(stats, event.event_id):

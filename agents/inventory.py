@@ -89,7 +89,7 @@ async def apply_stock_command(
     else:
         updated, outcome = release_line(stock, command, window)
     if updated != stock:
-        write_stock(updated)
+        await write_stock(updated)
     if outcome is not None:
         await publish(inventory_events_topic, outcome.order_id, outcome)
 

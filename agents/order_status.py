@@ -37,7 +37,7 @@ async def record_outcome(
     progress = read_progress(outcome.order_id)
     updated = apply_outcome(progress, outcome)
     if updated != progress:
-        write_progress(updated)
+        await write_progress(updated)
     for release in compensations(updated):
         await publish(inventory_commands_topic, release.sku, release)
     announcement = decision_event(updated)

@@ -229,7 +229,7 @@ def read_figures(raw: bytes) -> dict[str, Any]:
     return dict(json.loads(raw))
 
 
-def write_customer_stats(stats: CustomerStats) -> None:
-    customer_stats_table[stats.customer_id.encode()] = versions.encode(
-        stats.version + 1, stats.to_value()
+async def write_customer_stats(stats: CustomerStats) -> None:
+    await versions.write(
+        customer_stats_table, stats.customer_id.encode(), stats.version + 1, stats.to_value()
     )

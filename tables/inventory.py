@@ -192,5 +192,5 @@ def read_stock(sku: str) -> Stock | None:
     return None if value is None else Stock.from_value(json.loads(value))
 
 
-def write_stock(stock: Stock) -> None:
-    stock_table[stock.sku.encode()] = versions.encode(stock.version + 1, stock.to_value())
+async def write_stock(stock: Stock) -> None:
+    await versions.write(stock_table, stock.sku.encode(), stock.version + 1, stock.to_value())

@@ -157,7 +157,7 @@ def forget_progress(order_id: str) -> None:
     order_progress_table.pop(order_id.encode(), None)
 
 
-def write_progress(progress: OrderProgress) -> None:
-    order_progress_table[progress.order_id.encode()] = versions.encode(
-        progress.version + 1, progress.to_value()
+async def write_progress(progress: OrderProgress) -> None:
+    await versions.write(
+        order_progress_table, progress.order_id.encode(), progress.version + 1, progress.to_value()
     )
