@@ -109,3 +109,46 @@ def test_the_tables_package_installs_the_versioned_apply() -> None:
     import tables  # noqa: F401
 
     assert faust_rocksdb.Store.apply_changelog_batch is versions.apply_changelog_batch
+
+
+def _delivery(tp: TP, offset: int | None, error: Exception | None = None) -> Any:
+    """What the producer's send resolves to: the broker's acknowledgement, or its failure."""
+    import asyncio
+
+    from aiokafka.structs import RecordMetadata, TopicPartition
+
+    fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    if error is not None:
+        fut.set_exception(error)
+    elif offset is None:
+        fut.cancel()
+    else:
+        fut.set_result(RecordMetadata(tp.topic, tp.partition, TopicPartition(*tp), offset,
+                                      -1, 0, 0))  # fmt: skip
+    return fut
+
+
+async def test_an_acknowledged_changelog_write_moves_the_recovery_mark_a_failed_one_not(
+    store: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``versions.write`` sends the changelog record itself; its acknowledgement goes through
+    the table's ``_on_changelog_sent`` (with faust_fixes' fix), as Faust's own send did."""
+    import faust.tables.base as faust_tables
+
+    table = SimpleNamespace(name="customer_stats", app=app, data=store)
+    table._on_changelog_sent = faust_tables.Collection._on_changelog_sent.__get__(table)
+    tp = _tp(store)
+    store.set_persisted_offset(tp, 4)
+    versions._on_changelog_sent(table, _delivery(tp, 5))
+    assert store.persisted_offset(tp) == 5
+    versions._on_changelog_sent(table, _delivery(tp, None))  # cancelled: nothing known
+    versions._on_changelog_sent(table, _delivery(tp, 6, RuntimeError("broker gone")))
+    assert store.persisted_offset(tp) == 5
+    assert "changelog write failed" in caplog.text
+    versions._on_changelog_sent(table, _delivery(tp, 9))  # another worker wrote 6..8
+    assert store.persisted_offset(tp) == 5
+
+
+async def test_a_table_is_written_only_for_an_event() -> None:
+    with pytest.raises(RuntimeError, match="inside an agent"):
+        await versions.write(customer_stats_table, b"c-1", 1, {"customer_id": "c-1"})
