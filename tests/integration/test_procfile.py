@@ -5,6 +5,7 @@ agents; every process stops on SIGTERM."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -74,7 +75,7 @@ def test_the_procfile_runs_web_worker_and_forwarder_under_honcho(
     web, worker, forwarder = (f"http://127.0.0.1:{base + step}" for step in (0, 100, 200))
     try:
         for url in (web + "/readyz", worker + "/readyz", forwarder + "/healthz"):
-            wait_for(lambda u=url: honcho.poll() is None and _up(u), 120,
+            wait_for(lambda u=url: _up_under(honcho, u, log_path), 120,
                      f"{url} ({log_path.read_text(errors='replace')[-3000:]})")  # fmt: skip
         assert (tmp_path / f"state-{base}").is_dir()  # each worker its own state dir
         assert (tmp_path / f"state-{base + 100}").is_dir()
@@ -114,13 +115,25 @@ def test_the_procfile_runs_web_worker_and_forwarder_under_honcho(
                      f"consumer lag samples at {url}")  # fmt: skip
         assert processed["analytics"] >= 1 and processed["order-status"] >= 1
     finally:
-        os.killpg(honcho.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # honcho already stopped everything
+            os.killpg(honcho.pid, signal.SIGTERM)
         try:
             honcho.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(honcho.pid, signal.SIGKILL)
             raise
     assert not any(_up(u + "/healthz") for u in (web, worker, forwarder))
+
+
+def _up_under(honcho: subprocess.Popen[bytes], url: str, log_path: Path) -> bool:
+    """Is ``url`` answering? Fails at once, with the log, when honcho has stopped (it stops
+    every process when one of them exits), rather than waiting out the deadline."""
+    if honcho.poll() is not None:
+        raise AssertionError(
+            f"honcho exited ({honcho.returncode}) before {url} answered: "
+            f"{log_path.read_text(errors='replace')[-3000:]}"
+        )
+    return _up(url)
 
 
 def _text(url: str) -> str:
