@@ -104,7 +104,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import faust.tables.base as faust_tables
@@ -268,17 +268,29 @@ STOCK_ON_CHANGELOG_SENT = faust_tables.Collection._on_changelog_sent
 def _on_changelog_sent(self: Any, fut: Any) -> None:
     """Faust's ``_on_changelog_sent``, but never moving the persisted offset over records
     this worker did not write (and so never applied)."""
-    if not self.app.in_transaction:
-        res = fut.result()
-        current = self.data.persisted_offset(res.topic_partition)
-        if current is not None and res.offset > current + 1:
+    if self.app.in_transaction:
+        STOCK_ON_CHANGELOG_SENT(self, fut)
+        return
+    res = fut.result()
+    move_recovery_mark(self, res.topic_partition, (res.offset,))
+
+
+def move_recovery_mark(table: Any, tp: Any, offsets: Iterable[int]) -> None:
+    """Move ``table``'s recovery mark of ``tp`` over its acknowledged changelog ``offsets``, in
+    the order they were acknowledged, as the fixed ``_on_changelog_sent`` does one by one:
+    never over records this worker did not write. Reads and writes the mark once."""
+    before = mark = table.data.persisted_offset(tp)
+    for offset in offsets:
+        if mark is not None and offset > mark + 1:
             log.warning(
                 "%s: changelog %s has records %d..%d this worker did not write; keeping the "
                 "recovery mark at %d so they are read on the next recovery",
-                self.name, res.topic_partition, current + 1, res.offset - 1, current,
+                table.name, tp, mark + 1, offset - 1, mark,
             )  # fmt: skip
-            return
-    STOCK_ON_CHANGELOG_SENT(self, fut)
+            continue
+        mark = offset
+    if mark is not None and mark != before:
+        table.data.set_persisted_offset(tp, mark)
 
 
 STOCK_VERIFY_EVENT_PATH = faust_aiokafka.AIOKafkaConsumerThread.verify_event_path

@@ -30,6 +30,8 @@ from typing import Any
 import faust.stores.rocksdb as faust_rocksdb
 from faust.streams import current_event
 
+from pipeline import faust_fixes
+
 log = logging.getLogger(__name__)
 
 VERSION = "v"
@@ -59,6 +61,7 @@ async def write(table: Any, key: bytes, version: int, value: dict[str, Any]) -> 
     (the table's ``_on_changelog_sent``, with :mod:`pipeline.faust_fixes`' fix), and the same
     guarantee: Faust flushes this producer before it commits the offset of the event that
     caused the write, so a crash before the record is acknowledged has the event handled again.
+    The acknowledgements of one turn of the event loop move the recovery mark once.
     """
     event = current_event()
     if event is None:
@@ -72,13 +75,32 @@ async def write(table: Any, key: bytes, version: int, value: dict[str, Any]) -> 
     delivery.add_done_callback(partial(_on_changelog_sent, table))
 
 
+# Changelog offsets acknowledged in this turn of the event loop, by table and partition: the
+# recovery mark (a RocksDB read and write) moves once per turn, not once per record.
+_acknowledged: dict[tuple[int, Any], tuple[Any, list[int]]] = {}
+
+
 def _on_changelog_sent(table: Any, delivery: asyncio.Future[Any]) -> None:
     if delivery.cancelled():
         return
     if delivery.exception() is not None:
         log.error("%s: changelog write failed: %r", table.name, delivery.exception())
         return
-    table._on_changelog_sent(delivery)  # its result has the partition and offset Faust reads
+    if table.app.in_transaction:
+        table._on_changelog_sent(delivery)
+        return
+    meta = delivery.result()
+    slot = (id(table), meta.topic_partition)
+    pending = _acknowledged.get(slot)
+    if pending is None:
+        pending = _acknowledged[slot] = (table, [])
+        asyncio.get_running_loop().call_soon(_move_mark, slot)
+    pending[1].append(meta.offset)
+
+
+def _move_mark(slot: tuple[int, Any]) -> None:
+    table, offsets = _acknowledged.pop(slot)
+    faust_fixes.move_recovery_mark(table, slot[1], offsets)
 
 
 def encode(version: int, value: dict[str, Any]) -> bytes:

@@ -131,22 +131,48 @@ def _delivery(tp: TP, offset: int | None, error: Exception | None = None) -> Any
 async def test_an_acknowledged_changelog_write_moves_the_recovery_mark_a_failed_one_not(
     store: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """``versions.write`` sends the changelog record itself; its acknowledgement goes through
-    the table's ``_on_changelog_sent`` (with faust_fixes' fix), as Faust's own send did."""
-    import faust.tables.base as faust_tables
+    """``versions.write`` sends the changelog record itself; its acknowledgement moves the
+    recovery mark as Faust's ``_on_changelog_sent`` (with faust_fixes' fix) did."""
+    import asyncio
 
     table = SimpleNamespace(name="customer_stats", app=app, data=store)
-    table._on_changelog_sent = faust_tables.Collection._on_changelog_sent.__get__(table)
     tp = _tp(store)
     store.set_persisted_offset(tp, 4)
     versions._on_changelog_sent(table, _delivery(tp, 5))
+    await asyncio.sleep(0)  # the acknowledgements of one turn move it at the end of the turn
     assert store.persisted_offset(tp) == 5
     versions._on_changelog_sent(table, _delivery(tp, None))  # cancelled: nothing known
     versions._on_changelog_sent(table, _delivery(tp, 6, RuntimeError("broker gone")))
+    await asyncio.sleep(0)
     assert store.persisted_offset(tp) == 5
     assert "changelog write failed" in caplog.text
     versions._on_changelog_sent(table, _delivery(tp, 9))  # another worker wrote 6..8
+    await asyncio.sleep(0)
     assert store.persisted_offset(tp) == 5
+
+
+async def test_one_turns_acknowledgements_move_the_mark_once_and_never_over_a_gap(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    table = SimpleNamespace(name="customer_stats", app=app, data=store)
+    tp = _tp(store)
+    store.set_persisted_offset(tp, 4)
+    writes: list[int] = []
+    monkeypatch.setattr(store, "set_persisted_offset",
+                        lambda tp, offset: writes.append(offset))  # fmt: skip
+    for offset in (5, 6, 7):
+        versions._on_changelog_sent(table, _delivery(tp, offset))
+    assert writes == []  # not per record
+    await asyncio.sleep(0)
+    assert writes == [7]
+    monkeypatch.undo()
+    store.set_persisted_offset(tp, 7)
+    for offset in (8, 11, 12):  # 9 and 10 are another worker's: stop before them
+        versions._on_changelog_sent(table, _delivery(tp, offset))
+    await asyncio.sleep(0)
+    assert store.persisted_offset(tp) == 8
 
 
 async def test_a_table_is_written_only_for_an_event() -> None:
