@@ -31,6 +31,7 @@ import faust.stores.rocksdb as faust_rocksdb
 from faust.streams import current_event
 
 from pipeline import faust_fixes
+from pipeline.topics import kafka_producer
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +69,9 @@ async def write(table: Any, key: bytes, version: int, value: dict[str, Any]) -> 
         raise RuntimeError(f"{table.name}: tables are written inside an agent, for an event")
     raw = encode(version, value)
     table.data[key] = raw  # the store, for the current event's partition
-    delivery = await table.app.producer.send(
-        table.changelog_topic.get_topic_name(), key, raw,
-        partition=event.message.partition, timestamp=None, headers=None,
-    )  # fmt: skip
+    delivery = await kafka_producer().send(
+        table.changelog_topic.get_topic_name(), raw, key=key, partition=event.message.partition
+    )
     delivery.add_done_callback(partial(_on_changelog_sent, table))
 
 

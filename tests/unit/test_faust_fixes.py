@@ -443,3 +443,24 @@ def test_the_app_installs_the_livelock_check_fix() -> None:
     import pipeline.app  # noqa: F401 - installs the fixes
 
     assert faust_aiokafka.AIOKafkaConsumerThread.verify_event_path is _verify_event_path
+
+
+async def test_the_agents_send_through_the_apps_own_kafka_client() -> None:
+    """``pipeline.topics.kafka_producer`` reaches inside Faust's producer (``_ensure_producer``):
+    pinned, so a faust-streaming upgrade that moves it fails here and not in a worker."""
+    from aiokafka import AIOKafkaProducer
+    from faust.exceptions import NotReady
+
+    from pipeline.app import app
+    from pipeline.topics import kafka_producer
+
+    faust_producer: Any = app.producer
+    assert faust_producer._producer is None  # not started in a unit test
+    with pytest.raises(NotReady):
+        kafka_producer()
+    client = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")  # never started
+    faust_producer._producer = client
+    try:
+        assert kafka_producer() is client
+    finally:
+        faust_producer._producer = None
