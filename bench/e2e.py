@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import shutil
 import tempfile
 import time
 import uuid
@@ -279,6 +280,7 @@ def run(bootstrap: str, database_url: str, quick: bool, partitions: int = 4) -> 
         m = asyncio.run(_measure(workers, quick))
     finally:
         factory.stop_all()
+        shutil.rmtree(root, ignore_errors=True)
     out: dict[str, Any] = {
         "workers": 2,
         "poll_interval_ms": POLL_S * 1000,

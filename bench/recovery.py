@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import tempfile
 import threading
 import time
@@ -159,6 +160,7 @@ def one_run(
     finally:
         empty.stop_all()
         filled.stop_all()
+        shutil.rmtree(root, ignore_errors=True)
     consumer = (
         kafka_tools.consumer_perf(libs_dir, bootstrap, changelog, keys)
         if libs_dir is not None
