@@ -65,11 +65,26 @@ async def consume(
 ) -> None:
     """Run ``handle`` on every event of ``types`` in ``stream``, with the failure policy."""
     policy = policy or policy_for(agent)
-    # What ``stream.events()`` does, without its extra async generator per event.
+    # What ``stream.events()`` does, without its extra async generator per event. The event is
+    # read inside the call, so nothing here references it while the next one is awaited: in a
+    # rebalance Faust waits (``wait_empty``) for every message it handed to an agent until the
+    # message is acknowledged or garbage. A message of a topic two agents read, handled by one
+    # and dropped from the other's queue by the rebalance, stays unacknowledged; a local still
+    # holding it here kept it alive and the rebalance waited for good (found by the 1-of-3
+    # brokers scenario: a worker stuck in ``wait_empty`` until it was stopped).
     async for _ in stream:
-        record = stream.current_event
-        if record is not None:
-            await handle_record(record.message, policy, handle, types)
+        await _handle_current(stream, policy, handle, types)
+
+
+async def _handle_current(
+    stream: faust.StreamT[bytes],
+    policy: FailurePolicy,
+    handle: Handler,
+    types: tuple[type[Any], ...],
+) -> None:
+    record = stream.current_event
+    if record is not None:
+        await handle_record(record.message, policy, handle, types)
 
 
 async def handle_record(

@@ -1,0 +1,60 @@
+"""The agents' loop (pipeline.consume) holds no reference to an event once it is handled."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from types import SimpleNamespace
+from typing import Any
+
+from pipeline import consume
+from pipeline.events import encode
+from tests.conftest import order_created
+
+
+class Message(SimpleNamespace):
+    """A Kafka record as Faust hands it over (weakly referenceable, as Faust's messages are)."""
+
+
+class Stream:
+    """Faust's stream as the loop uses it: iterated, with the event being handled in
+    ``current_event`` (Faust clears it once the agent asks for the next one)."""
+
+    def __init__(self, values: list[bytes]) -> None:
+        self.values = values
+        self.current_event: Any = None
+        self.released: list[bool] = []
+        self._last: weakref.ref[Any] | None = None
+
+    def __aiter__(self) -> Stream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        self.current_event = None
+        if self._last is not None:
+            gc.collect()
+            self.released.append(self._last() is None)
+        if not self.values:
+            raise StopAsyncIteration
+        value = self.values.pop(0)
+        message = Message(topic="orders.events", partition=0, offset=len(self.released),
+                          value=value, key=b"c", headers=[], timestamp=None)  # fmt: skip
+        self.current_event = SimpleNamespace(message=message)
+        self._last = weakref.ref(message)
+        return value
+
+
+async def test_a_handled_event_is_not_kept_alive_while_the_next_is_awaited() -> None:
+    """Faust's rebalance waits for every message it handed out until it is acknowledged or
+    garbage; one that two agents read and one dropped must not be kept alive by the other."""
+    handled: list[str] = []
+
+    async def handle(event: Any) -> None:
+        handled.append(event.event_id)
+
+    first, second = order_created("c", total="1.00"), order_created("c", total="2.00")
+    stream = Stream([encode(first), encode(second)])
+    policy = consume.FailurePolicy("test", retryable=(), non_retryable=())
+    await consume.consume(stream, "test", handle, type(first), policy=policy)  # type: ignore[arg-type]
+    assert handled == [first.event_id, second.event_id]
+    assert stream.released == [True, True]
