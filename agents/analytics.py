@@ -23,6 +23,7 @@ from tables.customer_stats import (
     apply_event,
     milestone_events,
     read_customer_stats,
+    resend_customer_stats,
     revenue_record,
     stats_updated_event,
     write_customer_stats,
@@ -36,6 +37,8 @@ async def update_customer_stats(event: OrderCreated | OrderCancelled) -> None:
     )  # fmt: skip
     if applied:
         await write_customer_stats(stats)
+    else:  # a redelivery: the changelog may not have it yet (tables.versions.resend)
+        await resend_customer_stats(stats.customer_id)
     await publish(analytics_events_topic, stats.customer_id,
                   stats_updated_event(stats, event.event_id))  # fmt: skip
     for milestone in milestone_events(stats, event.event_id):

@@ -37,6 +37,7 @@ from tables.inventory import (
     apply_stock_set,
     read_stock,
     release_line,
+    resend_stock,
     reserve_line,
     write_stock,
 )
@@ -90,6 +91,8 @@ async def apply_stock_command(
         updated, outcome = release_line(stock, command, window)
     if updated != stock:
         await write_stock(updated)
+    else:  # a redelivery: the changelog may not have it yet (tables.versions.resend)
+        await resend_stock(command.sku)
     if outcome is not None:
         await publish(inventory_events_topic, outcome.order_id, outcome)
 

@@ -24,6 +24,7 @@ from tables.order_progress import (
     decision_event,
     forget_progress,
     read_progress,
+    resend_progress,
     settled,
     write_progress,
 )
@@ -38,6 +39,8 @@ async def record_outcome(
     updated = apply_outcome(progress, outcome)
     if updated != progress:
         await write_progress(updated)
+    else:  # a redelivery: the changelog may not have it yet (tables.versions.resend)
+        await resend_progress(outcome.order_id)
     for release in compensations(updated):
         await publish(inventory_commands_topic, release.sku, release)
     announcement = decision_event(updated)

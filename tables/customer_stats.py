@@ -233,3 +233,9 @@ async def write_customer_stats(stats: CustomerStats) -> None:
     await versions.write(
         customer_stats_table, stats.customer_id.encode(), stats.version + 1, stats.to_value()
     )
+
+
+async def resend_customer_stats(customer_id: str) -> None:
+    """The stored stats to the changelog again, for an event they already count
+    (:func:`tables.versions.resend`)."""
+    await versions.resend(customer_stats_table, customer_id.encode())

@@ -194,3 +194,9 @@ def read_stock(sku: str) -> Stock | None:
 
 async def write_stock(stock: Stock) -> None:
     await versions.write(stock_table, stock.sku.encode(), stock.version + 1, stock.to_value())
+
+
+async def resend_stock(sku: str) -> None:
+    """The stored stock to the changelog again, for a command it already reflects
+    (:func:`tables.versions.resend`)."""
+    await versions.resend(stock_table, sku.encode())

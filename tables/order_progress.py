@@ -161,3 +161,9 @@ async def write_progress(progress: OrderProgress) -> None:
     await versions.write(
         order_progress_table, progress.order_id.encode(), progress.version + 1, progress.to_value()
     )
+
+
+async def resend_progress(order_id: str) -> None:
+    """The stored progress to the changelog again, for an outcome it already holds
+    (:func:`tables.versions.resend`)."""
+    await versions.resend(order_progress_table, order_id.encode())

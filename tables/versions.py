@@ -64,11 +64,37 @@ async def write(table: Any, key: bytes, version: int, value: dict[str, Any]) -> 
     caused the write, so a crash before the record is acknowledged has the event handled again.
     The acknowledgements of one turn of the event loop move the recovery mark once.
     """
+    event = _current_event(table)
+    raw = encode(version, value)
+    table.data[key] = raw  # the store, for the current event's partition
+    await _send(table, event, key, raw)
+
+
+async def resend(table: Any, key: bytes) -> None:
+    """Send ``key``'s stored value to the changelog again, for an event already applied.
+
+    A worker killed before the broker acknowledged its changelog records keeps their RocksDB
+    writes, and the offsets of their events are not committed. Restarted on the same state,
+    it finds each redelivered event already applied and writes nothing, so the changelog would
+    lack that event's effect until the key is written again, and a standby or a worker
+    rebuilding the table would miss it for good. An agent that finds an event already applied
+    calls this: the record has the stored value's version, so a reader that has it already keeps
+    its own (:func:`apply_changelog_batch`), and one that missed it catches up.
+    """
+    event = _current_event(table)
+    raw = stored(table, key)
+    if raw is not None:
+        await _send(table, event, key, raw)
+
+
+def _current_event(table: Any) -> Any:
     event = current_event()
     if event is None:
         raise RuntimeError(f"{table.name}: tables are written inside an agent, for an event")
-    raw = encode(version, value)
-    table.data[key] = raw  # the store, for the current event's partition
+    return event
+
+
+async def _send(table: Any, event: Any, key: bytes, raw: bytes) -> None:
     delivery = await kafka_producer().send(
         table.changelog_topic.get_topic_name(), raw, key=key, partition=event.message.partition
     )

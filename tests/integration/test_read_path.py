@@ -207,3 +207,68 @@ def _orders(url: str) -> list[Any]:
         return list(rows)
 
     return asyncio.run(read())
+
+
+def _order(customer: str, n: int) -> Any:
+    from datetime import UTC, datetime
+
+    from pipeline.events import OrderCreated, OrderLine
+
+    line = OrderLine("sku-a", 1, Decimal("10.00"))
+    return OrderCreated(
+        event_id=f"00000000-0000-4000-8000-{n:012d}", order_id=f"10000000-0000-4000-8000-{n:012d}",
+        customer_id=customer, customer_email=f"{customer}@example.com", items=(line,),
+        total=Decimal("10.00"), created_at=datetime(2026, 11, 1, 12, n, tzinfo=UTC),
+    )  # fmt: skip
+
+
+def test_a_redelivered_event_puts_its_effect_back_into_the_changelog(
+    workers: WorkerFactory, kafka_bootstrap: str, sqlite_url: str
+) -> None:
+    """A worker killed after its RocksDB write but before the broker acknowledged the changelog
+    record keeps the write, and the event's offset is not committed. Restarted on that state, it
+    finds the redelivered event already applied: the stored value must still reach the
+    changelog, or a worker rebuilding the table later never counts the event."""
+    import json
+
+    from aiokafka.partitioner import DefaultPartitioner
+    from rocksdict import Options, Rdict
+
+    from pipeline.events import encode
+    from tables import versions
+    from tables.customer_stats import CustomerStats, apply_event
+    from tests.integration.workers import metric
+
+    migrate(sqlite_url)
+    asyncio.run(create_topics(kafka_bootstrap, [workers.topic(t) for t in TOPICS]))
+    env = {"PIPELINE_AGENTS": "analytics"}
+    customer, source = "cust-gap", workers.topic("orders.events")
+    first, second = _order(customer, 1), _order(customer, 2)
+    w1 = workers.start("w1", **env)
+    asyncio.run(produce(kafka_bootstrap, source, [(customer.encode(), encode(first))]))
+    wait_for(lambda: (w1.get(f"/customers/{customer}/stats")[1] or {}).get("order_count") == 1,
+             60, "the first order to count")  # fmt: skip
+    assert w1.stop() == 0
+
+    # What the kill leaves: the second order applied in the worker's RocksDB, no changelog record.
+    partition = DefaultPartitioner()(customer.encode(), list(range(4)), list(range(4)))
+    path = next((w1.data_dir / "state").glob(f"**/tables/customer_stats-{partition}.db"))
+    db = Rdict(str(path), Options(raw_mode=True))
+    try:
+        stored = CustomerStats.from_value(json.loads(db[customer.encode()]))
+        applied, changed = apply_event(stored, second, 1000)
+        assert changed and applied.order_count == 2
+        db[customer.encode()] = versions.encode(stored.version + 1, applied.to_value())
+    finally:
+        db.close()
+    asyncio.run(produce(kafka_bootstrap, source, [(customer.encode(), encode(second))]))
+    w1b = workers.start("w1", data_dir=w1.data_dir, **env)
+    handled = lambda: metric(w1b.metrics(), "pipeline_events_processed_total", agent="analytics")  # noqa: E731
+    wait_for(lambda: handled() == 1, 60, "the second order to be handled (a duplicate there)")
+    assert w1b.get(f"/customers/{customer}/stats")[1]["order_count"] == 2
+    assert w1b.stop() == 0
+
+    # A worker with empty state rebuilds the table from the changelog alone.
+    w2 = workers.start("w2", **env)
+    wait_for(lambda: (w2.get(f"/customers/{customer}/stats")[1] or {}).get("order_count") == 2,
+             60, "the rebuilt stats to count both orders")  # fmt: skip

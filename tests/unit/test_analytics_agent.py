@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -11,6 +12,7 @@ import agents.analytics as analytics
 from pipeline import consume
 from pipeline.app import app
 from pipeline.events import CustomerStatsUpdated, encode
+from tables import versions
 from tables.customer_stats import read_customer_stats
 from tests.conftest import order_cancelled, order_created
 
@@ -30,6 +32,14 @@ def set_aside(monkeypatch: pytest.MonkeyPatch) -> SetAside:
     return sent
 
 
+# Changelog records the table writes send (table, key, value), collected instead of sent.
+changelog: list[tuple[str, bytes, bytes]] = []
+
+
+async def record_changelog(table: Any, event: Any, key: bytes, raw: bytes) -> None:
+    changelog.append((table.name, key, raw))
+
+
 @pytest.fixture
 async def published(
     monkeypatch: pytest.MonkeyPatch, set_aside: SetAside
@@ -42,6 +52,8 @@ async def published(
             sent.append(event)
 
     monkeypatch.setattr(analytics, "publish", collect)
+    monkeypatch.setattr(versions, "_send", record_changelog)
+    changelog.clear()
     app.finalize()
     app.conf.store = "memory://"
     app.flow_control.resume()
@@ -67,6 +79,11 @@ async def test_agent_applies_each_event_once_and_republishes_duplicates(
     assert len(published) == 4
     assert ids[0] == ids[1] and len(set(ids)) == 3
     assert published[-1].total_spent == Decimal("8.00")
+    # One changelog record per change, and the duplicate sends the stored value again (its
+    # record may never have reached the changelog before a crash: tables.versions.resend).
+    versions_sent = [versions.version_of(raw) for _, _, raw in changelog]
+    assert versions_sent == [1, 1, 2, 3]
+    assert all(name == "customer_stats" and key == b"cust-a" for name, key, _ in changelog)
     # The undecodable record went to the dead-letter topic, bytes intact, and nothing stalled.
     [(topic, key, value, headers)] = set_aside
     assert topic.endswith("dead-letters")
