@@ -9,8 +9,8 @@ in our profile (``make bench``). Upstreamable as is.
 Python's cyclic garbage collector looks at its youngest objects every 700 allocations of
 container objects. In a busy worker every in-flight record, future and batch lives across a few
 such collections, so they pile up in the oldest generation, whose collections then walk the
-whole heap (the app, its modules, the tables' caches): about 40 of them per 60,000 events, each
-taking over 100 ms of the event loop, 4 to 5 s of CPU in all, nearly a fifth of the worker's
+whole heap (the app, its modules, the tables' caches): 35 to 41 of them per 60,000 events, each
+taking about 100 ms of the event loop, 3.9 to 5.0 s of CPU in all, 15-18% of the worker's
 (``make bench``). :func:`tune_gc` collects the youngest generation every
 ``PIPELINE_GC_YOUNG_THRESHOLD`` allocations instead (50,000 by default; short-lived objects are
 then gone before they are looked at), and once the worker has started, :func:`freeze_startup`

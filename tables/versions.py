@@ -59,10 +59,10 @@ async def write(table: Any, key: bytes, version: int, value: dict[str, Any]) -> 
     the store as the table does and sends the record straight to the app's producer, as
     :func:`pipeline.topics.publish` does with derived events: the same topic, key, value and
     partition (the current event's), the same recovery mark once the broker acknowledges it
-    (the table's ``_on_changelog_sent``, with :mod:`pipeline.faust_fixes`' fix), and the same
-    guarantee: Faust flushes this producer before it commits the offset of the event that
-    caused the write, so a crash before the record is acknowledged has the event handled again.
-    The acknowledgements of one turn of the event loop move the recovery mark once.
+    (by :func:`pipeline.faust_fixes.move_recovery_mark`'s rule, once per turn of the event loop
+    for that turn's acknowledgements), and the same guarantee: Faust flushes this producer
+    before it commits the offset of the event that caused the write, so a crash before the
+    record is acknowledged has the event handled again.
     """
     event = _current_event(table)
     raw = encode(version, value)
@@ -111,9 +111,6 @@ def _on_changelog_sent(table: Any, delivery: asyncio.Future[Any]) -> None:
         return
     if delivery.exception() is not None:
         log.error("%s: changelog write failed: %r", table.name, delivery.exception())
-        return
-    if table.app.in_transaction:
-        table._on_changelog_sent(delivery)
         return
     meta = delivery.result()
     slot = (id(table), meta.topic_partition)
