@@ -13,12 +13,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import typing
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, ClassVar, TypeVar
 
 SCHEMA_VERSION = 1
@@ -265,7 +266,22 @@ E = TypeVar("E")
 
 
 def decode(data: bytes | None, *allowed: type[E]) -> E:
-    """Decode one event of the ``allowed`` types, or raise :class:`InvalidEvent` saying why."""
+    """Decode one event of the ``allowed`` types, or raise :class:`InvalidEvent` saying why.
+
+    Whatever the bytes, nothing else comes out of here but :class:`MemoryError` (the worker's
+    trouble, not the record's): a record that makes the parser or a conversion raise anything
+    is a poison pill, and one that escaped as another error would crash the agent, which
+    Faust restarts past the record, dropping it.
+    """
+    try:
+        return _decode(data, allowed)
+    except (InvalidEvent, MemoryError, RecursionError):
+        raise  # a RecursionError from json.loads is an InvalidEvent already; any other is ours
+    except Exception as exc:  # the last line of defence, see above
+        raise InvalidEvent(f"undecodable value ({type(exc).__name__}: {exc})"[:300]) from exc
+
+
+def _decode(data: bytes | None, allowed: tuple[type[E], ...]) -> E:
     body = _json_object(data)
     event_type = body.get("event_type")
     cls = EVENT_TYPES.get(event_type) if isinstance(event_type, str) else None
@@ -335,14 +351,26 @@ def _json_object(data: bytes | None) -> dict[str, Any]:
     if data is None:
         raise InvalidEvent("empty record value")
     try:
-        body = json.loads(data, parse_float=Decimal)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # UTF-8 and nothing else: ``json.loads`` of bytes would also take UTF-16 and UTF-32,
+        # and encoded lone surrogates (it decodes with "surrogatepass").
+        text = data.decode()
+    except UnicodeDecodeError as exc:
         raise InvalidEvent(f"value is not JSON: {exc}") from None
+    try:
+        body = json.loads(text, parse_float=Decimal)
+    except RecursionError:
+        # Raised inside the C scanner as it goes one level too deep; the stack is whole again
+        # once the exception is out, so decoding the next record is safe.
+        raise InvalidEvent("value is nested too deeply to be an event") from None
+    except (ValueError, ArithmeticError) as exc:
+        # JSONDecodeError, ValueError for an integer of more than 4,300 digits,
+        # decimal.InvalidOperation for a number beyond Decimal's exponent range.
+        raise InvalidEvent(f"value is not JSON we can read: {exc}"[:300]) from None
     if not isinstance(body, dict):
         raise InvalidEvent("value is not a JSON object")
     version = body.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise InvalidEvent(f"unsupported schema_version {version!r}")
+    if type(version) is not int or version != SCHEMA_VERSION:  # True and 1.0 equal 1
+        raise InvalidEvent(f"unsupported schema_version {version!r:.40}")
     return body
 
 
@@ -360,22 +388,43 @@ def _str(body: Mapping[str, Any], name: str, prefix: str = "") -> str:
     value = _get(body, name, str, prefix, "a non-empty string")
     if not value:
         raise InvalidEvent(f"{prefix}{name}: expected a non-empty string")
+    if not value.isascii():
+        try:  # a "\ud800" escape decodes to a lone surrogate, which nothing can encode again
+            value.encode()
+        except UnicodeEncodeError:
+            raise InvalidEvent(f"{prefix}{name}: {value!r:.40} is not valid Unicode") from None
     return value
 
 
+# Integers fit in 64 bits: every consumer of the topics, in any language, can hold them.
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+
+
 def _int(body: Mapping[str, Any], name: str, prefix: str = "") -> int:
-    return _get(body, name, int, prefix, "an integer")
+    value = _get(body, name, int, prefix, "an integer")
+    if not _INT_MIN <= value <= _INT_MAX:
+        raise InvalidEvent(f"{prefix}{name}: a {value.bit_length()}-bit integer is over 64 bits")
+    return value
+
+
+# Money as ``money`` writes it: ASCII digits, an optional sign and at most two decimals. Up
+# to 24 integer digits, so sums stay exact in Decimal's default 28-digit context. Decimal()
+# itself takes far more: "1e999999999", "NaN", "1_000", Arabic-Indic digits, padding.
+_AMOUNT = re.compile(r"-?[0-9]{1,24}(?:\.[0-9]{1,2})?")
 
 
 def _decimal(body: Mapping[str, Any], name: str, prefix: str = "") -> Decimal:
     raw = _get(body, name, str, prefix, "a decimal string")
-    try:
-        value = Decimal(raw)
-    except InvalidOperation:
-        raise InvalidEvent(f"{prefix}{name}: {raw!r:.40} is not a decimal") from None
-    if not value.is_finite():
-        raise InvalidEvent(f"{prefix}{name}: {raw!r:.40} is not a finite decimal")
-    return value
+    if _AMOUNT.fullmatch(raw) is None:
+        raise InvalidEvent(
+            f"{prefix}{name}: {raw!r:.40} is not a decimal amount of money "
+            "(digits, at most two decimals)"
+        )
+    return Decimal(raw)
+
+
+# Kafka timestamps start at the epoch: an earlier event time could not place its record.
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _time(body: Mapping[str, Any], name: str, prefix: str = "") -> datetime:
@@ -386,7 +435,17 @@ def _time(body: Mapping[str, Any], name: str, prefix: str = "") -> datetime:
         raise InvalidEvent(f"{prefix}{name}: {raw!r:.40} is not an ISO 8601 time") from None
     if value.tzinfo is None:
         raise InvalidEvent(f"{prefix}{name}: {raw!r:.40} has no UTC offset")
-    return value.astimezone(UTC)
+    try:
+        value = value.astimezone(UTC)  # OverflowError before year 1 or after 9999 in UTC
+    except OverflowError:
+        raise InvalidEvent(_out_of_range(prefix, name, raw)) from None
+    if value < _EPOCH:
+        raise InvalidEvent(_out_of_range(prefix, name, raw))
+    return value
+
+
+def _out_of_range(prefix: str, name: str, raw: str) -> str:
+    return f"{prefix}{name}: {raw!r:.40} is out of range (1970 to 9999 in UTC)"
 
 
 _READERS.update({str: _str, int: _int, Decimal: _decimal, datetime: _time})
