@@ -6,7 +6,11 @@ into the partition it first came from. Every record in a retry topic got the sam
 records fall due in the order they arrive and waiting for the first one holds back nothing
 that is due before it; the source topics never wait on a retry. While partitions are being
 reassigned a holder forwards what it holds at once rather than stall the rebalance: a retry
-that comes early is still a retry, and nothing is lost.
+that comes early is still a retry, and nothing is lost. A record goes back with the Kafka
+timestamp of its first delivery, so windows by record time count it where they did then. A
+retry record whose routing headers are missing or garbled (an unknown agent, a partition the
+redelivery topic lacks, no due time) is dead-lettered as poison; a due time beyond the
+longest delay is cut to it.
 
 Index: the dead-letter topic is indexed into the database (``pipeline.dead_letters``), so
 any worker can list and replay dead letters.
@@ -19,43 +23,95 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from functools import partial
+from typing import Any
 
 import faust
 
 from pipeline import errors
-from pipeline.app import app
+from pipeline.app import app, settings
 from pipeline.consume import send_reliably, with_db_retries
 from pipeline.dead_letters import DeadLetter
 from pipeline.runtime import runtime
-from pipeline.topics import dead_letters_topic, redelivery_topic_name, retry_topics
+from pipeline.topics import (
+    AGENT_SOURCES,
+    dead_letters_topic,
+    redelivery_topic_name,
+    retry_topics,
+)
 
 log = logging.getLogger(__name__)
 SLICE = 0.5
+# No record of ours is due later than this after it is read: a due time beyond it is not
+# ours, and holding it would hold back every record behind it.
+LONGEST_DELAY = max(settings.retry_delays, default=0.0)
+
+
+class BadRoute(ValueError):
+    """A retry record whose headers do not say where it goes back to."""
 
 
 async def hold_until_due(stream: faust.StreamT[bytes]) -> None:
     async for record in stream.events():
         message = record.message
         headers = errors.header_map(message.headers)
+        origin = errors.Origin.of(headers, message.topic, message.partition, message.offset,
+                                  message.timestamp)  # fmt: skip
         try:
-            agent = headers[errors.AGENT].decode()
-            due_at = float(headers[errors.DUE_AT])
-            partition = int(headers[errors.ORIGINAL_PARTITION])
-        except (KeyError, ValueError) as exc:
-            log.error("retry record %s[%s]@%s lacks its routing headers (%r); dead-lettering it",
-                      message.topic, message.partition, message.offset, exc)  # fmt: skip
-            out = [*headers.items(), (errors.REASON, errors.POISON.encode())]
-            await send_reliably(dead_letters_topic.get_topic_name(), message.key, message.value,
-                                [*out, *errors.exception_headers(exc)])  # fmt: skip
+            agent, partition, due_at = _route(headers)
+        except BadRoute as exc:
+            await _dead_letter(message, headers, origin, exc)
             continue
+        due_at = min(due_at, time.time() + LONGEST_DELAY)
         # Sleep in slices: a rebalance must not wait for the longest delay.
         while (wait := due_at - time.time()) > 0 and not app.rebalancing:  # noqa: ASYNC110
             await asyncio.sleep(min(wait, SLICE))
         out = [(k, v) for k, v in headers.items() if k != errors.DUE_AT]
+        # With the first delivery's timestamp, not this retry record's (they are the same
+        # unless the retry record was written by something else than ``consume``).
+        sent_at = origin.timestamp_ms
         await send_reliably(redelivery_topic_name(agent), message.key, message.value, out,
-                            partition=partition)  # fmt: skip
+                            partition=partition, timestamp_ms=sent_at)  # fmt: skip
+
+
+def _route(headers: dict[str, bytes]) -> tuple[str, int, float]:
+    """The agent a retry record goes back to, the partition (the one it first came from,
+    which must exist in that agent's redelivery topic) and when, checked."""
+    agent = headers.get(errors.AGENT, b"").decode("utf-8", "replace")
+    source = AGENT_SOURCES.get(agent)
+    if source is None:
+        raise BadRoute(f"unknown agent {agent!r:.80} in {errors.AGENT}")
+    if errors.ORIGINAL_TOPIC not in headers:
+        raise BadRoute(f"no {errors.ORIGINAL_TOPIC}")
+    partition = errors.header_int(headers, errors.ORIGINAL_PARTITION)
+    partitions = source.partitions or settings.partitions
+    if partition is None or partition >= partitions:
+        shown = headers.get(errors.ORIGINAL_PARTITION, b"")[:40]
+        raise BadRoute(f"partition {shown.decode('utf-8', 'replace')} is not one of the "
+                       f"{partitions} of {agent!r}'s redelivery topic")  # fmt: skip
+    try:
+        due_at = float(headers.get(errors.DUE_AT) or b"")
+    except ValueError:
+        due_at = math.nan
+    if math.isnan(due_at):
+        raise BadRoute(f"{errors.DUE_AT} is not a due time")
+    return agent, partition, due_at
+
+
+async def _dead_letter(
+    message: Any, headers: dict[str, bytes], origin: errors.Origin, exc: Exception
+) -> None:
+    log.error("retry record %s[%s]@%s has bad routing headers (%r); dead-lettering it",
+              message.topic, message.partition, message.offset, exc)  # fmt: skip
+    raw_agent = headers.get(errors.AGENT, b"unknown").decode("utf-8", "replace")
+    now = errors.now_utc()
+    state = errors.Failure.of(raw_agent, headers, origin, now)
+    out = errors.dead_letter_headers(errors.original_headers(headers), state, errors.POISON,
+                                     exc, now)  # fmt: skip
+    await send_reliably(dead_letters_topic.get_topic_name(), message.key, message.value, out,
+                        timestamp_ms=origin.timestamp_ms)  # fmt: skip
 
 
 for _tier, _topic in enumerate(retry_topics, start=1):

@@ -4,7 +4,9 @@ and when that fails, retry or dead-letter the record (policy in :mod:`pipeline.e
 An agent is ``await consume(stream, "analytics", handle, OrderCreated, OrderCancelled)``:
 ``handle`` gets each decoded event and applies its effect idempotently. The record's offset is
 acknowledged only once the record is handled, sent to a retry topic or dead-lettered (Faust
-flushes the producer before it commits offsets), so no record is dropped on any path.
+flushes the producer before it commits offsets), so no record is dropped on any path: a
+record that does not decode, whatever the decoder raised, is dead-lettered as poison. Every
+copy of a record set aside keeps the original record's Kafka timestamp.
 """
 
 from __future__ import annotations
@@ -21,10 +23,15 @@ from aiokafka.errors import KafkaError
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from pipeline import errors, logs
-from pipeline.app import app, settings
+from pipeline.app import settings
 from pipeline.errors import Failure, FailurePolicy, Headers, Origin
 from pipeline.events import InvalidEvent, decode
-from pipeline.topics import dead_letters_topic, retry_topics
+from pipeline.topics import (
+    dead_letters_topic,
+    kafka_producer,
+    redelivery_topic_name,
+    retry_topics,
+)
 
 log = logging.getLogger(__name__)
 # One line per event an agent handles (PIPELINE_LOG_EVENTS), with the ids bound below.
@@ -139,7 +146,8 @@ async def _after_failure(
     due_at = time.time() + policy.retry_delays[tier]
     state = dataclasses.replace(state, retry_tier=tier + 1)
     out = errors.retry_headers(errors.original_headers(headers), state, due_at, exc)
-    await send_reliably(retry_topics[tier].get_topic_name(), message.key, message.value, out)
+    await send_reliably(retry_topics[tier].get_topic_name(), message.key, message.value, out,
+                        timestamp_ms=state.origin.timestamp_ms)  # fmt: skip
     _metrics().retries.labels(policy.agent, type(exc).__name__, f"topic-{tier + 1}").inc()
 
 
@@ -147,9 +155,12 @@ def _failure(
     message: Any, headers: dict[str, bytes], policy: FailurePolicy, attempts: int
 ) -> Failure:
     timestamp = message.timestamp
-    origin = Origin.of(headers, message.topic, message.partition, message.offset,
+    # Failure headers are ours only on the agent's redelivery topic (retries, replays); on
+    # its source topic the record is fresh, and such headers are anybody's: ignored.
+    ours = headers if message.topic == redelivery_topic_name(policy.agent) else {}
+    origin = Origin.of(ours, message.topic, message.partition, message.offset,
                        float(timestamp) if timestamp is not None else None)  # fmt: skip
-    state = Failure.of(policy.agent, headers, origin, errors.now_utc())
+    state = Failure.of(policy.agent, ours, origin, errors.now_utc())
     return dataclasses.replace(state, attempts=state.attempts + attempts)
 
 
@@ -172,7 +183,8 @@ async def _send_dead_letter(
     out = errors.dead_letter_headers(
         errors.original_headers(headers), state, reason, exc, errors.now_utc()
     )
-    await send_reliably(dead_letters_topic.get_topic_name(), message.key, message.value, out)
+    await send_reliably(dead_letters_topic.get_topic_name(), message.key, message.value, out,
+                        timestamp_ms=state.origin.timestamp_ms)  # fmt: skip
     log.error(
         "%s dead-lettered %s[%s]@%s (%s): %r", policy.agent, state.origin.topic,
         state.origin.partition, state.origin.offset, reason, exc,
@@ -187,15 +199,26 @@ async def send_reliably(
     headers: Headers,
     *,
     partition: int | None = None,
+    timestamp_ms: int | None = None,
 ) -> None:
     """Send and wait for the broker's acknowledgement, retrying until it comes: the record
-    being set aside is acknowledged as soon as this returns, so this must not give up."""
+    being set aside is acknowledged as soon as this returns, so this must not give up.
+
+    ``timestamp_ms`` is the original record's (:attr:`Origin.timestamp_ms`), so a retried or
+    replayed record keeps its place in windows by record time; None stamps it now. Sent to
+    the aiokafka client itself, as ``topics.publish`` does: Faust's ``Producer.send`` takes
+    seconds and truncates them to milliseconds (one off, often), and wraps a ``KafkaError``
+    raised at send time into a ``ProducerSendError`` the retry below would not catch.
+    """
+    if key is None and value is None:
+        value = b""  # Kafka holds a record with neither (a tombstone); aiokafka sends none
     delay = 0.2
     while True:
         try:
-            delivery = await app.producer.send(
-                topic, key, value, partition=partition, timestamp=None, headers=headers
-            )
+            delivery = await kafka_producer().send(
+                topic, value, key=key, partition=partition, timestamp_ms=timestamp_ms,
+                headers=headers,
+            )  # fmt: skip
             await delivery
             return
         except KafkaError as exc:

@@ -7,8 +7,11 @@ here (a row per record, so indexing twice changes nothing); ``GET /dead-letters`
 
 Replay sends the original record back to the agent that failed it, alone (its redelivery
 topic, the partition it first came from), so the replay has exactly the effect a first
-delivery would have had: one, because every agent is idempotent. Each replay is recorded; the
-loop guard refuses an event that has been replayed ``PIPELINE_REPLAY_LIMIT`` times already.
+delivery would have had: one, because every agent is idempotent. The send takes the original
+Kafka timestamp from the replay's ``x-original-timestamp`` header
+(:func:`pipeline.errors.original_timestamp_ms`), so every replay lands in the window by
+record time of the first delivery. Each replay is recorded; the loop guard refuses an event
+that has been replayed ``PIPELINE_REPLAY_LIMIT`` times already.
 """
 
 from __future__ import annotations
@@ -68,40 +71,51 @@ class DeadLetter:
         cls, partition: int, offset: int, key: bytes | None, value: bytes | None,
         raw_headers: Any, timestamp: float | None,
     ) -> DeadLetter:  # fmt: skip
-        """Build the index row of the dead-letter record at ``partition``/``offset``."""
+        """Build the index row of the dead-letter record at ``partition``/``offset``.
+
+        Never raises, whatever the record holds: the headers of a dead letter are partly the
+        failed record's own, which anybody may have written, and a row that could not be
+        built (or stored: no NUL in text, lengths and integer widths of the columns, aware
+        times) would stop the index. What is garbled is stored as unknown."""
         h = errors.header_map(raw_headers)
 
-        def text(name: str) -> str | None:
+        def text(name: str, limit: int | None = None) -> str | None:
             raw = h.get(name)
-            return None if raw is None else raw.decode("utf-8", "replace")
+            return None if raw is None else _clean(raw.decode("utf-8", "replace"))[:limit]
 
-        ts = h.get(errors.ORIGINAL_TIMESTAMP, b"")
-        failed_at = text(errors.FAILED_AT)
-        first = text(errors.FIRST_FAILURE_AT)
-        when = (
-            datetime.fromisoformat(failed_at)
-            if failed_at
-            else datetime.fromtimestamp(timestamp or 0, UTC)
-        )
-        event_id, event_type = text("event_id"), text("event_type")
+        def short(name: str) -> str | None:  # an id, or None if it cannot be one
+            found = text(name)
+            return found if found and len(found) <= ID_CHARS else None
+
+        record_time = errors.timestamp_ms(timestamp)
+        when = errors.header_time(h, errors.FAILED_AT) or (
+            datetime.fromtimestamp(record_time / 1000, UTC) if record_time is not None
+            else datetime.now(UTC)
+        )  # fmt: skip
+        event_id, event_type = short("event_id"), short("event_type")
         if event_id is None:
             event_id, event_type = _ids_from_value(value)
+        # The dead-letter record is sent with the original timestamp: the fallback.
+        original_ts = errors.header_seconds(h, errors.ORIGINAL_TIMESTAMP)
+        if original_ts is None and record_time is not None:
+            original_ts = record_time / 1000
+        offset_at_origin = errors.header_int(h, errors.ORIGINAL_OFFSET, errors.MAX_INT64)
         return cls(
             id=f"{partition}-{offset}",
-            agent=text(errors.AGENT) or "unknown",
-            reason=text(errors.REASON) or "unknown",
-            error_type=text(errors.EXCEPTION_TYPE),
+            agent=text(errors.AGENT, 64) or "unknown",
+            reason=text(errors.REASON, 32) or "unknown",
+            error_type=text(errors.EXCEPTION_TYPE, 255),
             error_message=text(errors.EXCEPTION_MESSAGE),
             stacktrace=text(errors.STACKTRACE),
             event_id=event_id,
             event_type=event_type,
-            original_topic=text(errors.ORIGINAL_TOPIC) or "unknown",
-            original_partition=int(h.get(errors.ORIGINAL_PARTITION, b"0")),
-            original_offset=int(h.get(errors.ORIGINAL_OFFSET, b"-1")),
-            original_timestamp=float(ts) if ts else None,
-            attempts=int(h.get(errors.ATTEMPTS, b"0")),
-            replays=int(h.get(errors.REPLAYS, b"0")),
-            first_failure_at=datetime.fromisoformat(first) if first else when,
+            original_topic=text(errors.ORIGINAL_TOPIC, 255) or "unknown",
+            original_partition=errors.header_int(h, errors.ORIGINAL_PARTITION) or 0,
+            original_offset=-1 if offset_at_origin is None else offset_at_origin,
+            original_timestamp=original_ts,
+            attempts=errors.header_int(h, errors.ATTEMPTS) or 0,
+            replays=errors.header_int(h, errors.REPLAYS) or 0,
+            first_failure_at=errors.header_time(h, errors.FIRST_FAILURE_AT) or when,
             dead_lettered_at=when,
             record_key=key,
             record_value=value,
@@ -137,18 +151,33 @@ class DeadLetter:
         return body
 
 
+ID_CHARS = 64  # the index's event_id and event_type columns
+
+
 def _ids_from_value(value: bytes | None) -> tuple[str | None, str | None]:
     """A record published without id headers (not by this pipeline's producers) may still
     carry its ids in the JSON body; a poison pill may carry none."""
     try:
         body = json.loads(value or b"")
-    except ValueError:
+    except RecursionError:  # nested too deeply; the stack is whole again once it is out
+        return None, None
+    except (ValueError, ArithmeticError):  # not JSON, or digits json or Decimal refuse
         return None, None
     if not isinstance(body, dict):
         return None, None
     found = [body.get("event_id"), body.get("event_type")]
-    event_id, event_type = (v if isinstance(v, str) and len(v) <= 64 else None for v in found)
+    event_id, event_type = (
+        _clean(v) if isinstance(v, str) and 0 < len(v) <= ID_CHARS else None for v in found
+    )
     return event_id, event_type
+
+
+def _clean(text: str) -> str:
+    """Text every database stores: no lone surrogates (a JSON escape makes them), no NUL
+    (PostgreSQL refuses it in text)."""
+    if not text.isascii():
+        text = text.encode("utf-8", "replace").decode()
+    return text.replace("\x00", "\ufffd")
 
 
 def _readable(raw: bytes | None) -> Any:

@@ -15,6 +15,7 @@ retrying a bug costs a minute, dropping a record loses it.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import traceback
 from collections.abc import Iterable, Mapping
@@ -125,6 +126,56 @@ def original_headers(headers: Mapping[str, bytes]) -> Headers:
     return [(k, v) for k, v in headers.items() if not k.startswith(PREFIX)]
 
 
+# Bounds for what the headers say: the index's columns hold them (INTEGER, BIGINT).
+MAX_INT32 = 2**31 - 1
+MAX_INT64 = 2**63 - 1
+MAX_TOPIC_CHARS = 249  # Kafka's own limit on a topic name
+
+
+def header_int(headers: Mapping[str, bytes], name: str, high: int = MAX_INT32) -> int | None:
+    """The header as an integer in ``0..high``, or None when it is missing or anything else:
+    headers can be written by anybody, and a bad one must not crash what reads it."""
+    raw = headers.get(name)
+    if raw is None or not 0 < len(raw) <= 20 or not raw.isdigit():
+        return None
+    value = int(raw)
+    return value if value <= high else None
+
+
+def header_seconds(headers: Mapping[str, bytes], name: str) -> float | None:
+    """A Kafka timestamp in seconds (as Faust gives them), or None unless a finite time from
+    the epoch on."""
+    try:
+        value = float(headers.get(name) or b"")
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and 0 <= value < 253402300800 else None  # < 10000 AD
+
+
+def header_time(headers: Mapping[str, bytes], name: str) -> datetime | None:
+    """An aware UTC time, or None when the header holds no such thing."""
+    raw = headers.get(name)
+    if not raw or len(raw) > 64:
+        return None
+    try:
+        value = datetime.fromisoformat(raw.decode())
+        return value.astimezone(UTC) if value.tzinfo is not None else None
+    except (ValueError, OverflowError):  # not ISO 8601 (or UTF-8); beyond year 1 or 9999
+        return None
+
+
+def timestamp_ms(seconds: float | None) -> int | None:
+    """Kafka's milliseconds for Faust's seconds, exactly: ``int(s * 1000)`` (what Faust's
+    ``Producer.send`` does) truncates 1700000000.123 to ...122. None for no timestamp (Kafka's
+    -1, which Faust hands over as -0.001)."""
+    return None if seconds is None or seconds < 0 else round(seconds * 1000)
+
+
+def original_timestamp_ms(headers: Iterable[tuple[str, bytes]]) -> int | None:
+    """The timestamp to send a replay with: the original record's, from its headers."""
+    return timestamp_ms(header_seconds(header_map(headers), ORIGINAL_TIMESTAMP))
+
+
 @dataclass(frozen=True, slots=True)
 class Origin:
     """Where a record first entered the agent, kept across its trips through retry topics."""
@@ -137,15 +188,25 @@ class Origin:
     @classmethod
     def of(cls, headers: Mapping[str, bytes], topic: str, partition: int, offset: int,
            timestamp: float | None) -> Origin:  # fmt: skip
-        if ORIGINAL_TOPIC in headers:
-            ts = headers.get(ORIGINAL_TIMESTAMP, b"")
-            return cls(
-                headers[ORIGINAL_TOPIC].decode(),
-                int(headers[ORIGINAL_PARTITION]),
-                int(headers[ORIGINAL_OFFSET]),
-                float(ts) if ts else None,
-            )
+        """From the failure headers when they hold a whole position, else the record's own
+        (``headers`` should be empty for a record read from a source topic)."""
+        raw_topic = headers.get(ORIGINAL_TOPIC, b"")
+        first_partition = header_int(headers, ORIGINAL_PARTITION)
+        first_offset = header_int(headers, ORIGINAL_OFFSET, MAX_INT64)
+        if 0 < len(raw_topic) <= MAX_TOPIC_CHARS and raw_topic.isascii() and \
+                first_partition is not None and first_offset is not None:  # fmt: skip
+            ts = header_seconds(headers, ORIGINAL_TIMESTAMP)
+            # The record being redelivered was sent with the original timestamp: a fallback.
+            return cls(raw_topic.decode(), first_partition, first_offset,
+                       timestamp if ts is None else ts)  # fmt: skip
         return cls(topic, partition, offset, timestamp)
+
+    @property
+    def timestamp_ms(self) -> int | None:
+        """The Kafka timestamp every copy of the record is sent with (retry topics, the
+        redelivery topics, the dead-letter topic, replays): windows placed by record time put
+        every delivery of a record where its first delivery went."""
+        return timestamp_ms(self.timestamp)
 
     def headers(self) -> Headers:
         ts = b"" if self.timestamp is None else repr(self.timestamp).encode()
@@ -170,14 +231,14 @@ class Failure:
 
     @classmethod
     def of(cls, agent: str, headers: Mapping[str, bytes], origin: Origin, now: datetime) -> Failure:
-        first = headers.get(FIRST_FAILURE_AT)
+        """From the failure headers; what is missing or garbled counts as not failed yet."""
         return cls(
             agent=agent,
             origin=origin,
-            attempts=int(headers.get(ATTEMPTS, b"0")),
-            retry_tier=int(headers.get(RETRY_TIER, b"0")),
-            replays=int(headers.get(REPLAYS, b"0")),
-            first_failure_at=datetime.fromisoformat(first.decode()) if first else now,
+            attempts=header_int(headers, ATTEMPTS) or 0,
+            retry_tier=header_int(headers, RETRY_TIER) or 0,
+            replays=header_int(headers, REPLAYS) or 0,
+            first_failure_at=header_time(headers, FIRST_FAILURE_AT) or now,
         )
 
     def headers(self) -> Headers:

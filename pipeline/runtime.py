@@ -97,9 +97,13 @@ class Runtime(Service):
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers, partition: int
     ) -> None:
         from pipeline.consume import send_reliably
+        from pipeline.errors import original_timestamp_ms
 
-        await send_reliably(topic, key, value, headers, partition=partition)
-        agent = dict(headers).get(AGENT, b"?").decode()
+        # With the original record's timestamp, so a replay lands in the window its first
+        # delivery did, however often it is replayed.
+        await send_reliably(topic, key, value, headers, partition=partition,
+                            timestamp_ms=original_timestamp_ms(headers))  # fmt: skip
+        agent = dict(headers).get(AGENT, b"?").decode("utf-8", "replace")
         self.metrics.replays.labels(agent).inc()
 
     async def reconcile(self, *, scan_kafka: bool = True) -> Report:

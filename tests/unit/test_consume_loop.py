@@ -1,11 +1,16 @@
-"""The agents' loop (pipeline.consume) holds no reference to an event once it is handled."""
+"""The agents' loop (pipeline.consume) holds no reference to an event once it is handled;
+its send path keeps what it is given."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import weakref
 from types import SimpleNamespace
 from typing import Any
+
+import pytest
+from aiokafka.errors import KafkaTimeoutError
 
 from pipeline import consume
 from pipeline.events import encode
@@ -58,3 +63,35 @@ async def test_a_handled_event_is_not_kept_alive_while_the_next_is_awaited() -> 
     await consume.consume(stream, "test", handle, type(first), policy=policy)  # type: ignore[arg-type]
     assert handled == [first.event_id, second.event_id]
     assert stream.released == [True, True]
+
+
+class Producer:
+    """aiokafka's producer as ``send_reliably`` uses it; the first ``fail`` sends raise."""
+
+    def __init__(self, fail: int = 0) -> None:
+        self.fail = fail
+        self.sent: list[dict[str, Any]] = []
+
+    async def send(self, topic: str, value: bytes | None, **kwargs: Any) -> asyncio.Future[None]:
+        if self.fail:
+            self.fail -= 1
+            raise KafkaTimeoutError("no metadata yet")
+        self.sent.append({"topic": topic, "value": value, **kwargs})
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+async def test_send_reliably_sends_the_exact_timestamp_it_is_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    producer = Producer(fail=1)
+    monkeypatch.setattr(consume, "kafka_producer", lambda: producer)
+    ms = 1_700_000_000_123
+    await consume.send_reliably("t.retry.1", b"k", b"v", [("x-a", b"1")], partition=2,
+                                timestamp_ms=ms)  # fmt: skip
+    await consume.send_reliably("t.dead-letters", None, None, [])
+    first, tombstone = producer.sent
+    assert first == {"topic": "t.retry.1", "value": b"v", "key": b"k", "partition": 2,
+                     "timestamp_ms": ms, "headers": [("x-a", b"1")]}  # fmt: skip
+    assert tombstone["value"] == b"" and tombstone["timestamp_ms"] is None

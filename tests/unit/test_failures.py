@@ -4,9 +4,12 @@ retry topics and the dead-letter topic, and the context a dead letter carries.""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -218,3 +221,315 @@ def test_a_replay_request_must_say_what_to_replay() -> None:
     assert parse_replay_request({"all": True}).limit == 1000
     assert parse_replay_request({"ids": ["0-1", "2-3"]}).ids == ("0-1", "2-3")
     assert parse_replay_request({"event_id": "e-1"}).event_id == "e-1"
+
+
+# -- hostile records and headers ---------------------------------------------------------------
+
+
+@dataclass
+class Sent:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
+    partition: int | None
+    timestamp_ms: int | None
+
+
+def _collector(out: list[Sent]) -> Any:
+    """A ``send_reliably`` that keeps what it is asked to send, partition and timestamp too."""
+
+    async def collect(
+        topic: str, key: Any, value: Any, headers: Any, *, partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> None:  # fmt: skip
+        out.append(Sent(topic, key, value, dict(headers), partition, timestamp_ms))
+
+    return collect
+
+
+@pytest.fixture
+def sends(monkeypatch: pytest.MonkeyPatch) -> list[Sent]:
+    out: list[Sent] = []
+    monkeypatch.setattr(consume, "send_reliably", _collector(out))
+    return out
+
+
+def _with(**fields: object) -> bytes:
+    return json.dumps({**json.loads(encode(order_created())), **fields}).encode()
+
+
+@pytest.mark.parametrize(
+    ("value", "cause"),
+    [
+        (b'{"schema_version": 1, "n": ' + b"9" * 5000 + b"}", "4300 digits"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (_with(created_at="0001-01-01T00:00:00+14:00"), "out of range"),
+        (b"\xc3\x28 not UTF-8", "not JSON"),
+        (None, "empty record"),
+    ],
+    ids=["5,000-digit integer", "100,000-deep nesting", "year 1 at +14:00", "not UTF-8", "null"],
+)
+def test_a_record_the_decoder_chokes_on_is_poison_with_its_context(
+    sends: list[Sent], value: bytes | None, cause: str
+) -> None:
+    handle, applied = _flaky(0, TimeoutError())
+    _run(Message(value, key=None if value is None else b"cust-a", partition=3, offset=1234),
+         handle, FAST)  # fmt: skip
+    assert applied == []
+    [letter] = sends
+    assert letter.topic.endswith("dead-letters") and letter.value == value
+    h = letter.headers
+    assert h[errors.REASON] == b"poison" and h[errors.AGENT] == b"analytics"
+    assert (h[errors.ORIGINAL_TOPIC], h[errors.ORIGINAL_PARTITION], h[errors.ORIGINAL_OFFSET]) == (
+        b"orders.events", b"3", b"1234")  # fmt: skip
+    assert h[errors.EXCEPTION_TYPE] == b"pipeline.events.InvalidEvent"
+    assert cause in h[errors.EXCEPTION_MESSAGE].decode()
+
+
+HOSTILE_HEADERS = [
+    (errors.ORIGINAL_TOPIC, b"elsewhere"),
+    (errors.ORIGINAL_PARTITION, b"not a number"),
+    (errors.ORIGINAL_OFFSET, b"9" * 5000),
+    (errors.ORIGINAL_TIMESTAMP, b"nan"),
+    (errors.ATTEMPTS, b"-7"),
+    (errors.RETRY_TIER, b"99"),
+    (errors.REPLAYS, b"\xff"),
+    (errors.FIRST_FAILURE_AT, b"0001-01-01T00:00:00+14:00"),
+    ("event_id", b"\x00\xff"),
+]
+
+
+def test_a_fresh_record_is_its_own_origin_whatever_its_headers_claim(sends: list[Sent]) -> None:
+    """Only the pipeline's own topics carry its failure headers; on a source topic they are
+    anybody's, and garbage there must neither crash the agent nor steer the record."""
+    event = order_created("cust-a")
+    handle, _ = _flaky(99, TimeoutError("down"))
+    _run(Message(encode(event), headers=HOSTILE_HEADERS), handle, FAST)
+    _run(Message(b"poison", headers=HOSTILE_HEADERS), handle, FAST)
+    retry, poison = sends
+    assert retry.topic.endswith("retry.1")
+    for sent in (retry, poison):
+        h = sent.headers
+        assert (h[errors.ORIGINAL_TOPIC], h[errors.ORIGINAL_PARTITION], h[errors.ORIGINAL_OFFSET]) \
+            == (b"orders.events", b"1", b"99")  # fmt: skip
+        assert h[errors.ORIGINAL_TIMESTAMP] == b"1700000000.0"
+        assert h["event_id"] == b"\x00\xff"  # the record's own headers travel unchanged
+    assert retry.headers[errors.ATTEMPTS] == b"3" and retry.headers[errors.RETRY_TIER] == b"1"
+    assert retry.headers[errors.REPLAYS] == b"0"
+
+
+def test_garbled_failure_headers_on_a_redelivery_fall_back_instead_of_crashing(
+    sends: list[Sent],
+) -> None:
+    handle, _ = _flaky(99, TimeoutError("down"))
+    _run(Message(b"poison", topic="redeliver.analytics", headers=HOSTILE_HEADERS), handle, FAST)
+    [letter] = sends
+    h = letter.headers
+    assert h[errors.REASON] == b"poison"
+    assert (h[errors.ORIGINAL_TOPIC], h[errors.ORIGINAL_PARTITION], h[errors.ORIGINAL_OFFSET]) == (
+        b"redeliver.analytics", b"1", b"99")  # fmt: skip
+    assert letter.timestamp_ms == 1_700_000_000_000
+    first = datetime.fromisoformat(h[errors.FIRST_FAILURE_AT].decode())
+    assert first.tzinfo is not None and first.year >= 2026
+
+
+# -- the original timestamp travels with the record -----------------------------------------------
+
+MS = 1_700_000_000_123  # Faust hands over seconds: 1700000000.123 * 1000 is 1700000000122.99...
+
+
+def test_a_record_sent_to_a_retry_topic_keeps_its_kafka_timestamp(sends: list[Sent]) -> None:
+    event = order_created("cust-a")
+    handle, _ = _flaky(5, TimeoutError("down"))
+    _run(Message(encode(event), timestamp=MS / 1000), handle, FAST)
+    [retry] = sends
+    assert retry.topic.endswith("retry.1") and retry.timestamp_ms == MS
+
+
+def test_a_redelivered_record_keeps_the_first_timestamp_not_the_redelivery_s(
+    sends: list[Sent],
+) -> None:
+    event = order_created("cust-a")
+    first = errors.Origin("orders.events", 2, 41, MS / 1000)
+    earlier = errors.Failure("analytics", first, 3, 1, 0, datetime(2026, 11, 26, tzinfo=UTC))
+    headers = errors.header_map(earlier.headers())
+    for fault in (TimeoutError("still down"), errors.NonRetryableError("no")):
+        handle, _ = _flaky(99, fault)
+        _run(Message(encode(event), topic="redeliver.analytics", timestamp=1_800_000_000.0,
+                     headers=headers), handle, FAST)  # fmt: skip
+    _run(Message(b"poison", topic="redeliver.analytics", timestamp=1_800_000_000.0,
+                 headers=headers), handle, FAST)  # fmt: skip
+    retry, permanent, poison = sends
+    assert retry.topic.endswith("retry.2")
+    assert permanent.topic.endswith("dead-letters") and poison.topic.endswith("dead-letters")
+    assert [s.timestamp_ms for s in sends] == [MS, MS, MS]
+    assert all(s.headers[errors.ORIGINAL_TIMESTAMP] == repr(MS / 1000).encode() for s in sends)
+
+
+def test_a_record_without_a_timestamp_is_sent_without_one(sends: list[Sent]) -> None:
+    handle, _ = _flaky(0, TimeoutError())
+    _run(Message(b"poison", timestamp=None), handle, FAST)
+    _run(Message(b"poison", timestamp=-0.001), handle, FAST)  # Kafka's -1: none
+    assert [s.timestamp_ms for s in sends] == [None, None]
+
+
+class Records:
+    """A retry topic's stream as the holders read it."""
+
+    def __init__(self, *messages: Message) -> None:
+        self.messages = messages
+
+    async def events(self) -> Any:
+        for message in self.messages:
+            yield SimpleNamespace(message=message)
+
+
+def _held(due_at: float, **changes: bytes) -> list[tuple[str, bytes]]:
+    first = errors.Origin("orders.events", 2, 41, MS / 1000)
+    state = errors.Failure("analytics", first, 3, 1, 0, datetime(2026, 11, 26, tzinfo=UTC))
+    held = errors.retry_headers([("event_id", b"e-1")], state, due_at, TimeoutError("down"))
+    return list({**dict(held), **changes}.items())
+
+
+def _hold(*messages: Message) -> None:
+    from agents import failures
+
+    asyncio.run(failures.hold_until_due(Records(*messages)))  # type: ignore[arg-type]
+
+
+def test_a_due_record_goes_back_with_the_original_timestamp_not_the_retry_record_s(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from agents import failures
+
+    sends: list[Sent] = []
+    collect = _collector(sends)
+    monkeypatch.setattr(failures, "send_reliably", collect)
+    retry = Message(b"{}", topic="retry.1", offset=5, timestamp=1_800_000_000.0,
+                    headers=_held(time.time() - 1))  # fmt: skip
+    _hold(retry)
+    [back] = sends
+    assert back.topic.endswith("redeliver.analytics") and back.partition == 2
+    assert back.timestamp_ms == MS
+    assert errors.DUE_AT not in back.headers and back.headers["event_id"] == b"e-1"
+
+
+@pytest.mark.parametrize(
+    ("changes", "cause"),
+    [
+        ({errors.AGENT: b"nobody"}, "unknown agent"),
+        ({errors.AGENT: b"\xff"}, "unknown agent"),
+        ({errors.ORIGINAL_PARTITION: b"999"}, "partition 999"),
+        ({errors.ORIGINAL_PARTITION: b"-1"}, "partition"),
+        ({errors.DUE_AT: b"nan"}, "due"),
+        ({errors.DUE_AT: b"\x00"}, "due"),
+    ],
+)
+def test_a_retry_record_with_hostile_routing_headers_is_dead_lettered(
+    monkeypatch: pytest.MonkeyPatch, changes: dict[str, bytes], cause: str
+) -> None:
+    from agents import failures
+
+    sends: list[Sent] = []
+    collect = _collector(sends)
+    monkeypatch.setattr(failures, "send_reliably", collect)
+    retry = Message(b"{}", topic="retry.1", partition=0, offset=5, timestamp=1_800_000_000.0,
+                    headers=_held(time.time() - 1, **changes))  # fmt: skip
+    _hold(retry)
+    [letter] = sends
+    assert letter.topic.endswith("dead-letters") and letter.partition is None
+    h = letter.headers
+    assert h[errors.REASON] == b"poison" and cause in h[errors.EXCEPTION_MESSAGE].decode()
+    assert h["event_id"] == b"e-1"
+    # Indexable: the index reads it back without raising, whatever was garbled.
+    DeadLetter.from_record(0, 1, letter.key, letter.value, list(h.items()), 1.0)
+
+
+def test_a_due_time_beyond_the_longest_delay_does_not_hold_the_retry_topic(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from agents import failures
+
+    sends: list[str] = []
+
+    async def collect(topic: str, *_: Any, **__: Any) -> None:
+        sends.append(topic)
+
+    monkeypatch.setattr(failures, "send_reliably", collect)
+    monkeypatch.setattr(failures, "LONGEST_DELAY", 0.05)
+    for due in (b"inf", b"1e300", repr(time.time() + 3600).encode()):
+        _hold(Message(b"{}", topic="retry.1", headers=_held(0, **{errors.DUE_AT: due})))
+    assert [t.rsplit(".", 1)[-1] for t in sends] == ["analytics"] * 3
+
+
+def test_a_replay_is_sent_with_the_original_timestamp(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.runtime import runtime
+
+    sends: list[Sent] = []
+    collect = _collector(sends)
+    monkeypatch.setattr(consume, "send_reliably", collect)
+    first = errors.Origin("orders.events", 2, 41, MS / 1000)
+    state = errors.Failure("analytics", first, 6, 2, 0, datetime(2026, 11, 26, tzinfo=UTC))
+    headers = errors.dead_letter_headers([], state, "retries-exhausted", TimeoutError("t"),
+                                         datetime(2026, 11, 27, tzinfo=UTC))  # fmt: skip
+    # The dead-letter record itself was stamped later: the index keeps the header's time.
+    letter = DeadLetter.from_record(0, 12, b"cust-a", b"{}", headers, 1_800_000_000.0)
+    assert letter.original_timestamp == MS / 1000
+    for replays in (1, 2):
+        asyncio.run(runtime._send_replay("redeliver.analytics", letter.record_key,
+                                         letter.record_value, replay_headers(letter, replays),
+                                         letter.original_partition))  # fmt: skip
+    assert [(s.partition, s.timestamp_ms) for s in sends] == [(2, MS), (2, MS)]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {errors.ORIGINAL_PARTITION: b"abc", errors.ORIGINAL_OFFSET: b"9" * 5000},
+        {errors.ORIGINAL_PARTITION: b"-1", errors.ORIGINAL_OFFSET: b"-5"},
+        {errors.ATTEMPTS: b"9" * 30, errors.RETRY_TIER: b"1.5"},
+        {errors.ORIGINAL_TIMESTAMP: b"nan", errors.REPLAYS: b"\xff"},
+        {errors.ORIGINAL_TIMESTAMP: b"1e400", errors.FAILED_AT: b"0001-01-01T00:00:00+14:00"},
+        {errors.FAILED_AT: b"2026-01-01T00:00:00", errors.FIRST_FAILURE_AT: b"\xff"},
+        {errors.FIRST_FAILURE_AT: b"9999-12-31T23:59:59-14:00", errors.AGENT: b"a" * 1000},
+        {errors.AGENT: b"\x00", errors.REASON: b"r" * 100, errors.EXCEPTION_TYPE: b"T" * 1000},
+        {errors.ORIGINAL_TOPIC: b"\x00" * 1000, errors.EXCEPTION_MESSAGE: b"nul \x00 here"},
+        {"event_id": b"\x00" * 10, "event_type": b"x" * 100, errors.STACKTRACE: b"\x00"},
+        {"event_id": b"e" * 100},
+    ],
+)
+def test_the_index_takes_any_dead_letter_record_and_keeps_it_storable(
+    changes: dict[str, bytes],
+) -> None:
+    state = _failure(3)
+    clean = errors.dead_letter_headers([("event_id", b"e-1")], state, "poison", ValueError("v"),
+                                       datetime(2026, 11, 26, 1, tzinfo=UTC))  # fmt: skip
+    headers = list({**dict(clean), **changes}.items())
+    for value in (HOSTILE_VALUES, b"[" * 100_000, b'{"event_id": "\\ud800\\u0000"}', None):
+        for timestamp in (1.0, None, -0.001):
+            letter = DeadLetter.from_record(3, 7, None, value, headers, timestamp)
+            _assert_storable(letter)
+
+
+HOSTILE_VALUES = b'{"n": ' + b"9" * 5000 + b"}"
+
+
+def _assert_storable(letter: DeadLetter) -> None:
+    """What the index's columns hold, on PostgreSQL as on SQLite (no NUL in text, lengths,
+    integer widths, aware times) and what ``GET /dead-letters`` can answer (finite JSON)."""
+    limits = {"agent": 64, "reason": 32, "error_type": 255, "event_id": 64, "event_type": 64,
+              "original_topic": 255, "error_message": None, "stacktrace": None}  # fmt: skip
+    for name, limit in limits.items():
+        text = getattr(letter, name)
+        if text is not None:
+            assert "\x00" not in text and (limit is None or len(text) <= limit), name
+            text.encode()  # no lone surrogates
+    assert 0 <= letter.original_partition < 2**31
+    assert -1 <= letter.original_offset < 2**63
+    assert 0 <= letter.attempts < 2**31 and 0 <= letter.replays < 2**31
+    for when in (letter.first_failure_at, letter.dead_lettered_at):
+        assert when.utcoffset() == timedelta(0)
+    assert letter.original_timestamp is None or 0 <= letter.original_timestamp < 2.6e11
+    assert len(letter.event_key) <= 320
+    json.dumps(letter.to_json(full=True), allow_nan=False)
