@@ -2,10 +2,11 @@
 ``CustomerStatsUpdated`` and milestones to ``analytics.events`` and revenue records to the
 revenue windows.
 
-Guarantees: each order event changes a customer's stats exactly once however often it is
-delivered (the dedupe marker is in the stats value itself); its derived events have ids
-computed from the cause and are sent again on a redelivery, so a crash between the table write
-and the send loses nothing and consumers dedupe the repeat.
+Guarantees: each order event changes a customer's stats exactly once however often the
+pipeline delivers it within the dedupe horizon, and a replayed dead letter once whenever it
+comes (the dedupe state is in the stats value itself, ``tables.horizon``); its derived events
+have ids computed from the cause and are sent again on a redelivery, so a crash between the
+table write and the send loses nothing and consumers dedupe the repeat.
 Assumes: events are keyed by customer id, so a customer's events share one partition and
 arrive in commit order. Concurrency stays 1 (faust #606: concurrency > 1 can commit an
 offset past an in-flight event).
@@ -19,6 +20,7 @@ from pipeline.app import app, settings
 from pipeline.consume import consume
 from pipeline.events import OrderCancelled, OrderCreated
 from pipeline.topics import agent_source, analytics_events_topic, analytics_revenue_topic, publish
+from tables import delivery
 from tables.customer_stats import (
     apply_event,
     milestone_events,
@@ -32,8 +34,8 @@ from tables.customer_stats import (
 
 async def update_customer_stats(event: OrderCreated | OrderCancelled) -> None:
     stats, applied = apply_event(
-        read_customer_stats(event.customer_id), event, settings.dedupe_window,
-        settings.lifetime_value_milestone,
+        read_customer_stats(event.customer_id), event, delivery.horizon(),
+        settings.lifetime_value_milestone, replayed=delivery.is_replay(),
     )  # fmt: skip
     if applied:
         await write_customer_stats(stats)

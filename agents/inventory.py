@@ -6,8 +6,9 @@ ids are computed from the order event, so a redelivery repeats them and the keep
 
 ``keep_stock`` applies commands to the SKU's stock (see ``tables.inventory``) and answers each
 line on ``inventory.events`` (keyed by order id). Guarantees: each line is reserved, rejected or
-released at most once whatever the number of deliveries; a release that overtakes its
-reservation makes that reservation take nothing, so stock never leaks.
+released at most once whatever the number of deliveries within the dedupe horizon, and a
+replayed dead letter at most once whenever it comes (``tables.horizon``); a release that
+overtakes its reservation makes that reservation take nothing, so stock never leaks.
 Concurrency stays 1 (faust #606).
 """
 
@@ -15,11 +16,12 @@ from __future__ import annotations
 
 import faust
 
-from pipeline.app import app, settings
+from pipeline.app import app
 from pipeline.consume import consume
 from pipeline.events import (
     LineReleaseRequested,
     LineReservationRequested,
+    LineSettled,
     OrderCancelled,
     OrderCreated,
     OrderEvent,
@@ -32,13 +34,13 @@ from pipeline.topics import (
     inventory_events_topic,
     publish,
 )
+from tables import delivery
 from tables.inventory import (
     Stock,
-    apply_stock_set,
+    StockCommand,
+    apply_command,
     read_stock,
-    release_line,
     resend_stock,
-    reserve_line,
     write_stock,
 )
 
@@ -68,6 +70,7 @@ def line_commands(event: OrderEvent) -> list[LineReservationRequested | LineRele
             sku=line.sku,
             quantity=line.quantity,
             reason="cancelled",
+            confirmed=event.previous_status == "confirmed",
         )
         for n, line in enumerate(event.items, start=1)
     ]
@@ -78,18 +81,11 @@ async def send_line_commands(event: OrderEvent) -> None:
         await publish(inventory_commands_topic, command.sku, command)
 
 
-async def apply_stock_command(
-    command: LineReservationRequested | LineReleaseRequested | StockSet,
-) -> None:
-    window = settings.dedupe_window
+async def apply_stock_command(command: StockCommand) -> None:
     stock = read_stock(command.sku) or Stock(command.sku)
-    if isinstance(command, StockSet):
-        updated, outcome = apply_stock_set(stock, command, window), None
-    elif isinstance(command, LineReservationRequested):
-        updated, outcome = reserve_line(stock, command, window)
-    else:
-        updated, outcome = release_line(stock, command, window)
-    if updated != stock:
+    updated, outcome = apply_command(stock, command, delivery.horizon(),
+                                     replayed=delivery.is_replay())  # fmt: skip
+    if updated is not stock:
         await write_stock(updated)
     else:  # a redelivery: the changelog may not have it yet (tables.versions.resend)
         await resend_stock(command.sku)
@@ -104,5 +100,5 @@ async def request_lines(stream: faust.StreamT[bytes]) -> None:
 
 @app.agent(agent_source("inventory"), concurrency=1)
 async def keep_stock(stream: faust.StreamT[bytes]) -> None:
-    await consume(stream, "inventory", apply_stock_command,
-                  LineReservationRequested, LineReleaseRequested, StockSet)  # fmt: skip
+    commands = (LineReservationRequested, LineReleaseRequested, LineSettled, StockSet)
+    await consume(stream, "inventory", apply_stock_command, *commands)

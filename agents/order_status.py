@@ -6,7 +6,8 @@ Guarantees: the database update is conditional (``WHERE status = 'created'``), s
 is harmless; the decision is announced only if the database holds it (a cancelled order gets
 no confirmation), with an id computed from the order, and again on every repeat (consumers
 dedupe). A rejected order's reserved lines are released, also those reserved after the
-decision. Concurrency stays 1 (faust #606).
+decision. A confirmed order's lines are settled with their stock keepers (``LineSettled``), so
+the keepers' ledgers do not hold confirmed lines forever. Concurrency stays 1 (faust #606).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tables.order_progress import (
     read_progress,
     resend_progress,
     settled,
+    settlements,
     write_progress,
 )
 
@@ -52,6 +54,10 @@ async def record_outcome(
     # conditional, and everything above is idempotent, so a retry repeats nothing).
     status = await runtime.order_store.decide_order(updated.order_id, decision, utc_now())
     if status == decision:
+        # Confirmed in the database: no cancellation came first, so every line stays reserved
+        # until a cancellation that says so (tables.inventory).
+        for settlement in settlements(updated):
+            await publish(inventory_commands_topic, settlement.sku, settlement)
         await publish(order_status_topic, updated.order_id, announcement)
     if settled(updated):
         # Only now: a crash before this line leaves the entry for the redelivery to redo.

@@ -43,9 +43,15 @@ from tables.customer_stats import (
     revenue_record,
     stats_updated_event,
 )
+from tables.horizon import Horizon
 from tests.integration.workers import create_topics, free_port, http_get
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def horizon(now: int) -> Horizon:
+    """The worker's default horizon (tables.horizon), at a record's time."""
+    return Horizon(now, 300, 7 * 86400)
 
 
 def make_events(count: int, seed: int = 42) -> list[tuple[bytes, bytes]]:
@@ -113,7 +119,7 @@ async def plain_loop(bootstrap: str, source: str, prefix: str, count: int) -> di
                     event = decode_order_event(record.value)
                     raw = db.get(record.key)
                     current = None if raw is None else CustomerStats.from_value(json.loads(raw))
-                    stats, applied = apply_event(current, event, 1000)
+                    stats, applied = apply_event(current, event, horizon(record.timestamp // 1000))
                     sends: list[tuple[str, bytes, bytes]] = []
                     if applied:
                         value = json.dumps(stats.to_value(), separators=(",", ":")).encode()

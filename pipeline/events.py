@@ -93,6 +93,10 @@ class OrderCancelled:
     cancelled_at: datetime
     # The lines, so inventory can release what the order reserved without another lookup.
     items: tuple[OrderLine, ...]
+    # The order's status when it was cancelled: "confirmed" means every line was reserved,
+    # which lets inventory release a line whose ledger entry has expired. Events written
+    # before this field existed read as "created" (release by the ledger, as they were).
+    previous_status: str = "created"
 
 
 # -- inventory.commands (key: SKU) ---------------------------------------------------------------
@@ -128,6 +132,23 @@ class LineReleaseRequested:
     sku: str
     quantity: int
     reason: str  # "cancelled" or "rejected"
+    # The order was confirmed when cancelled: the line is reserved even if the stock keeper's
+    # entry for it has expired (tables.inventory).
+    confirmed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LineSettled:
+    """The line's order is confirmed (the database says so): the stock keeper may forget the
+    line after the dedupe horizon, its units staying reserved."""
+
+    event_type: ClassVar[str] = "LineSettled"
+    event_id: str
+    caused_by: str
+    order_id: str
+    line_no: int
+    sku: str
+    quantity: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,11 +246,12 @@ class RevenueRecorded:
 
 Event = (
     OrderCreated | OrderCancelled | LineReservationRequested | LineReleaseRequested | StockSet
-    | InventoryReserved | InventoryRejected | InventoryReleased | OrderConfirmed | OrderRejected
+    | LineSettled | InventoryReserved | InventoryRejected | InventoryReleased | OrderConfirmed
+    | OrderRejected
     | CustomerStatsUpdated | MilestoneReached | RevenueRecorded
 )  # fmt: skip
 OrderEvent = OrderCreated | OrderCancelled
-InventoryCommand = LineReservationRequested | LineReleaseRequested | StockSet
+InventoryCommand = LineReservationRequested | LineReleaseRequested | LineSettled | StockSet
 InventoryOutcome = InventoryReserved | InventoryRejected | InventoryReleased
 OrderDecision = OrderConfirmed | OrderRejected
 
@@ -448,4 +470,11 @@ def _out_of_range(prefix: str, name: str, raw: str) -> str:
     return f"{prefix}{name}: {raw!r:.40} is out of range (1970 to 9999 in UTC)"
 
 
-_READERS.update({str: _str, int: _int, Decimal: _decimal, datetime: _time})
+def _bool(body: Mapping[str, Any], name: str, prefix: str = "") -> bool:
+    value = body.get(name)
+    if not isinstance(value, bool):
+        raise InvalidEvent(f"{prefix}{name}: expected true or false, got {value!r:.80}")
+    return value
+
+
+_READERS.update({str: _str, int: _int, Decimal: _decimal, datetime: _time, bool: _bool})

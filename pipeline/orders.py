@@ -269,6 +269,7 @@ class OrderService:
             total=order.total,
             cancelled_at=self.clock(),
             items=order.items,
+            previous_status=order.status,
         )
 
     def _check_key(self, key: str) -> None:

@@ -75,7 +75,10 @@ class Settings:
     log_level: str = "info"
     log_format: str = "json"
     log_events: bool = True
-    dedupe_window: int = 1000
+    # How long table values remember settled facts (tables.horizon): repeats arrive within it.
+    dedupe_horizon_seconds: int = 300
+    # How old a dead letter may be and still be replayed (its id stays pending that long).
+    replay_max_age_seconds: int = 7 * 86400
     max_body_bytes: int = 64 * 1024
     max_order_items: int = 100
     forwarder_enabled: bool = True
@@ -115,6 +118,16 @@ class Settings:
     @property
     def web_is_loopback(self) -> bool:
         return is_loopback(self.web_host)
+
+    def __post_init__(self) -> None:
+        # A retried record is judged against what its key remembers; it must come back
+        # before that is forgotten (tables.horizon).
+        if self.dedupe_horizon_seconds < sum(self.retry_delays) + 5:
+            raise SettingsError(
+                f"PIPELINE_DEDUPE_HORIZON_SECONDS={self.dedupe_horizon_seconds} must be at "
+                f"least the sum of PIPELINE_RETRY_DELAYS plus 5 s "
+                f"({sum(self.retry_delays) + 5:g}): a retry must come back within the horizon"
+            )
 
     def topic_name(self, base: str) -> str:
         """Full name of a topic: tests give each run a prefix so runs never share topics."""
@@ -246,7 +259,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         log_level=log_level,
         log_format=log_format,
         log_events=_bool(env, "PIPELINE_LOG_EVENTS", True),
-        dedupe_window=_int(env, "PIPELINE_DEDUPE_WINDOW", 1000, low=1, high=1_000_000),
+        dedupe_horizon_seconds=_int(
+            env, "PIPELINE_DEDUPE_HORIZON_SECONDS", 300, low=1, high=7 * 86400
+        ),
+        replay_max_age_seconds=_int(
+            env, "PIPELINE_REPLAY_MAX_AGE_SECONDS", 7 * 86400, low=60, high=365 * 86400
+        ),
         max_body_bytes=_int(env, "PIPELINE_MAX_BODY_BYTES", 64 * 1024, low=1024, high=16 << 20),
         max_order_items=_int(env, "PIPELINE_MAX_ORDER_ITEMS", 100, low=1, high=10_000),
         forwarder_enabled=_bool(env, "PIPELINE_FORWARDER_ENABLED", True),

@@ -5,10 +5,12 @@ Meaning (the public contract): ``order_count`` counts orders created, cancelled 
 cancelled; ``average_order_value`` is ``total_spent`` over the orders not cancelled (0.00 when
 there are none).
 
-Idempotency: the ids of the events already applied to a customer live in the same table value
-as the figures they guard (one changelog record), bounded to the most recent
-``dedupe_window`` ids. A customer's events arrive in order on one partition, so a redelivery
-is always of a recent event.
+Idempotency: the ids of the events applied to a customer within the dedupe horizon live in the
+same table value as the figures they guard (one changelog record), with the ids of its events
+that were dead-lettered and not applied since (``pending``, for replays). Every repeat the
+pipeline makes arrives within the horizon, and a replay is applied only while pending
+(:mod:`tables.horizon`), so the value's size is bounded by the customer's events per horizon,
+not by how many it has had.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from pipeline.events import (
     money,
 )
 from tables import versions
+from tables.horizon import Horizon, prune_times
 
 FIRST_ORDER, LIFETIME_VALUE = "first_order", "lifetime_value"
 
@@ -47,9 +50,13 @@ class CustomerStats:
     total_spent: Decimal = ZERO
     first_order_at: datetime | None = None
     last_order_at: datetime | None = None
-    seen: tuple[str, ...] = ()
+    # ids of the events applied within the horizon -> their record time
+    seen: dict[str, int] = field(default_factory=dict)
     # milestone -> the event that reached it: each is reached once per customer, ever.
     milestones: dict[str, str] = field(default_factory=dict)
+    # ids of events dead-lettered and not applied since -> when (replays apply only these)
+    pending: dict[str, int] = field(default_factory=dict)
+    clock: int = 0  # the latest record time applied (tables.horizon)
     # Of the stored value this was read from (tables.versions); not part of what it says.
     version: int = field(default=0, compare=False)
 
@@ -66,8 +73,11 @@ class CustomerStats:
             "total_spent": money(self.total_spent),
             "first_order_at": _iso(self.first_order_at),
             "last_order_at": _iso(self.last_order_at),
-            "seen": list(self.seen),
+            # The dedupe state last: ``read_figures`` stops before it.
             "milestones": self.milestones,
+            "clock": self.clock,
+            "pending": self.pending,
+            "seen": self.seen,
         }
 
     @classmethod
@@ -79,15 +89,18 @@ class CustomerStats:
             total_spent=Decimal(value["total_spent"]),
             first_order_at=_time(value["first_order_at"]),
             last_order_at=_time(value["last_order_at"]),
-            seen=tuple(value["seen"]),
+            seen=_seen(value["seen"]),
             milestones=dict(value.get("milestones", {})),
+            pending=dict(value.get("pending", {})),
+            clock=value.get("clock", 0),
             version=value.get(versions.VERSION, 0),
         )
 
     def public(self) -> dict[str, Any]:
         """The body of ``GET /customers/{customer_id}/stats``."""
         body = self.to_value()
-        del body["seen"], body["milestones"]
+        for internal in ("seen", "milestones", "pending", "clock"):
+            del body[internal]
         body["average_order_value"] = money(self.average_order_value)
         return body
 
@@ -131,23 +144,46 @@ def reach_milestones(
     return stats if reached == stats.milestones else replace(stats, milestones=reached)
 
 
+def _seen(raw: Any) -> dict[str, int]:
+    # Values written before the horizon held a list of ids; they count as seen at time 0.
+    return dict.fromkeys(raw, 0) if isinstance(raw, list) else dict(raw)
+
+
 def apply_event(
     stats: CustomerStats | None,
     event: OrderEvent,
-    window: int,
+    h: Horizon,
     lifetime_value: Decimal = Decimal("1000.00"),
+    *,
+    replayed: bool = False,
 ) -> tuple[CustomerStats, bool]:
-    """Apply ``event`` once: returns the new stats and whether it changed anything."""
+    """Apply ``event`` once: returns the new stats and whether it changed anything.
+    ``replayed`` says the event comes from a dead-letter replay, applied only while pending."""
     current = stats if stats is not None else CustomerStats(customer_id=event.customer_id)
-    if event.event_id in current.seen:
+    event_id = event.event_id
+    if event_id in current.seen or (replayed and event_id not in current.pending):
         return current, False
+    h = h.advanced(current.clock)
     if isinstance(event, OrderCreated):
         updated = apply_order_created(current, event)
     else:
         updated = apply_order_cancelled(current, event)
-    updated = reach_milestones(updated, event.event_id, lifetime_value)
-    seen = (*current.seen, event.event_id)[-window:]
-    return replace(updated, seen=seen), True
+    updated = reach_milestones(updated, event_id, lifetime_value)
+    seen = {**prune_times(current.seen, h.cutoff), event_id: h.now}
+    pending = current.pending
+    if event_id in pending or (pending and min(pending.values()) < h.replay_cutoff):
+        pending = prune_times(
+            {k: at for k, at in pending.items() if k != event_id}, h.replay_cutoff
+        )
+    return replace(updated, seen=seen, pending=pending, clock=h.now), True
+
+
+def set_aside(stats: CustomerStats, event_id: str, at: int) -> CustomerStats:
+    """Note a dead-lettered event as pending, so its replay applies it (once); an event the
+    stats already count is not pending."""
+    if event_id in stats.pending or event_id in stats.seen:
+        return stats
+    return replace(stats, pending={**stats.pending, event_id: at})
 
 
 def milestone_events(stats: CustomerStats, cause_event_id: str) -> list[MilestoneReached]:
@@ -218,11 +254,11 @@ def read_customer_stats(customer_id: str) -> CustomerStats | None:
 
 
 def read_figures(raw: bytes) -> dict[str, Any]:
-    """A stored value's figures without its dedupe ids, for scans over many customers (the
-    dashboard's top list): ``to_value`` writes the figures before ``seen``, which holds up to
-    ``dedupe_window`` event ids and is most of the bytes. ``,"seen":`` cannot occur earlier,
+    """A stored value's figures without its dedupe state, for scans over many customers (the
+    dashboard's top list): ``to_value`` writes the figures before ``milestones`` and the ids
+    of the horizon, which are most of the bytes. ``,"milestones":`` cannot occur earlier,
     inside a JSON string, since a quote there is escaped."""
-    cut = raw.find(b',"seen":')
+    cut = raw.find(b',"milestones":')
     if cut > 0:
         with contextlib.suppress(ValueError):
             return dict(json.loads(raw[:cut] + b"}"))

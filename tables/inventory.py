@@ -1,21 +1,26 @@
 """Stock per SKU: the table, its value and its pure update rules.
 
 Each SKU's value holds ``available`` and ``reserved`` units and a ledger of the order lines it
-has seen, keyed ``"<order_id>:<line_no>"``:
+has seen, keyed ``"<order_id>:<line_no>"``, each entry ``[state, time]``:
 
-- ``R``: reserved (the units are in ``reserved``);
+- ``R``: reserved, order not yet confirmed (the units are in ``reserved``);
+- ``S``: reserved for a confirmed order (settled: the units stay in ``reserved``);
 - ``X``: rejected (not enough stock; nothing was taken);
 - ``C``: reserved, then released (cancelled order, or a rejected order's compensation);
 - ``T``: released before its reservation arrived (a tombstone: the reservation, when it
   comes, takes nothing).
 
 The ledger is the dedupe state and lives in the same value as the counts it guards (one
-changelog record per change). Live reservations (``R``) are kept until released; settled
-entries beyond ``window`` are dropped, oldest first. ``StockSet`` ids are remembered in
-``seen`` the same way.
+changelog record per change). Its size does not grow with the SKU's history
+(:mod:`tables.horizon`): ``R`` entries are the lines of orders in flight; once the order is
+confirmed (``LineSettled``) or the line otherwise settles, the entry is kept for the dedupe
+horizon and then dropped. A cancellation that arrives after a confirmed line's entry is gone
+still releases it, because the cancellation says the order was confirmed (every line reserved).
+Stock sets are ordered by their time (``set``: the latest applied), so a retried older set
+never overwrites a newer one. Commands that were dead-lettered are ``pending`` until replayed.
 
 Invariant: ``available + reserved`` equals the last stock set plus nothing else, and
-``reserved`` is the sum of the lines in state ``R``.
+``reserved`` is the sum of the lines reserved for orders not cancelled nor rejected.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from pipeline.app import app, settings
@@ -32,16 +38,19 @@ from pipeline.events import (
     InventoryReserved,
     LineReleaseRequested,
     LineReservationRequested,
+    LineSettled,
     OrderLineRef,
     StockSet,
     derived_event_id,
 )
 from tables import versions
+from tables.horizon import Horizon, prune_times
 
-RESERVED, REJECTED, RELEASED, TOMBSTONE = "R", "X", "C", "T"
-SETTLED = {REJECTED, RELEASED, TOMBSTONE}
+RESERVED, SETTLED, REJECTED, RELEASED, TOMBSTONE = "R", "S", "X", "C", "T"
+TAKEN = {RESERVED, SETTLED}  # the line's units are in ``reserved``
 
 Outcome = InventoryReserved | InventoryRejected | InventoryReleased
+StockCommand = LineReservationRequested | LineReleaseRequested | LineSettled | StockSet
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +58,13 @@ class Stock:
     sku: str
     available: int = 0
     reserved: int = 0
-    lines: dict[str, str] = field(default_factory=dict)
-    seen: tuple[str, ...] = ()
+    # line key -> [state, time the entry took that state]
+    lines: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # the latest stock set applied: (set_at ISO time, its event id), or None
+    last_set: tuple[str, str] | None = None
+    # ids of commands dead-lettered and not applied since -> when (replays apply only these)
+    pending: dict[str, int] = field(default_factory=dict)
+    clock: int = 0  # the latest record time applied (tables.horizon)
     # Of the stored value this was read from (tables.versions); not part of what it says.
     version: int = field(default=0, compare=False)
 
@@ -59,18 +73,23 @@ class Stock:
             "sku": self.sku,
             "available": self.available,
             "reserved": self.reserved,
-            "lines": self.lines,
-            "seen": list(self.seen),
+            "set": None if self.last_set is None else list(self.last_set),
+            "clock": self.clock,
+            "pending": self.pending,
+            "lines": {key: list(entry) for key, entry in self.lines.items()},
         }
 
     @classmethod
     def from_value(cls, value: dict[str, Any]) -> Stock:
+        last_set = value.get("set")
         return cls(
             sku=value["sku"],
             available=value["available"],
             reserved=value["reserved"],
-            lines=dict(value["lines"]),
-            seen=tuple(value["seen"]),
+            lines={key: _entry(entry) for key, entry in value["lines"].items()},
+            last_set=None if last_set is None else (last_set[0], last_set[1]),
+            pending=dict(value.get("pending", {})),
+            clock=value.get("clock", 0),
             version=value.get(versions.VERSION, 0),
         )
 
@@ -79,77 +98,138 @@ class Stock:
         return {"sku": self.sku, "available": self.available, "reserved": self.reserved}
 
 
+def _entry(entry: Any) -> tuple[str, int]:
+    # Values written before the horizon held a bare state; they count as settled now.
+    return (entry, 0) if isinstance(entry, str) else (entry[0], int(entry[1]))
+
+
 def _line_key(order_id: str, line_no: int) -> str:
     return f"{order_id}:{line_no}"
 
 
-def _bounded(lines: dict[str, str], window: int) -> dict[str, str]:
-    """Drop the oldest settled entries beyond ``window``; live reservations always stay."""
-    excess = len(lines) - window
-    if excess <= 0:
-        return lines
-    kept = dict(lines)
-    for key, state in lines.items():
-        if excess <= 0:
-            break
-        if state in SETTLED:
-            del kept[key]
-            excess -= 1
-    return kept
+def _settle(stock: Stock, key: str, state: str, h: Horizon, taken: int = 0) -> Stock:
+    """``stock`` with line ``key`` in ``state`` from now, and every settled entry older than
+    the horizon dropped (live reservations stay, whatever their age)."""
+    cutoff = h.cutoff
+    lines = {
+        k: entry
+        for k, entry in stock.lines.items()
+        if entry[0] == RESERVED or entry[1] >= cutoff or k == key
+    }
+    lines[key] = (state, h.now)
+    return replace(stock, lines=lines, available=stock.available - taken,
+                   reserved=stock.reserved + taken)  # fmt: skip
 
 
-def apply_stock_set(stock: Stock, command: StockSet, window: int) -> Stock:
-    if command.event_id in stock.seen:
+def apply_command(
+    stock: Stock, command: StockCommand, h: Horizon, *, replayed: bool = False
+) -> tuple[Stock, Outcome | None]:
+    """Apply one command once; ``replayed`` says it comes from a dead-letter replay, which is
+    applied only while its id is pending. Returns the new stock and the line's answer (the
+    first delivery's answer again for a repeat, when the ledger still holds the line)."""
+    h = h.advanced(stock.clock)
+    pending = stock.pending
+    if replayed and command.event_id not in pending:
+        if isinstance(command, StockSet | LineSettled):
+            return stock, None
+        return stock, _answer_again(stock, command)
+    if command.event_id in pending or (pending and min(pending.values()) < h.replay_cutoff):
+        pending = prune_times(
+            {k: at for k, at in pending.items() if k != command.event_id}, h.replay_cutoff
+        )
+    base = replace(stock, pending=pending, clock=h.now)
+    if isinstance(command, StockSet):
+        updated: Stock = apply_stock_set(base, command)
+        outcome: Outcome | None = None
+    elif isinstance(command, LineReservationRequested):
+        updated, outcome = reserve_line(base, command, h)
+    elif isinstance(command, LineSettled):
+        updated, outcome = settle_line(base, command, h), None
+    else:
+        updated, outcome = release_line(base, command, h)
+    # A value that only moved its clock is not worth a changelog record.
+    if updated == replace(stock, clock=h.now):
+        return stock, outcome
+    return updated, outcome
+
+
+def set_aside(stock: Stock, command_id: str, at: int) -> Stock:
+    """Note a dead-lettered command as pending, so its replay applies it (once)."""
+    if command_id in stock.pending:
         return stock
-    return replace(
-        stock, available=command.available, seen=(*stock.seen, command.event_id)[-window:]
-    )
+    return replace(stock, pending={**stock.pending, command_id: at})
+
+
+def apply_stock_set(stock: Stock, command: StockSet) -> Stock:
+    """Set ``available`` unless a later set was applied already (sets are ordered by their
+    time, then id): a retried or replayed older set never overwrites a newer one."""
+    mark = (command.set_at.isoformat(), command.event_id)
+    if stock.last_set is not None and _set_order(mark) <= _set_order(stock.last_set):
+        return stock
+    return replace(stock, available=command.available, last_set=mark)
+
+
+def _set_order(mark: tuple[str, str]) -> tuple[datetime, str]:
+    return datetime.fromisoformat(mark[0]), mark[1]
 
 
 def reserve_line(
-    stock: Stock, request: LineReservationRequested, window: int
+    stock: Stock, request: LineReservationRequested, h: Horizon
 ) -> tuple[Stock, Outcome | None]:
     """Reserve one order line if the stock allows, else reject it. A repeat of the same line
     changes nothing and answers what the first delivery answered."""
     key = _line_key(request.order_id, request.line_no)
-    state = stock.lines.get(key)
-    if state == TOMBSTONE:
-        return stock, None
-    if state in (RESERVED, RELEASED):
-        return stock, _reserved(request)
-    if state == REJECTED:
-        return stock, _rejected(request, stock.available)
+    entry = stock.lines.get(key)
+    if entry is not None:
+        return stock, _repeat_answer(entry[0], request, stock)
     if request.quantity <= stock.available:
-        updated = replace(
-            stock,
-            available=stock.available - request.quantity,
-            reserved=stock.reserved + request.quantity,
-            lines=_bounded({**stock.lines, key: RESERVED}, window),
-        )
-        return updated, _reserved(request)
-    updated = replace(stock, lines=_bounded({**stock.lines, key: REJECTED}, window))
-    return updated, _rejected(request, stock.available)
+        return _settle(stock, key, RESERVED, h, request.quantity), _reserved(request)
+    return _settle(stock, key, REJECTED, h), _rejected(request, stock.available)
+
+
+def _repeat_answer(state: str, request: LineReservationRequested, stock: Stock) -> Outcome | None:
+    if state == TOMBSTONE:
+        return None
+    if state == REJECTED:
+        return _rejected(request, stock.available)
+    return _reserved(request)
+
+
+def _answer_again(stock: Stock, command: StockCommand) -> Outcome | None:
+    if isinstance(command, LineReservationRequested):
+        entry = stock.lines.get(_line_key(command.order_id, command.line_no))
+        return None if entry is None else _repeat_answer(entry[0], command, stock)
+    if isinstance(command, LineReleaseRequested):
+        entry = stock.lines.get(_line_key(command.order_id, command.line_no))
+        return _released(command) if entry is not None and entry[0] == RELEASED else None
+    return None
+
+
+def settle_line(stock: Stock, command: LineSettled, h: Horizon) -> Stock:
+    """The line's order is confirmed: its reservation stays, its entry now expires with the
+    horizon (a cancellation of a confirmed order releases it without the entry)."""
+    key = _line_key(command.order_id, command.line_no)
+    entry = stock.lines.get(key)
+    if entry is None or entry[0] != RESERVED:
+        return stock  # settled, released or never reserved: nothing to do
+    return _settle(stock, key, SETTLED, h)
 
 
 def release_line(
-    stock: Stock, request: LineReleaseRequested, window: int
+    stock: Stock, request: LineReleaseRequested, h: Horizon
 ) -> tuple[Stock, Outcome | None]:
     """Give back what one order line reserved; a release that arrives before its reservation
-    leaves a tombstone so the reservation takes nothing."""
+    leaves a tombstone so the reservation takes nothing. A release of a confirmed order's line
+    whose entry has expired gives back the line's quantity: confirmed means reserved."""
     key = _line_key(request.order_id, request.line_no)
-    state = stock.lines.get(key)
-    if state == RESERVED:
-        updated = replace(
-            stock,
-            available=stock.available + request.quantity,
-            reserved=stock.reserved - request.quantity,
-            lines=_bounded({**stock.lines, key: RELEASED}, window),
-        )
-        return updated, _released(request)
+    entry = stock.lines.get(key)
+    state = None if entry is None else entry[0]
+    if state in TAKEN or (state is None and request.confirmed):
+        return _settle(stock, key, RELEASED, h, -request.quantity), _released(request)
     if state == RELEASED:
         return stock, _released(request)
     if state is None:
-        return replace(stock, lines=_bounded({**stock.lines, key: TOMBSTONE}, window)), None
+        return _settle(stock, key, TOMBSTONE, h), None
     return stock, None  # rejected lines took nothing; tombstones are already settled
 
 

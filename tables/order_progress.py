@@ -21,6 +21,7 @@ from pipeline.events import (
     InventoryRejected,
     InventoryReserved,
     LineReleaseRequested,
+    LineSettled,
     OrderConfirmed,
     OrderRejected,
     derived_event_id,
@@ -116,6 +117,24 @@ def compensations(progress: OrderProgress) -> list[LineReleaseRequested]:
         )
         for n, (sku, qty, mark) in sorted(progress.lines.items())
         if mark == "R"
+    ]
+
+
+def settlements(progress: OrderProgress) -> list[LineSettled]:
+    """For a confirmed order, one ``LineSettled`` per line: the stock keepers may forget the
+    lines after the dedupe horizon (sent again on repeats: settling is idempotent)."""
+    if progress.decision != CONFIRMED:
+        return []
+    return [
+        LineSettled(
+            event_id=derived_event_id(f"{progress.order_id}:{n}", LineSettled.event_type),
+            caused_by=progress.order_id,
+            order_id=progress.order_id,
+            line_no=n,
+            sku=sku,
+            quantity=qty,
+        )
+        for n, (sku, qty, _) in sorted(progress.lines.items())
     ]
 
 

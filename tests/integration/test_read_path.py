@@ -19,6 +19,7 @@ from sqlalchemy import select
 from pipeline.db import make_engine, migrate, order_items, orders
 from pipeline.events import derived_event_id, money
 from pipeline.settings import PROJECT_ROOT
+from tables.horizon import Horizon
 from tests.integration.workers import (
     Worker,
     WorkerFactory,
@@ -256,7 +257,7 @@ def test_a_redelivered_event_puts_its_effect_back_into_the_changelog(
     db = Rdict(str(path), Options(raw_mode=True))
     try:
         stored = CustomerStats.from_value(json.loads(db[customer.encode()]))
-        applied, changed = apply_event(stored, second, 1000)
+        applied, changed = apply_event(stored, second, Horizon(stored.clock, 300, 86400))
         assert changed and applied.order_count == 2
         db[customer.encode()] = versions.encode(stored.version + 1, applied.to_value())
     finally:

@@ -22,6 +22,7 @@ from pipeline.events import (
 )
 from pipeline.senders import MailboxSender
 from tables.customer_stats import apply_event, milestone_events, revenue_record
+from tables.horizon import Horizon
 from tables.order_progress import (
     CONFIRMED,
     REJECTED,
@@ -32,6 +33,8 @@ from tables.order_progress import (
 )
 from tables.revenue import Window, apply_revenue
 from tests.conftest import T0, order_cancelled, order_created
+
+H = Horizon(int(T0.timestamp()), 300, 86400)
 
 
 def outcome(order: str, line: int, count: int, ok: bool, sku: str = "s", qty: int = 1):  # type: ignore[no-untyped-def]
@@ -84,15 +87,15 @@ def test_one_rejected_line_rejects_the_order_and_releases_the_reserved_ones() ->
 
 def test_milestones_are_reached_once_per_customer() -> None:
     big = order_created(total="900.00")
-    stats, _ = apply_event(None, big, window=10, lifetime_value=Decimal("1000.00"))
+    stats, _ = apply_event(None, big, H, lifetime_value=Decimal("1000.00"))
     assert [m.milestone for m in milestone_events(stats, big.event_id)] == ["first_order"]
     more = order_created(total="150.00", at=T0 + timedelta(hours=1))
-    stats, _ = apply_event(stats, more, window=10, lifetime_value=Decimal("1000.00"))
+    stats, _ = apply_event(stats, more, H, lifetime_value=Decimal("1000.00"))
     assert [m.milestone for m in milestone_events(stats, more.event_id)] == ["lifetime_value"]
     # falling below and rising again reaches nothing new
-    stats, _ = apply_event(stats, order_cancelled(more), window=10)
+    stats, _ = apply_event(stats, order_cancelled(more), H)
     again = order_created(total="500.00")
-    stats, _ = apply_event(stats, again, window=10, lifetime_value=Decimal("1000.00"))
+    stats, _ = apply_event(stats, again, H, lifetime_value=Decimal("1000.00"))
     assert milestone_events(stats, again.event_id) == []
     # a redelivered cause re-sends its milestone with the same id
     assert milestone_events(stats, big.event_id)[0].event_id == milestone_events(

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from pipeline import consume, errors
 from pipeline.events import OrderCancelled, OrderCreated, encode
 from tables.customer_stats import CustomerStats, apply_event
+from tables.horizon import Horizon
 from tests.conftest import order_cancelled, order_created
 
 CUSTOMERS = ["c1", "c2", "c3"]
@@ -77,7 +78,7 @@ def test_stats_match_the_model_for_any_stream(stream: list[bytes]) -> None:
     set_aside: list[dict[str, bytes]] = []
 
     async def handle(event: OrderCreated | OrderCancelled) -> None:
-        stats, applied = apply_event(table.get(event.customer_id), event, 1000)
+        stats, applied = apply_event(table.get(event.customer_id), event, Horizon(0, 300, 86400))
         if applied:
             table[event.customer_id] = stats
 

@@ -1,0 +1,41 @@
+"""What the record being handled says about its delivery: its time, which places it within
+the dedupe horizon, and whether it is a dead-letter replay (:mod:`tables.horizon`)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from faust.streams import current_event
+
+from pipeline import errors
+from pipeline.app import settings
+from tables.horizon import Horizon
+
+
+def current_message() -> Any:
+    event = current_event()
+    if event is None:
+        raise RuntimeError("tables are written inside an agent, for an event")
+    return event.message
+
+
+def horizon(message: Any | None = None) -> Horizon:
+    """The horizon at the time of ``message`` (the current record by default): its Kafka
+    timestamp in whole seconds, which a retry or replay keeps from the original record."""
+    message = current_message() if message is None else message
+    stamp = message.timestamp  # seconds since the epoch (Faust converts Kafka's ms)
+    now = int(stamp) if stamp is not None else int(time.time())
+    return Horizon(now, settings.dedupe_horizon_seconds, settings.replay_max_age_seconds)
+
+
+def is_replay(message: Any | None = None) -> bool:
+    """Whether the record is a dead letter sent back by a replay."""
+    message = current_message() if message is None else message
+    for key, value in message.headers or ():
+        if key == errors.REPLAYS:
+            try:
+                return int(value) > 0
+            except ValueError:
+                return False
+    return False
