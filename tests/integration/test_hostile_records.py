@@ -1,0 +1,123 @@
+"""Hostile records on ``orders.events`` against a real worker: bytes that make the JSON decoder
+raise something other than ``JSONDecodeError`` (an integer of 5,000 digits, nesting 100,000
+deep), a time that overflows when converted to UTC, bytes that are not UTF-8.
+
+Each must land on the dead-letter topic as poison with its context, once per agent reading the
+topic, while the worker keeps running and the partition keeps flowing: an order event produced
+after them, on the same partition, is applied. The dead-letter topic is read with a plain
+consumer, not through the pipeline's own API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from pipeline.db import migrate
+from pipeline.events import encode
+from tests.conftest import order_created
+from tests.integration.workers import Worker, WorkerFactory, consume, wait_for
+
+# The agents that read orders.events through pipeline.consume: each sets a pill aside.
+READERS = ("analytics", "inventory-requests")
+
+
+def _created_with(customer: str, **fields: object) -> bytes:
+    return json.dumps({**json.loads(encode(order_created(customer))), **fields}).encode()
+
+
+def _hostile(customer: str) -> dict[str, tuple[bytes, str]]:
+    """Each pill and a piece of what its dead letter's exception message must say."""
+    head = b'{"event_type": "OrderCreated", "schema_version": 1, "n": '
+    return {
+        "5,000-digit integer": (head + b"9" * 5000 + b"}", "4300 digits"),
+        "100,000-deep nesting": (head + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested"),
+        "year 1 at +14:00": (
+            _created_with(customer, created_at="0001-01-01T00:00:00+14:00"),
+            "created_at",
+        ),
+        "not UTF-8": (b'{"event_type": "OrderCreated", "note": "\xff\xfe\xc3\x28"}', "utf-8"),
+    }
+
+
+@pytest.fixture(scope="module")
+def worker(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[WorkerFactory, Worker]]:
+    root = tmp_path_factory.mktemp("hostile")
+    url = f"sqlite+aiosqlite:///{root / 'orders.db'}"
+    migrate(url)
+    test_id = uuid.uuid4().hex[:10]
+    factory = WorkerFactory(kafka_bootstrap, root, f"it-{test_id}", f"t{test_id}.", url)
+    try:
+        yield factory, factory.start()
+    finally:
+        factory.stop_all()
+
+
+async def _produce(bootstrap: str, topic: str, key: bytes, values: list[bytes]) -> list[Any]:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        return [await producer.send_and_wait(topic, v, key=key) for v in values]
+    finally:
+        await producer.stop()
+
+
+def test_hostile_records_are_dead_lettered_with_context_and_the_partition_flows(
+    worker: tuple[WorkerFactory, Worker],
+) -> None:
+    factory, w1 = worker
+    pid = w1.proc.pid
+    customer = f"cust-{uuid.uuid4().hex[:6]}"
+    pills = _hostile(customer)
+    after = order_created(customer)
+    topic = factory.topic("orders.events")
+    values = [value for value, _ in pills.values()] + [encode(after)]
+    *sent, _ = asyncio.run(_produce(factory.bootstrap, topic, customer.encode(), values))
+
+    def stats() -> Any:
+        status, body = w1.get(f"/customers/{customer}/stats")
+        return body if status == 200 else None
+
+    # The valid order behind the pills, on the same partition, is applied.
+    assert wait_for(stats, 60, "the order behind the hostile records")["order_count"] == 1
+
+    def letters() -> list[Any]:
+        records = asyncio.run(consume(factory.bootstrap, factory.topic("dead-letters"),
+                                      count=len(pills) * len(READERS), timeout=5))  # fmt: skip
+        return records if len(records) >= len(pills) * len(READERS) else []
+
+    records = wait_for(letters, 60, "every pill on the dead-letter topic, once per agent")
+    for (name, (value, cause)), meta in zip(pills.items(), sent, strict=True):
+        mine = [r for r in records if r.value == value]
+        assert sorted(dict(r.headers)["x-agent"].decode() for r in mine) == sorted(READERS), name
+        for record in mine:
+            headers = dict(record.headers)
+            assert record.key == customer.encode(), name
+            expected = {
+                "x-dead-letter-reason": b"poison",
+                "x-original-topic": topic.encode(),
+                "x-original-partition": str(meta.partition).encode(),
+                "x-original-offset": str(meta.offset).encode(),
+                "x-exception-type": b"pipeline.events.InvalidEvent",
+            }
+            assert {k: headers.get(k) for k in expected} == expected, name
+            assert cause in headers["x-exception-message"].decode(), name
+            assert headers["x-stacktrace"] and headers["x-failed-at"], name
+            # Set aside with the pill's own timestamp, as produced.
+            assert record.timestamp == meta.timestamp, name
+
+    # The worker neither crashed nor restarted, and indexed every pill.
+    assert w1.proc.poll() is None and w1.proc.pid == pid
+    status, body = w1.get("/dead-letters?reason=poison&limit=1000")
+    assert status == 200, body
+    indexed = [d for d in body["dead_letters"] if d["key"] == customer]
+    assert len(indexed) == len(pills) * len(READERS)
+    assert {d["error_type"] for d in indexed} == {"pipeline.events.InvalidEvent"}
