@@ -24,6 +24,7 @@ from tables import delivery
 from tables.customer_stats import (
     apply_event,
     milestone_events,
+    note_dead_letter,
     read_customer_stats,
     resend_customer_stats,
     revenue_record,
@@ -51,4 +52,5 @@ async def update_customer_stats(event: OrderCreated | OrderCancelled) -> None:
 
 @app.agent(agent_source("analytics"), concurrency=1)
 async def customer_analytics(stream: faust.StreamT[bytes]) -> None:
-    await consume(stream, "analytics", update_customer_stats, OrderCreated, OrderCancelled)
+    await consume(stream, "analytics", update_customer_stats, OrderCreated, OrderCancelled,
+                  on_dead_letter=note_dead_letter)  # fmt: skip

@@ -39,6 +39,7 @@ from tables.inventory import (
     Stock,
     StockCommand,
     apply_command,
+    note_dead_letter,
     read_stock,
     resend_stock,
     write_stock,
@@ -101,4 +102,5 @@ async def request_lines(stream: faust.StreamT[bytes]) -> None:
 @app.agent(agent_source("inventory"), concurrency=1)
 async def keep_stock(stream: faust.StreamT[bytes]) -> None:
     commands = (LineReservationRequested, LineReleaseRequested, LineSettled, StockSet)
-    await consume(stream, "inventory", apply_stock_command, *commands)
+    await consume(stream, "inventory", apply_stock_command, *commands,
+                  on_dead_letter=note_dead_letter)  # fmt: skip

@@ -69,9 +69,14 @@ async def consume(
     handle: Handler,
     *types: type[Any],
     policy: FailurePolicy | None = None,
+    on_dead_letter: Callable[[Any], Awaitable[None]] | None = None,
 ) -> None:
-    """Run ``handle`` on every event of ``types`` in ``stream``, with the failure policy."""
+    """Run ``handle`` on every event of ``types`` in ``stream``, with the failure policy.
+    ``on_dead_letter(message)`` runs after a record is dead-lettered (the agent's table notes
+    it as pending, for its replay)."""
     policy = policy or policy_for(agent)
+    if on_dead_letter is not None:
+        policy = dataclasses.replace(policy, on_dead_letter=on_dead_letter)
     # What ``stream.events()`` does, without its extra async generator per event. The event is
     # read inside the call, so nothing here references it while the next one is awaited: in a
     # rebalance Faust waits (``wait_empty``) for every message it handed to an agent until the
@@ -190,6 +195,10 @@ async def _send_dead_letter(
         state.origin.partition, state.origin.offset, reason, exc,
     )  # fmt: skip
     _metrics().dead_letters.labels(policy.agent, reason, type(exc).__name__).inc()
+    if policy.on_dead_letter is not None:
+        # After the dead letter is acknowledged, before this record's offset is: a crash in
+        # between handles the record again (a second dead letter, one of which replays).
+        await policy.on_dead_letter(message)
 
 
 async def send_reliably(

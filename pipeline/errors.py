@@ -18,9 +18,10 @@ import asyncio
 import math
 import random
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from pipeline.events import InvalidEvent
 
@@ -91,6 +92,9 @@ class FailurePolicy:
     in_place_attempts: int = 3
     in_place_backoff: float = 0.1
     retry_delays: tuple[float, ...] = (1.0, 10.0, 60.0)
+    # Called with the record once it is dead-lettered, so the agent's table can note its id
+    # as pending: a replay then applies it once, however late (tables.horizon).
+    on_dead_letter: Callable[[Any], Awaitable[None]] | None = None
 
     def is_transient(self, exc: BaseException) -> bool:
         """The most specific listed class of ``exc`` decides (``IntegrityError`` may be

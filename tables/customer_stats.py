@@ -34,7 +34,7 @@ from pipeline.events import (
     derived_event_id,
     money,
 )
-from tables import versions
+from tables import delivery, versions
 from tables.horizon import Horizon, prune_times
 
 FIRST_ORDER, LIFETIME_VALUE = "first_order", "lifetime_value"
@@ -269,6 +269,19 @@ async def write_customer_stats(stats: CustomerStats) -> None:
     await versions.write(
         customer_stats_table, stats.customer_id.encode(), stats.version + 1, stats.to_value()
     )
+
+
+async def note_dead_letter(message: Any) -> None:
+    """The analytics agent dead-lettered ``message``: its customer's stats note the event as
+    pending, so a replay applies it once, however late (:mod:`tables.horizon`)."""
+    event_id = delivery.event_id(message)
+    if not message.key or event_id is None:
+        return  # no customer or no id: its replay can be deduped by nothing; nothing to note
+    customer_id = bytes(message.key).decode(errors="replace")
+    stats = read_customer_stats(customer_id) or CustomerStats(customer_id)
+    noted = set_aside(stats, event_id, delivery.horizon(message).now)
+    if noted is not stats:
+        await write_customer_stats(noted)
 
 
 async def resend_customer_stats(customer_id: str) -> None:

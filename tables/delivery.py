@@ -29,6 +29,18 @@ def horizon(message: Any | None = None) -> Horizon:
     return Horizon(now, settings.dedupe_horizon_seconds, settings.replay_max_age_seconds)
 
 
+def event_id(message: Any) -> str | None:
+    """The record's event id, from the ``event_id`` header every producer of ours sets (the
+    value may be what failed to decode)."""
+    for key, value in message.headers or ():
+        if key == "event_id":
+            try:
+                return bytes(value).decode() or None
+            except UnicodeDecodeError:
+                return None
+    return None
+
+
 def is_replay(message: Any | None = None) -> bool:
     """Whether the record is a dead letter sent back by a replay."""
     message = current_message() if message is None else message

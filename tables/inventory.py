@@ -33,6 +33,7 @@ from typing import Any
 
 from pipeline.app import app, settings
 from pipeline.events import (
+    InvalidEvent,
     InventoryRejected,
     InventoryReleased,
     InventoryReserved,
@@ -41,9 +42,10 @@ from pipeline.events import (
     LineSettled,
     OrderLineRef,
     StockSet,
+    decode,
     derived_event_id,
 )
-from tables import versions
+from tables import delivery, versions
 from tables.horizon import Horizon, prune_times
 
 RESERVED, SETTLED, REJECTED, RELEASED, TOMBSTONE = "R", "S", "X", "C", "T"
@@ -153,9 +155,12 @@ def apply_command(
     return updated, outcome
 
 
-def set_aside(stock: Stock, command_id: str, at: int) -> Stock:
-    """Note a dead-lettered command as pending, so its replay applies it (once)."""
+def set_aside(stock: Stock, command_id: str, at: int, line: tuple[str, int] | None = None) -> Stock:
+    """Note a dead-lettered command as pending, so its replay applies it (once); not when the
+    ledger shows its ``line`` (order id, line number) already applied."""
     if command_id in stock.pending:
+        return stock
+    if line is not None and _line_key(*line) in stock.lines:
         return stock
     return replace(stock, pending={**stock.pending, command_id: at})
 
@@ -274,6 +279,27 @@ def read_stock(sku: str) -> Stock | None:
 
 async def write_stock(stock: Stock) -> None:
     await versions.write(stock_table, stock.sku.encode(), stock.version + 1, stock.to_value())
+
+
+async def note_dead_letter(message: Any) -> None:
+    """The stock keeper dead-lettered ``message``: the SKU notes the command as pending, so a
+    replay applies it once, however late (:mod:`tables.horizon`). Stock sets and settlements
+    need nothing: they are ordered and idempotent by themselves."""
+    command_id = delivery.event_id(message)
+    if not message.key or command_id is None:
+        return
+    line = None
+    try:
+        command = decode(message.value, LineReservationRequested, LineReleaseRequested)
+        if isinstance(command, LineReservationRequested | LineReleaseRequested):
+            line = (command.order_id, command.line_no)
+    except InvalidEvent:
+        pass  # a poison pill, or a stock set or settlement
+    sku = bytes(message.key).decode(errors="replace")
+    stock = read_stock(sku) or Stock(sku)
+    noted = set_aside(stock, command_id, delivery.horizon(message).now, line)
+    if noted is not stock:
+        await write_stock(noted)
 
 
 async def resend_stock(sku: str) -> None:

@@ -90,3 +90,39 @@ async def test_agent_applies_each_event_once_and_republishes_duplicates(
     assert (key, value) == (b"cust-a", b"not json at all")
     assert headers["x-dead-letter-reason"] == b"poison"
     assert headers["x-agent"] == b"analytics"
+
+
+async def test_a_dead_lettered_event_is_pending_and_its_replay_applies_once(
+    published: list[CustomerStatsUpdated], set_aside: SetAside, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.errors import NonRetryableError
+
+    lost = order_created("cust-p", total="4.00")
+    real_read = analytics.read_customer_stats
+    failing = {lost.event_id}
+
+    def read(customer_id: str) -> Any:
+        if failing:
+            failing.clear()
+            raise NonRetryableError("the handler's dependency refused it")
+        return real_read(customer_id)
+
+    monkeypatch.setattr(analytics, "read_customer_stats", read)
+    ids = [("event_id", lost.event_id.encode())]
+    async with analytics.customer_analytics.test_context() as agent:
+        await agent.put(encode(lost), key=b"cust-p", headers=ids)
+        [(topic, *_)] = set_aside
+        assert topic.endswith("dead-letters")
+        pending = read_customer_stats("cust-p")
+        assert pending is not None and lost.event_id in pending.pending
+        assert pending.order_count == 0
+        for replays in (b"1", b"2"):  # the replay, then a second replay of the same letter
+            await agent.put(encode(lost), key=b"cust-p", headers=[*ids, ("x-replays", replays)])
+        # a replay of an event never dead-lettered here (not pending) changes nothing
+        other = order_created("cust-p", total="9.00")
+        replay = [("event_id", other.event_id.encode()), ("x-replays", b"1")]
+        await agent.put(encode(other), key=b"cust-p", headers=replay)
+
+    stats = read_customer_stats("cust-p")
+    assert stats is not None and stats.order_count == 1 and stats.total_spent == Decimal("4.00")
+    assert stats.pending == {}
