@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,8 @@ class Secret:
         return hash(self._value)
 
 
-@dataclass(frozen=True)
+# repr=False: the generated repr would print DATABASE_URL's password (see __repr__).
+@dataclass(frozen=True, repr=False)
 class Settings:
     kafka_bootstrap_servers: str
     kafka_external: bool
@@ -115,6 +117,13 @@ class Settings:
     # How long the topics `python -m pipeline topics create` makes keep records (-1: forever).
     topic_retention_hours: int = 168
 
+    def __repr__(self) -> str:
+        """Every field, with the database URL's password masked (Secrets mask themselves):
+        settings end up in logs, tracebacks and debuggers."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["database_url"] = redact_url(self.database_url)
+        return f"Settings({', '.join(f'{name}={value!r}' for name, value in values.items())})"
+
     @property
     def web_is_loopback(self) -> bool:
         return is_loopback(self.web_host)
@@ -141,6 +150,35 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def web_bind_refusal(bind: str, api_token: Secret) -> str | None:
+    """Why the web server must not listen on ``bind``, or None when it may.
+
+    A server reachable from other machines must protect its write and admin endpoints (order
+    creation, replay, reconcile) with a token. ``bind`` is the address the server will really
+    listen on (Faust's ``web_bind`` once its options and environment are applied); an empty
+    one means every interface.
+    """
+    if is_loopback(bind) or api_token:
+        return None
+    return (
+        f"refusing to bind the web server to {bind or '*'!r} (reachable from other machines) "
+        "without PIPELINE_API_TOKEN: set PIPELINE_API_TOKEN to protect the write and admin "
+        "endpoints, or bind to 127.0.0.1 (PIPELINE_WEB_HOST, --web-bind, WEB_BIND)"
+    )
+
+
+# SQLAlchemy's own URL pattern takes the password up to an '@'; up to the last one here, so
+# that an unescaped '@' in a password cannot leave its tail showing.
+_URL_PASSWORD = re.compile(r"^(?P<head>[\w+]+://[^:/@]*:).*@")
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&](?:password|passwd|pwd|sslpassword)=)[^&]*", re.I)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (in the user part or the query) replaced by ``***``."""
+    url = _URL_PASSWORD.sub(r"\g<head>***@", url, count=1)
+    return _QUERY_PASSWORD.sub(r"\g<head>***", url)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:

@@ -64,6 +64,28 @@ def test_the_api_token_never_shows_in_reprs() -> None:
     assert not Secret("")
 
 
+@pytest.mark.parametrize(
+    ("url", "password"),
+    [
+        ("postgresql://pipeline:db-pa55word@db.internal:5432/orders?sslmode=require", "pa55word"),
+        ("postgresql://pipeline:p@ss%40word@db.internal/orders", "ss%40word"),
+        ("postgresql+asyncpg://pipeline@db.internal/orders?password=qs-pa55word", "pa55word"),
+        ("postgresql://:only-pa55word@db.internal/orders", "pa55word"),
+    ],
+)
+def test_no_secret_shows_in_the_settings_repr(url: str, password: str) -> None:
+    s = load_settings({
+        "DATABASE_URL": url, "PIPELINE_API_TOKEN": "t0ken-value",
+        "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_USERNAME": "pipeline",
+        "KAFKA_SASL_PASSWORD": "sasl-pa55",
+    })  # fmt: skip
+    assert s.database_url == normalize_database_url(url)  # the real value, for use
+    for shown in (repr(s), str(s), f"{s}", "%s" % (s,), f"{s!r}"):  # noqa: UP031
+        for secret in (password, "t0ken-value", "sasl-pa55"):
+            assert secret not in shown
+        assert "db.internal" in shown  # it still says which database
+
+
 def test_kafka_sasl_and_tls_settings_reach_every_client(tmp_path: Path) -> None:
     from pipeline.kafka_security import client_options, faust_credentials
 
