@@ -7,7 +7,7 @@ import sys
 
 def main() -> int:
     argv = sys.argv[1:]
-    from pipeline.cli import OUR_COMMANDS, build_parser, run, web_bind_refusal
+    from pipeline.cli import OUR_COMMANDS, build_parser, run
 
     if argv and argv[0] in OUR_COMMANDS:
         return run(argv)
@@ -18,16 +18,13 @@ def main() -> int:
 
     from pipeline.settings import SettingsError, load_settings
 
-    try:
-        settings = load_settings()
+    try:  # here, a bad setting is one line; from the app's import it would be a traceback
+        load_settings()
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if argv and argv[0] == "worker":
-        refusal = web_bind_refusal(settings, argv[1:])
-        if refusal:
-            print(f"error: {refusal}", file=sys.stderr)
-            return 2
+    # The web binding is checked where it takes effect, when the worker starts
+    # (pipeline.worker), not here: Faust accepts it in too many forms to read from argv.
     from pipeline.app import app
 
     app.main()

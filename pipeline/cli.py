@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pipeline.settings import Settings, SettingsError, is_loopback, load_settings
+from pipeline.settings import Settings, SettingsError, load_settings, redact_url
 
 OUR_COMMANDS = {"migrate", "kafka", "postgres", "demo", "dlt", "reconcile", "load", "stock",
                 "outbox", "topics", "forwarder"}  # fmt: skip
@@ -34,7 +34,8 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.db import migrate, schema_revision
 
     migrate(settings.database_url, args.revision)
-    print(f"schema at revision {schema_revision(settings.database_url)} ({_safe_url(settings)})")
+    revision = schema_revision(settings.database_url)
+    print(f"schema at revision {revision} ({redact_url(settings.database_url)})")
     return 0
 
 
@@ -124,12 +125,6 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
-def _safe_url(settings: Settings) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(settings.database_url).render_as_string(hide_password=True)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -196,23 +191,3 @@ def run(argv: Sequence[str]) -> int:
     handler = {"migrate": cmd_migrate, "kafka": cmd_kafka, "postgres": cmd_postgres,
                "reconcile": cmd_reconcile}  # fmt: skip
     return handler[args.command](settings, args)
-
-
-def web_bind_refusal(settings: Settings, argv: Sequence[str]) -> str | None:
-    """Why a worker must not start with this web binding, or None when it may.
-
-    A worker reachable from other machines must protect its write and admin endpoints.
-    """
-    bind = settings.web_host
-    for i, arg in enumerate(argv):
-        for flag in ("--web-bind", "-b", "--web-host", "-h"):
-            if flag.startswith("--") and arg.startswith(flag + "="):
-                bind = arg.split("=", 1)[1]
-            elif arg == flag and i + 1 < len(argv) and flag != "-h":
-                bind = argv[i + 1]
-    if is_loopback(bind) or settings.api_token:
-        return None
-    return (
-        f"refusing to bind the web server to {bind!r} without PIPELINE_API_TOKEN: set a token "
-        "for the write and admin endpoints, or bind to 127.0.0.1"
-    )

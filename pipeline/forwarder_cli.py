@@ -5,7 +5,8 @@ time. Where the order API and the agents should scale apart from publishing (the
 ``forwarder`` process type), run this process and start the workers with
 ``PIPELINE_FORWARDER_ENABLED=false``. It needs only ``DATABASE_URL`` and
 ``KAFKA_BOOTSTRAP_SERVERS``: no Faust, no tables. It serves ``/metrics`` and ``/healthz`` on
-``--web-port`` (bound to ``PIPELINE_WEB_HOST``), and stops on SIGTERM or Ctrl-C after its
+``--web-port`` (bound to ``PIPELINE_WEB_HOST``; beyond loopback only with
+``PIPELINE_API_TOKEN`` set, as a worker), and stops on SIGTERM or Ctrl-C after its
 current batch.
 
 With PostgreSQL it wakes on the NOTIFY sent with each order; with SQLite it polls every
@@ -19,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from datetime import timedelta
 
 from aiohttp import web
@@ -30,7 +32,7 @@ from pipeline.metrics import Metrics
 from pipeline.order_store import OrderStore
 from pipeline.outbox import OutboxForwarder, forwarder_for, producer_for
 from pipeline.outbox_store import OutboxStore
-from pipeline.settings import Settings
+from pipeline.settings import Settings, web_bind_refusal
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +51,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    # The same rule as a worker's web server (pipeline.worker), before anything starts.
+    refusal = web_bind_refusal(settings.web_host, settings.api_token)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=settings.log_level.upper().replace("WARN", "WARNING"))
     logs.configure(logging.root, settings.log_format)
     port = args.web_port or settings.web_port
     try:
         asyncio.run(serve(settings, port))
     except OSError as exc:
-        print(f"error: cannot serve on {settings.web_host}:{port}: {exc}")
+        print(f"error: cannot serve on {settings.web_host}:{port}: {exc}", file=sys.stderr)
         return 2
     return 0
 

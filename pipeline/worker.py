@@ -16,16 +16,29 @@ taking about 100 ms of the event loop, 3.9 to 5.0 s of CPU in all, 15-18% of the
 then gone before they are looked at), and once the worker has started, :func:`freeze_startup`
 moves what start-up built, which lives as long as the process, out of the collector's sight.
 Reference cycles are still collected, only less often; ``0`` leaves Python's defaults.
+
+Before anything starts, :func:`startup_problem` checks what Faust will really do, whatever
+the entry (``python -m pipeline worker``, ``faust -A pipeline.app worker``, a Procfile, the
+``orders-pipeline`` script): the web server's bind address once Faust has applied its options
+and environment (``-b``, ``--web-bind``, ``WEB_BIND``), refused beyond loopback without
+``PIPELINE_API_TOKEN``; and the directories the worker writes to, created with their parents
+(Faust's own ``mkdir`` creates no parents). A refused start prints one line and exits 2
+before any service has started, so the web server never listens.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 import faust
 
 from pipeline import logs
+from pipeline.settings import Settings, web_bind_refusal
 
 
 def tune_gc(young_threshold: int) -> None:
@@ -41,7 +54,53 @@ def freeze_startup(young_threshold: int) -> None:
         gc.freeze()
 
 
+def startup_problem(app: faust.App, settings: Settings) -> str | None:
+    """Why this worker must not start, or None once the directories it needs exist."""
+    conf = app.conf
+    if conf.web_enabled and conf.web_transport.scheme == "tcp":
+        refusal = web_bind_refusal(conf.web_bind, settings.api_token)
+        if refusal:
+            return refusal
+    return make_directories(worker_directories(settings, Path(conf.datadir)))
+
+
+def worker_directories(settings: Settings, datadir: Path) -> list[tuple[Path, str]]:
+    """The directories this worker writes to, each with the setting that places it."""
+    dirs = [(datadir, "PIPELINE_STATE_DIR")]
+    if "notifications" in settings.agents and not settings.smtp_host and settings.mailbox_dir:
+        dirs.append((settings.mailbox_dir, "PIPELINE_MAILBOX_DIR"))
+    # A directory placed by default under the data dir is the data dir's to fix.
+    return [
+        (path, "PIPELINE_DATA_DIR" if path.is_relative_to(settings.data_dir) else name)
+        for path, name in dirs
+    ]
+
+
+def make_directories(dirs: Iterable[tuple[Path, str]]) -> str | None:
+    """Create each directory with its parents; what to fix for the first that cannot be."""
+    for path, setting in dirs:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return (
+                f"cannot create the directory {path} ({setting}): {exc.strerror or exc}; "
+                f"point {setting} at a directory this worker can write to"
+            )
+    return None
+
+
 class Worker(faust.Worker):
+    def __init__(self, app: faust.App, *services: Any, **kwargs: Any) -> None:
+        # Faust's worker command has applied its options to app.conf by now (the app is
+        # configured before its worker is made), and nothing has started yet.
+        from pipeline.app import settings
+
+        problem = startup_problem(app, settings)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr, flush=True)
+            raise SystemExit(2)
+        super().__init__(app, *services, **kwargs)
+
     async def on_first_start(self) -> None:
         from pipeline.app import settings
 
