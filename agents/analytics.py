@@ -22,6 +22,7 @@ from pipeline.events import OrderCancelled, OrderCreated
 from pipeline.topics import agent_source, analytics_events_topic, analytics_revenue_topic, publish
 from tables import delivery
 from tables.customer_stats import (
+    applied_at,
     apply_event,
     milestone_events,
     note_dead_letter,
@@ -37,6 +38,7 @@ async def update_customer_stats(event: OrderCreated | OrderCancelled) -> None:
     stats, applied = apply_event(
         read_customer_stats(event.customer_id), event, delivery.horizon(),
         settings.lifetime_value_milestone, replayed=delivery.is_replay(),
+        position=delivery.position(),
     )  # fmt: skip
     if applied:
         await write_customer_stats(stats)
@@ -46,8 +48,12 @@ async def update_customer_stats(event: OrderCreated | OrderCancelled) -> None:
                   stats_updated_event(stats, event.event_id))  # fmt: skip
     for milestone in milestone_events(stats, event.event_id):
         await publish(analytics_events_topic, stats.customer_id, milestone)
-    revenue = revenue_record(event)
-    await publish(analytics_revenue_topic, "revenue", revenue, timestamp=revenue.occurred_at)
+    # Sent again on a repeat, with the position of the first application: the windows dedupe
+    # by it. A replay that changed nothing (not pending) has none left to send.
+    position = applied_at(stats, event.event_id)
+    if position is not None:
+        revenue = revenue_record(event, position)
+        await publish(analytics_revenue_topic, "revenue", revenue, timestamp=revenue.occurred_at)
 
 
 @app.agent(agent_source("analytics"), concurrency=1)

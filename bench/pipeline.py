@@ -38,6 +38,7 @@ from pipeline.events import OrderCreated, OrderLine, decode_order_event, encode
 from pipeline.settings import PROJECT_ROOT
 from tables.customer_stats import (
     CustomerStats,
+    applied_at,
     apply_event,
     milestone_events,
     revenue_record,
@@ -119,7 +120,9 @@ async def plain_loop(bootstrap: str, source: str, prefix: str, count: int) -> di
                     event = decode_order_event(record.value)
                     raw = db.get(record.key)
                     current = None if raw is None else CustomerStats.from_value(json.loads(raw))
-                    stats, applied = apply_event(current, event, horizon(record.timestamp // 1000))
+                    position = f"s{record.partition}@{record.offset}"
+                    stats, applied = apply_event(current, event, horizon(record.timestamp // 1000),
+                                                 position=position)  # fmt: skip
                     sends: list[tuple[str, bytes, bytes]] = []
                     if applied:
                         value = json.dumps(stats.to_value(), separators=(",", ":")).encode()
@@ -129,7 +132,10 @@ async def plain_loop(bootstrap: str, source: str, prefix: str, count: int) -> di
                     sends.append(("analytics.events", encode(update), record.key))
                     for milestone in milestone_events(stats, event.event_id):
                         sends.append(("analytics.events", encode(milestone), record.key))
-                    sends.append(("analytics.revenue", encode(revenue_record(event)), b"revenue"))
+                    first = applied_at(stats, event.event_id)
+                    if first is not None:
+                        revenue = encode(revenue_record(event, first))
+                        sends.append(("analytics.revenue", revenue, b"revenue"))
                     for topic, payload, key in sends:
                         futures.append(await producer.send(prefix + topic, payload, key=key))
                     processed += 1

@@ -242,6 +242,10 @@ class RevenueRecorded:
     amount: Decimal  # negative for a cancellation
     orders: int  # +1 for an order, -1 for a cancellation
     occurred_at: datetime
+    # Where the analytics agent first applied its cause ("s<partition>@<offset>" on the source
+    # topic, "r..." on its redelivery topic): repeats carry the same, and the revenue windows
+    # keep the highest offset per stream (tables.revenue). Empty in records written before it.
+    position: str = ""
 
 
 Event = (

@@ -50,8 +50,9 @@ class CustomerStats:
     total_spent: Decimal = ZERO
     first_order_at: datetime | None = None
     last_order_at: datetime | None = None
-    # ids of the events applied within the horizon -> their record time
-    seen: dict[str, int] = field(default_factory=dict)
+    # ids of the events applied within the horizon -> (record time, where it was applied:
+    # ``tables.delivery.position``, which the revenue windows dedupe by)
+    seen: dict[str, tuple[int, str]] = field(default_factory=dict)
     # milestone -> the event that reached it: each is reached once per customer, ever.
     milestones: dict[str, str] = field(default_factory=dict)
     # ids of events dead-lettered and not applied since -> when (replays apply only these)
@@ -77,7 +78,7 @@ class CustomerStats:
             "milestones": self.milestones,
             "clock": self.clock,
             "pending": self.pending,
-            "seen": self.seen,
+            "seen": {event_id: list(entry) for event_id, entry in self.seen.items()},
         }
 
     @classmethod
@@ -144,9 +145,11 @@ def reach_milestones(
     return stats if reached == stats.milestones else replace(stats, milestones=reached)
 
 
-def _seen(raw: Any) -> dict[str, int]:
+def _seen(raw: Any) -> dict[str, tuple[int, str]]:
     # Values written before the horizon held a list of ids; they count as seen at time 0.
-    return dict.fromkeys(raw, 0) if isinstance(raw, list) else dict(raw)
+    if isinstance(raw, list):
+        return dict.fromkeys(raw, (0, ""))
+    return {event_id: (int(entry[0]), str(entry[1])) for event_id, entry in raw.items()}
 
 
 def apply_event(
@@ -156,9 +159,11 @@ def apply_event(
     lifetime_value: Decimal = Decimal("1000.00"),
     *,
     replayed: bool = False,
+    position: str = "",
 ) -> tuple[CustomerStats, bool]:
     """Apply ``event`` once: returns the new stats and whether it changed anything.
-    ``replayed`` says the event comes from a dead-letter replay, applied only while pending."""
+    ``replayed`` says the event comes from a dead-letter replay, applied only while pending;
+    ``position`` is where the record was read (kept with its id, see ``revenue_record``)."""
     current = stats if stats is not None else CustomerStats(customer_id=event.customer_id)
     event_id = event.event_id
     if event_id in current.seen or (replayed and event_id not in current.pending):
@@ -169,7 +174,11 @@ def apply_event(
     else:
         updated = apply_order_cancelled(current, event)
     updated = reach_milestones(updated, event_id, lifetime_value)
-    seen = {**prune_times(current.seen, h.cutoff), event_id: h.now}
+    cutoff = h.cutoff
+    seen = current.seen
+    if seen and min(at for at, _ in seen.values()) < cutoff:
+        seen = {k: entry for k, entry in seen.items() if entry[0] >= cutoff}
+    seen = {**seen, event_id: (h.now, position)}
     pending = current.pending
     if event_id in pending or (pending and min(pending.values()) < h.replay_cutoff):
         pending = prune_times(
@@ -201,9 +210,16 @@ def milestone_events(stats: CustomerStats, cause_event_id: str) -> list[Mileston
     ]
 
 
-def revenue_record(event: OrderEvent) -> RevenueRecorded:
+def applied_at(stats: CustomerStats, event_id: str) -> str | None:
+    """Where ``event_id`` was first applied, while the horizon remembers it."""
+    entry = stats.seen.get(event_id)
+    return None if entry is None or not entry[1] else entry[1]
+
+
+def revenue_record(event: OrderEvent, position: str) -> RevenueRecorded:
     """Net revenue, in the window of the time the event happened (a cancellation subtracts
-    in the window it happened in)."""
+    in the window it happened in). ``position`` is where the event was first applied: a
+    repeat of the record carries the same, which is what the revenue windows dedupe by."""
     created = isinstance(event, OrderCreated)
     return RevenueRecorded(
         event_id=derived_event_id(event.event_id, RevenueRecorded.event_type),
@@ -211,6 +227,7 @@ def revenue_record(event: OrderEvent) -> RevenueRecorded:
         amount=event.total if created else -event.total,
         orders=1 if created else -1,
         occurred_at=event.created_at if isinstance(event, OrderCreated) else event.cancelled_at,
+        position=position,
     )
 
 

@@ -29,6 +29,14 @@ def horizon(message: Any | None = None) -> Horizon:
     return Horizon(now, settings.dedupe_horizon_seconds, settings.replay_max_age_seconds)
 
 
+def position(message: Any | None = None) -> str:
+    """Where the record was read, ``"<s|r><partition>@<offset>"``: ``s`` for the agent's source
+    topic, ``r`` for its redelivery topic (retries and replays), each read in offset order."""
+    message = current_message() if message is None else message
+    stream = "r" if ".redeliver." in f".{message.topic}" else "s"
+    return f"{stream}{message.partition}@{message.offset}"
+
+
 def event_id(message: Any) -> str | None:
     """The record's event id, from the ``event_id`` header every producer of ours sets (the
     value may be what failed to decode)."""

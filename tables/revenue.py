@@ -1,14 +1,20 @@
 """Revenue per tumbling window: a Faust windowed table on the one-partition revenue topic.
 
-Each window's value holds its net revenue, its net order count and the ids of the revenue
-records applied to it (the dedupe state, in the same value). Windows are assigned by the
-record's Kafka timestamp, which the analytics agent sets to the time the order was created or
-cancelled; they expire after ``PIPELINE_REVENUE_WINDOW_EXPIRES_SECONDS``.
+Each window's value holds its net revenue, its net order count and, per stream the analytics
+agent reads (each partition of its source topic and of its redelivery topic), the highest
+offset whose revenue record it applied (``marks``). A revenue record carries the position at
+which the analytics agent first applied its cause, and every repeat of it (a crash, a
+forwarder duplicate, a redelivery) carries the same position; the agent reads each stream in
+offset order and sends its records in that order to this one partition, so a record at or
+below its stream's mark is a repeat. The value's size is bounded by the number of streams,
+whatever the number of records. Windows are assigned by the record's Kafka timestamp, which
+the analytics agent sets to the time the order was created or cancelled, and which retries and
+replays keep; they expire after ``PIPELINE_REVENUE_WINDOW_EXPIRES_SECONDS``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -23,27 +29,43 @@ REVENUE_KEY = "revenue"
 class Window:
     revenue: Decimal = Decimal("0.00")
     orders: int = 0
-    seen: tuple[str, ...] = ()
+    # stream ("s3": source partition 3, "r3": redelivery partition 3) -> highest offset applied
+    marks: dict[str, int] = field(default_factory=dict)
 
     def to_value(self) -> dict[str, Any]:
-        return {"revenue": money(self.revenue), "orders": self.orders, "seen": list(self.seen)}
+        return {"revenue": money(self.revenue), "orders": self.orders, "marks": self.marks}
 
     @classmethod
     def from_value(cls, value: dict[str, Any] | None) -> Window:
         if not value:
             return cls()
-        return cls(Decimal(value["revenue"]), value["orders"], tuple(value["seen"]))
+        # Values written before the marks held the ids applied; their records are long past.
+        return cls(Decimal(value["revenue"]), value["orders"], dict(value.get("marks", {})))
+
+
+def parse_position(position: str) -> tuple[str, int] | None:
+    stream, at, offset = position.partition("@")
+    if not at or not stream or not offset.isdigit():
+        return None
+    return stream, int(offset)
 
 
 def apply_revenue(window: Window, record: RevenueRecorded) -> tuple[Window, bool]:
-    if record.event_id in window.seen:
-        return window, False
+    """Add ``record`` once: a record at or below its stream's mark is a repeat. A record with
+    no position (sent before positions existed) is added."""
+    parsed = parse_position(record.position)
+    marks = window.marks
+    if parsed is not None:
+        stream, offset = parsed
+        if offset <= marks.get(stream, -1):
+            return window, False
+        marks = {**marks, stream: offset}
     return (
         replace(
             window,
             revenue=window.revenue + record.amount,
             orders=window.orders + record.orders,
-            seen=(*window.seen, record.event_id),
+            marks=marks,
         ),
         True,
     )

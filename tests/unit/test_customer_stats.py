@@ -62,7 +62,7 @@ def test_a_retry_with_its_original_older_time_does_not_run_the_clock_back() -> N
     stats, _ = apply_event(None, order_created(), at(100))
     retried = order_created()
     stats, _ = apply_event(stats, retried, at(50))
-    assert stats.clock == NOW + 100 and stats.seen[retried.event_id] == NOW + 100
+    assert stats.clock == NOW + 100 and stats.seen[retried.event_id][0] == NOW + 100
 
 
 def test_a_dead_letter_replay_applies_once_however_late() -> None:
@@ -138,7 +138,7 @@ def test_a_value_written_before_the_horizon_still_reads() -> None:
     old = {"customer_id": "c", "order_count": 1, "cancelled_count": 0, "total_spent": "1.00",
            "first_order_at": None, "last_order_at": None, "seen": ["e1"]}  # fmt: skip
     stats = CustomerStats.from_value(old)
-    assert stats.seen == {"e1": 0} and stats.pending == {} and stats.clock == 0
+    assert stats.seen == {"e1": (0, "")} and stats.pending == {} and stats.clock == 0
 
 
 def test_derived_event_id_comes_from_its_cause() -> None:

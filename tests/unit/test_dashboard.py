@@ -129,7 +129,7 @@ def test_dead_letters_are_counted_per_reason_most_first() -> None:
 def test_read_figures_skips_the_dedupe_ids_and_agrees_with_the_public_view() -> None:
     stats = CustomerStats(
         'odd,"seen":[id', order_count=3, cancelled_count=1, total_spent=Decimal("12.30"),
-        seen={f"event-{n}": n for n in range(1000)}, milestones={"first_order": "x"},
+        seen={f"event-{n}": (n, f"s0@{n}") for n in range(1000)}, milestones={"first_order": "x"},
     )  # fmt: skip
     raw = json.dumps(stats.to_value(), separators=(",", ":")).encode()
     got = CustomerFigures.from_json(read_figures(raw))

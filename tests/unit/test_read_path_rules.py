@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -104,11 +105,32 @@ def test_milestones_are_reached_once_per_customer() -> None:
 
 def test_revenue_windows_add_orders_and_subtract_cancellations_once() -> None:
     created = order_created(total="20.00")
-    w, _ = apply_revenue(Window(), revenue_record(created))
-    w, applied = apply_revenue(w, revenue_record(created))
+    w, _ = apply_revenue(Window(), revenue_record(created, "s0@10"))
+    w, applied = apply_revenue(w, revenue_record(created, "s0@10"))
     assert not applied and (w.revenue, w.orders) == (Decimal("20.00"), 1)
-    w, _ = apply_revenue(w, revenue_record(order_cancelled(created)))
+    w, _ = apply_revenue(w, revenue_record(order_cancelled(created), "s0@11"))
     assert (w.revenue, w.orders) == (Decimal("0.00"), 0)
+
+
+def test_a_revenue_window_stays_small_and_exact_whatever_its_record_count() -> None:
+    # The window kept every record id and rewrote them all per record: quadratic, and past
+    # 1 MB at ~25k records. Now it keeps one mark per stream.
+    w = Window()
+    for offset in range(100_000):
+        stream = f"s{offset % 4}"
+        w, _ = apply_revenue(w, revenue_record(order_created(total="1.00"), f"{stream}@{offset}"))
+        if offset % 1000 == 0:  # a repeat from any point of the stream changes nothing
+            w, applied = apply_revenue(
+                w, revenue_record(order_created(total="1.00"), f"{stream}@{offset}")
+            )
+            assert not applied
+    assert (w.revenue, w.orders) == (Decimal("100000.00"), 100_000)
+    assert len(json.dumps(w.to_value())) < 200
+    # a retried event, applied later through the redelivery topic, counts once too
+    late = order_created(total="5.00")
+    w, applied = apply_revenue(w, revenue_record(late, "r2@0"))
+    w, again = apply_revenue(w, revenue_record(late, "r2@0"))
+    assert applied and not again and w.revenue == Decimal("100005.00")
 
 
 def test_the_mailbox_delivers_each_event_once(tmp_path: Path) -> None:
