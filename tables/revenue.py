@@ -31,16 +31,28 @@ class Window:
     orders: int = 0
     # stream ("s3": source partition 3, "r3": redelivery partition 3) -> highest offset applied
     marks: dict[str, int] = field(default_factory=dict)
+    # ids of records dead-lettered here and not applied since: a replay applies only these
+    pending: tuple[str, ...] = ()
 
     def to_value(self) -> dict[str, Any]:
-        return {"revenue": money(self.revenue), "orders": self.orders, "marks": self.marks}
+        value: dict[str, Any] = {
+            "revenue": money(self.revenue), "orders": self.orders, "marks": self.marks
+        }  # fmt: skip
+        if self.pending:
+            value["pending"] = list(self.pending)
+        return value
 
     @classmethod
     def from_value(cls, value: dict[str, Any] | None) -> Window:
         if not value:
             return cls()
         # Values written before the marks held the ids applied; their records are long past.
-        return cls(Decimal(value["revenue"]), value["orders"], dict(value.get("marks", {})))
+        return cls(
+            Decimal(value["revenue"]),
+            value["orders"],
+            dict(value.get("marks", {})),
+            tuple(value.get("pending", ())),
+        )
 
 
 def parse_position(position: str) -> tuple[str, int] | None:
@@ -50,12 +62,22 @@ def parse_position(position: str) -> tuple[str, int] | None:
     return stream, int(offset)
 
 
-def apply_revenue(window: Window, record: RevenueRecorded) -> tuple[Window, bool]:
+def apply_revenue(
+    window: Window, record: RevenueRecorded, *, replayed: bool = False
+) -> tuple[Window, bool]:
     """Add ``record`` once: a record at or below its stream's mark is a repeat. A record with
-    no position (sent before positions existed) is added."""
+    no position (sent before positions existed) is added. A dead-letter replay is added only
+    while its id is pending here (its stream has moved on since)."""
     parsed = parse_position(record.position)
     marks = window.marks
-    if parsed is not None:
+    pending = window.pending
+    if replayed or record.event_id in pending:
+        if record.event_id not in pending:
+            return window, False
+        pending = tuple(p for p in pending if p != record.event_id)
+        if parsed is not None and parsed[1] > marks.get(parsed[0], -1):
+            marks = {**marks, parsed[0]: parsed[1]}
+    elif parsed is not None:
         stream, offset = parsed
         if offset <= marks.get(stream, -1):
             return window, False
@@ -66,9 +88,18 @@ def apply_revenue(window: Window, record: RevenueRecorded) -> tuple[Window, bool
             revenue=window.revenue + record.amount,
             orders=window.orders + record.orders,
             marks=marks,
+            pending=pending,
         ),
         True,
     )
+
+
+def set_aside(window: Window, record_id: str) -> Window:
+    """Note a dead-lettered record as pending in its window, so its replay adds it once.
+    Bounded by the window's own life: windows expire."""
+    if record_id in window.pending:
+        return window
+    return replace(window, pending=(*window.pending, record_id))
 
 
 revenue_table = (

@@ -32,7 +32,7 @@ from tables.order_progress import (
     decision_event,
     settled,
 )
-from tables.revenue import Window, apply_revenue
+from tables.revenue import Window, apply_revenue, set_aside
 from tests.conftest import T0, order_cancelled, order_created
 
 H = Horizon(int(T0.timestamp()), 300, 86400)
@@ -144,3 +144,13 @@ def test_the_mailbox_delivers_each_event_once(tmp_path: Path) -> None:
     files = list(tmp_path.iterdir())
     assert [f.name for f in files] == ["evt-1.eml"]
     assert "Message-ID: <evt-1@orders-pipeline>" in files[0].read_text()
+
+
+def test_a_dead_lettered_revenue_record_replays_once_after_its_stream_moved_on() -> None:
+    lost = revenue_record(order_created(total="3.00"), "s1@5")
+    w = set_aside(Window(), lost.event_id)
+    w, _ = apply_revenue(w, revenue_record(order_created(total="1.00"), "s1@9"))
+    w, applied = apply_revenue(w, lost, replayed=True)
+    w, again = apply_revenue(w, lost, replayed=True)
+    assert applied and not again and (w.revenue, w.orders, w.pending) == (Decimal("4.00"), 2, ())
+    assert Window.from_value(w.to_value()) == w
