@@ -11,12 +11,14 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from pipeline.db import migrate
 from pipeline.events import encode
@@ -67,6 +69,29 @@ def _lines(path: Path) -> list[str]:
 
 def _send(factory: WorkerFactory, topic: str, *records: tuple[bytes, bytes]) -> None:
     asyncio.run(produce(factory.bootstrap, factory.topic(topic), list(records)))
+
+
+async def _produce_at(bootstrap: str, topic: str, timestamp_ms: int, key: bytes,
+                      value: bytes) -> None:  # fmt: skip
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value, key=key, timestamp_ms=timestamp_ms)
+    finally:
+        await producer.stop()
+
+
+def _an_hour_ago_ms() -> int:
+    """A record time no redelivery could be stamped with by accident, with milliseconds that
+    a conversion through float seconds gets wrong when it truncates."""
+    return (int(time.time()) - 3600) * 1000 + 123
+
+
+def _copies(factory: WorkerFactory, topic: str, value: bytes) -> list[Any]:
+    """The records in ``topic`` with ``value``, read with a plain consumer."""
+    records = asyncio.run(consume(factory.bootstrap, factory.topic(topic), count=10_000,
+                                  timeout=5))  # fmt: skip
+    return [r for r in records if r.value == value]
 
 
 def _order(faults: Path, fault: str | None = None, customer: str | None = None) -> Any:
@@ -264,3 +289,46 @@ def _cli(factory: WorkerFactory, *args: str) -> subprocess.CompletedProcess[str]
         [sys.executable, "-m", "pipeline", *args], cwd=PROJECT_ROOT, env=env,
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
+
+
+def test_a_retried_record_goes_round_with_its_original_timestamp(
+    setup: tuple[WorkerFactory, Worker, Path],
+) -> None:
+    """Windows by record time must count a retried record where its first delivery went."""
+    factory, _, faults = setup
+    flaky = _order(faults, "4")  # through retry topic 1 and back, then retry topic 2 and back
+    first_sent = _an_hour_ago_ms()
+    asyncio.run(_produce_at(factory.bootstrap, factory.topic("faulty.in"), first_sent,
+                            flaky.customer_id.encode(), encode(flaky)))  # fmt: skip
+    wait_for(lambda: flaky.event_id in _lines(faults / "effects.log"), 90, "the retried event")
+
+    copies = {topic: _copies(factory, topic, encode(flaky))
+              for topic in ("retry.1", "retry.2", "redeliver.faulty")}  # fmt: skip
+    assert {topic: len(found) for topic, found in copies.items()} == {
+        "retry.1": 1, "retry.2": 1, "redeliver.faulty": 2}  # fmt: skip
+    for topic, found in copies.items():
+        assert [r.timestamp for r in found] == [first_sent] * len(found), topic
+
+
+def test_a_dead_letter_replayed_twice_keeps_its_original_timestamp(
+    setup: tuple[WorkerFactory, Worker, Path],
+) -> None:
+    """Both replays land in the window of the first delivery, whose ids dedupe the second."""
+    factory, worker, faults = setup
+    broken = _order(faults, "permanent")
+    first_sent = _an_hour_ago_ms()
+    asyncio.run(_produce_at(factory.bootstrap, factory.topic("faulty.in"), first_sent,
+                            broken.customer_id.encode(), encode(broken)))  # fmt: skip
+    for round_no in (1, 2):
+        wait_for(lambda n=round_no: len(_dead_letters(worker, event_id=broken.event_id)) == n,
+                 30, f"dead letter {round_no}")  # fmt: skip
+        status, body = worker.post("/dead-letters/replay", {"event_id": broken.event_id})
+        assert status == 200 and len(body["replayed"]) == 1, body
+    letters = wait_for(lambda: (d := _dead_letters(worker, event_id=broken.event_id))
+                       and len(d) == 3 and d, 30, "dead letter 3")  # fmt: skip
+    assert {d["original"]["timestamp"] for d in letters} == {first_sent / 1000}
+
+    replayed = _copies(factory, "redeliver.faulty", encode(broken))
+    dead = _copies(factory, "dead-letters", encode(broken))
+    assert [r.timestamp for r in replayed] == [first_sent] * 2
+    assert [r.timestamp for r in dead] == [first_sent] * 3
