@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
-from aiokafka.errors import KafkaError
+from aiokafka.errors import InvalidTimestampError, KafkaError
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from pipeline import errors, logs
@@ -231,6 +231,13 @@ async def send_reliably(
             await delivery
             return
         except KafkaError as exc:
+            if isinstance(exc, InvalidTimestampError) and timestamp_ms is not None:
+                # A topic with message.timestamp.before.max.ms refuses an old original time
+                # for good; the x-original-timestamp header still carries it.
+                log.warning("%s refused timestamp %d (%r); sending with the current time",
+                            topic, timestamp_ms, exc)  # fmt: skip
+                timestamp_ms = None
+                continue
             log.warning("sending to %s failed (%r), retrying in %.1fs", topic, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)

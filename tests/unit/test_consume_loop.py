@@ -10,7 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from aiokafka.errors import KafkaTimeoutError
+from aiokafka.errors import InvalidTimestampError, KafkaTimeoutError
 
 from pipeline import consume
 from pipeline.events import encode
@@ -66,19 +66,25 @@ async def test_a_handled_event_is_not_kept_alive_while_the_next_is_awaited() -> 
 
 
 class Producer:
-    """aiokafka's producer as ``send_reliably`` uses it; the first ``fail`` sends raise."""
+    """aiokafka's producer as ``send_reliably`` uses it; the first ``fail`` sends raise, and
+    the broker refuses timestamps before ``oldest_ms`` as it does with
+    ``message.timestamp.before.max.ms``."""
 
-    def __init__(self, fail: int = 0) -> None:
+    def __init__(self, fail: int = 0, oldest_ms: int = 0) -> None:
         self.fail = fail
+        self.oldest_ms = oldest_ms
         self.sent: list[dict[str, Any]] = []
 
     async def send(self, topic: str, value: bytes | None, **kwargs: Any) -> asyncio.Future[None]:
         if self.fail:
             self.fail -= 1
             raise KafkaTimeoutError("no metadata yet")
-        self.sent.append({"topic": topic, "value": value, **kwargs})
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
+        if (kwargs["timestamp_ms"] or self.oldest_ms) < self.oldest_ms:
+            done.set_exception(InvalidTimestampError())
+        else:
+            self.sent.append({"topic": topic, "value": value, **kwargs})
+            done.set_result(None)
         return done
 
 
@@ -95,3 +101,15 @@ async def test_send_reliably_sends_the_exact_timestamp_it_is_given(
     assert first == {"topic": "t.retry.1", "value": b"v", "key": b"k", "partition": 2,
                      "timestamp_ms": ms, "headers": [("x-a", b"1")]}  # fmt: skip
     assert tombstone["value"] == b"" and tombstone["timestamp_ms"] is None
+
+
+async def test_a_time_the_broker_refuses_as_too_old_is_replaced_by_the_current_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Else a replay of an old dead letter to a topic with message.timestamp.before.max.ms
+    would be retried for ever, and the agent or holder sending it would stall."""
+    producer = Producer(oldest_ms=1_800_000_000_000)
+    monkeypatch.setattr(consume, "kafka_producer", lambda: producer)
+    await consume.send_reliably("t.redeliver.revenue", b"k", b"v", [], timestamp_ms=1)
+    [sent] = producer.sent
+    assert sent["timestamp_ms"] is None
