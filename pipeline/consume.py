@@ -221,6 +221,7 @@ async def send_reliably(
     """
     if key is None and value is None:
         value = b""  # Kafka holds a record with neither (a tombstone); aiokafka sends none
+    timestamp_ms = _kept_by_retention(timestamp_ms)
     delay = 0.2
     while True:
         try:
@@ -241,6 +242,18 @@ async def send_reliably(
             log.warning("sending to %s failed (%r), retrying in %.1fs", topic, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+def _kept_by_retention(timestamp_ms: int | None) -> int | None:
+    """``timestamp_ms``, or None (now) when it is older than half the topics' retention: Kafka
+    deletes a segment whose newest record is older than ``retention.ms``, the active segment
+    too, so a replay of an old dead letter stamped with its original time could be deleted
+    before its agent reads it. Such a record is far past any window it could be counted in."""
+    hours = settings.topic_retention_hours
+    if timestamp_ms is None or hours < 0:
+        return timestamp_ms
+    oldest_ms = (time.time() - hours * 1800) * 1000
+    return timestamp_ms if timestamp_ms >= oldest_ms else None
 
 
 def _count_handled(message: Any, agent: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 import weakref
 from types import SimpleNamespace
 from typing import Any
@@ -93,7 +94,7 @@ async def test_send_reliably_sends_the_exact_timestamp_it_is_given(
 ) -> None:
     producer = Producer(fail=1)
     monkeypatch.setattr(consume, "kafka_producer", lambda: producer)
-    ms = 1_700_000_000_123
+    ms = (int(time.time()) - 3600) * 1000 + 123
     await consume.send_reliably("t.retry.1", b"k", b"v", [("x-a", b"1")], partition=2,
                                 timestamp_ms=ms)  # fmt: skip
     await consume.send_reliably("t.dead-letters", None, None, [])
@@ -108,8 +109,25 @@ async def test_a_time_the_broker_refuses_as_too_old_is_replaced_by_the_current_o
 ) -> None:
     """Else a replay of an old dead letter to a topic with message.timestamp.before.max.ms
     would be retried for ever, and the agent or holder sending it would stall."""
-    producer = Producer(oldest_ms=1_800_000_000_000)
+    now_ms = int(time.time() * 1000)
+    producer = Producer(oldest_ms=now_ms - 60_000)
     monkeypatch.setattr(consume, "kafka_producer", lambda: producer)
-    await consume.send_reliably("t.redeliver.revenue", b"k", b"v", [], timestamp_ms=1)
+    await consume.send_reliably("t.redeliver.revenue", b"k", b"v", [],
+                                timestamp_ms=now_ms - 3_600_000)  # fmt: skip
     [sent] = producer.sent
     assert sent["timestamp_ms"] is None
+
+
+async def test_a_time_retention_would_delete_at_once_is_replaced_by_the_current_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Kafka deletes a segment whose newest record is past retention.ms: an original time that
+    old would lose the replay before its agent read it."""
+    producer = Producer()
+    monkeypatch.setattr(consume, "kafka_producer", lambda: producer)
+    now_ms = int(time.time() * 1000)
+    hour = 3_600_000
+    retention = consume.settings.topic_retention_hours * hour
+    for sent_at in (now_ms - hour, now_ms - retention):
+        await consume.send_reliably("t.redeliver.revenue", b"k", b"v", [], timestamp_ms=sent_at)
+    assert [s["timestamp_ms"] for s in producer.sent] == [now_ms - hour, None]
