@@ -245,15 +245,16 @@ async def send_reliably(
 
 
 def _kept_by_retention(timestamp_ms: int | None) -> int | None:
-    """``timestamp_ms``, or None (now) when it is older than half the topics' retention: Kafka
-    deletes a segment whose newest record is older than ``retention.ms``, the active segment
-    too, so a replay of an old dead letter stamped with its original time could be deleted
-    before its agent reads it. Such a record is far past any window it could be counted in."""
+    """``timestamp_ms``, or None (now) when the topics' retention would delete it within a day
+    (within half the retention, if that is shorter): Kafka deletes a segment whose newest
+    record is older than ``retention.ms``, the active segment too, so a replay of an old dead
+    letter stamped with its original time could be gone before its agent reads it. Such a
+    record is far past any window it could be counted in."""
     hours = settings.topic_retention_hours
     if timestamp_ms is None or hours < 0:
         return timestamp_ms
-    oldest_ms = (time.time() - hours * 1800) * 1000
-    return timestamp_ms if timestamp_ms >= oldest_ms else None
+    keep_seconds = max(hours * 3600 - 86400, hours * 1800)
+    return timestamp_ms if timestamp_ms >= (time.time() - keep_seconds) * 1000 else None
 
 
 def _count_handled(message: Any, agent: str) -> None:
