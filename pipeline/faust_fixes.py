@@ -68,6 +68,27 @@ SIGSTOP scenario: half of two customers' orders missing from their stats).
 :func:`_on_changelog_sent` keeps the mark when an acknowledged offset is not the next one after
 it — somebody else wrote in between — so the next recovery reads those records.
 
+Offsets committed over failed sends (same version, ``Consumer._commit_offsets``): before it
+commits offsets Faust flushes the producer, but aiokafka's ``flush`` only waits for the
+in-flight batches; it does not say whether they were delivered. A record the broker refuses
+for good (over the topic's ``max.message.bytes``, say) fails its own future, which Faust's
+table path and our sends only logged, and the offset of the event that caused it was committed
+anyway: the derived event or the table's changelog record was lost. Every record sent for an
+event — :func:`pipeline.topics.publish`, ``tables.versions`` and Faust's own table changelog
+(:func:`_tracked_send_changelog`) — is held here (:func:`track_delivery`) until its future
+settles, a dict entry and a done callback per record, nothing more on the hot path. The offset
+commit itself (:func:`_commit`, after Faust's flush) refuses once any of them has failed, and
+crashes the consumer with :class:`DeliveryFailed` naming the topic and the error, so the worker
+stops loudly and the uncommitted events are handled again by whoever owns them next. Refusing
+every later commit too, not only the failed record's partition, is deliberate: a worker whose
+records are refused cannot do its job and must be looked at (the restarted worker re-sends
+what it already applied, ``tables.versions.resend``), and a refusal that is not sticky would be
+lost by the commit Faust makes as the worker stops. A failure the producer raises at once, in
+``send`` (aiokafka refuses a record over ``max_request_size`` before it is sent), reaches the
+agent's failure policy instead; Faust's buffer, which would leave such a record's future
+pending for good, fails it (:class:`DrainingProducerBuffer`). Not covered: the
+``exactly_once`` transaction path, which commits through the producer and which we do not use.
+
 Livelock check reading a position that is being reset (same version, with aiokafka 0.14,
 ``AIOKafkaConsumerThread.verify_event_path``): every 2.5 commit intervals Faust checks that
 each assigned partition is still being fetched and handled, and reads the partition's fetch
@@ -127,6 +148,10 @@ class DrainingProducerBuffer(faust_producer.ProducerBuffer):
         self.in_flight += 1
         try:
             await super()._send_pending(fut)
+        except BaseException as exc:
+            if not fut.done():  # else it would stay pending, its failure known to nobody
+                fut.set_exception(exc)
+            raise
         finally:
             self.in_flight -= 1
 
@@ -293,6 +318,95 @@ def move_recovery_mark(table: Any, tp: Any, offsets: Iterable[int]) -> None:
         table.data.set_persisted_offset(tp, mark)
 
 
+class DeliveryFailed(Exception):
+    """A record sent for an event was not delivered: no offset is committed any more."""
+
+
+# The futures of records sent for events, until they settle, with the topic each went to;
+# and the first failure (sticky: the worker stops).
+_unsettled: dict[asyncio.Future[Any], str] = {}
+_failures: list[DeliveryFailed] = []
+
+# How long a commit waits for records still in flight after Faust's flush: the records of the
+# events it covers were flushed already (at most a callback away from settled); later ones are
+# only given a moment and are checked by the next commit.
+SETTLE_SECONDS = 1.0
+
+
+def track_delivery(delivery: asyncio.Future[Any], topic: str) -> None:
+    """Hold ``delivery``, a record sent to ``topic`` for the event being handled, until it
+    settles; no offset is committed once one such record has failed."""
+    _unsettled[delivery] = topic
+    delivery.add_done_callback(settle_delivery)
+
+
+def expect_delivery(delivery: asyncio.Future[Any], topic: str) -> None:
+    """:func:`track_delivery` for a sender whose own done callback calls
+    :func:`settle_delivery` (one callback per record instead of two)."""
+    _unsettled[delivery] = topic
+
+
+def settle_delivery(delivery: asyncio.Future[Any]) -> bool:
+    """Forget the settled ``delivery``, recording its failure; True if it was delivered."""
+    topic = _unsettled.pop(delivery, None)
+    error = asyncio.CancelledError() if delivery.cancelled() else delivery.exception()
+    if error is None:
+        return True
+    if topic is not None and not _failures:
+        failure = DeliveryFailed(
+            f"a record sent to {topic} was not delivered ({error!r}): no offset is committed "
+            "any more, so the events since the last commit are handled again after a restart; "
+            "stopping the worker"
+        )
+        failure.__cause__ = error
+        _failures.append(failure)
+        log.error("%s", failure)
+    return False
+
+
+async def _undelivered() -> DeliveryFailed | None:
+    """After Faust's flush: the first failure of a record sent so far, if any."""
+    if _unsettled:
+        waiting = [delivery for delivery in _unsettled if not delivery.done()]
+        if waiting:
+            await asyncio.wait(waiting, timeout=SETTLE_SECONDS)
+        for delivery in [delivery for delivery in _unsettled if delivery.done()]:
+            settle_delivery(delivery)  # its own callback may not have run yet
+    return _failures[0] if _failures else None
+
+
+STOCK_COMMIT = faust_consumer.ThreadDelegateConsumer._commit
+
+
+async def _commit(self: Any, offsets: Mapping[TP, int]) -> bool:
+    """Faust's offset commit (after its flush), refused once a record sent for an event was not
+    delivered: the consumer crashes and the worker stops (see above)."""
+    failure = await _undelivered()
+    if failure is not None:
+        await self.crash(failure)
+        return False
+    did_commit: bool = await STOCK_COMMIT(self, offsets)
+    return did_commit
+
+
+STOCK_SEND_CHANGELOG = faust_tables.Collection.send_changelog
+
+
+def _tracked_send_changelog(
+    self: Any,
+    partition: int | None,
+    key: Any,
+    value: Any,
+    key_serializer: Any = None,
+    value_serializer: Any = None,
+) -> Any:
+    """Faust's ``send_changelog`` (``table[key] = value``, ``del table[key]``), with the record
+    held until it is delivered like the records our tables send themselves."""
+    record = STOCK_SEND_CHANGELOG(self, partition, key, value, key_serializer, value_serializer)
+    track_delivery(record, self.changelog_topic.get_topic_name())
+    return record
+
+
 STOCK_VERIFY_EVENT_PATH = faust_aiokafka.AIOKafkaConsumerThread.verify_event_path
 
 
@@ -382,6 +496,8 @@ def install() -> None:
     faust_consumer.Consumer.on_partitions_revoked = _on_partitions_revoked  # type: ignore[method-assign]
     faust_aiokafka.AIOKafkaConsumerThread.seek_to_committed = _seek_to_committed  # type: ignore[method-assign,assignment]
     faust_tables.Collection._on_changelog_sent = _on_changelog_sent  # type: ignore[method-assign]
+    faust_tables.Collection.send_changelog = _tracked_send_changelog  # type: ignore[method-assign]
+    faust_consumer.ThreadDelegateConsumer._commit = _commit  # type: ignore[method-assign]
     faust_aiokafka.AIOKafkaConsumerThread.verify_event_path = _verify_event_path  # type: ignore[method-assign]
     faust_consumer.Consumer.wait_first = _wait_first  # type: ignore[method-assign]
     faust_topics.Topic._get_producer = _get_producer  # type: ignore[method-assign]

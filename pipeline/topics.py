@@ -7,13 +7,14 @@ Faust producer). Topics that are read by key-partitioned tables share the partit
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import datetime
 from typing import Any
 
 import faust
+from faust.streams import current_event
 
+from pipeline import faust_fixes
 from pipeline.app import app, settings
 from pipeline.events import Event, encode
 
@@ -123,17 +124,25 @@ async def publish(
 
     Goes straight to the app's Kafka client (:func:`kafka_producer`) rather than
     ``Topic.send``: the channel machinery around ``Topic.send`` cost more CPU than the send
-    itself in our profile. Delivery is still covered: Faust flushes this producer before it
-    commits the offsets of the events that caused these sends.
+    itself in our profile. Inside an agent this returns once the record is queued, and its
+    delivery is checked before the offset of the event that caused it is committed
+    (:func:`pipeline.faust_fixes.track_delivery`): a record the broker refuses stops the
+    worker with that offset uncommitted. Outside an agent (an HTTP view) there is no offset to
+    hold back, so this waits for the broker and raises its refusal to the caller. A record the
+    client refuses at once (over ``max_request_size``) raises here in either case.
     """
+    name = topic.get_topic_name()
     delivery = await kafka_producer().send(
-        topic.get_topic_name(),
+        name,
         encode(event),
         key=key.encode(),
         timestamp_ms=None if timestamp is None else int(timestamp.timestamp() * 1000),
         headers=[("event_id", event.event_id.encode()), ("event_type", event.event_type.encode())],
     )
-    delivery.add_done_callback(_log_failure)
+    if current_event() is None:
+        await delivery
+    else:
+        faust_fixes.track_delivery(delivery, name)
 
 
 def kafka_producer() -> Any:
@@ -146,8 +155,3 @@ def kafka_producer() -> Any:
     """
     producer: Any = app.producer  # Faust's aiokafka transport
     return producer._ensure_producer()
-
-
-def _log_failure(delivery: asyncio.Future[Any]) -> None:
-    if not delivery.cancelled() and delivery.exception() is not None:
-        log.error("delivery of a derived event failed: %r", delivery.exception())

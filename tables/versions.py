@@ -60,14 +60,17 @@ async def write(table: Any, key: bytes, version: int, value: dict[str, Any]) -> 
     :func:`pipeline.topics.publish` does with derived events: the same topic, key, value and
     partition (the current event's), the same recovery mark once the broker acknowledges it
     (by :func:`pipeline.faust_fixes.move_recovery_mark`'s rule, once per turn of the event loop
-    for that turn's acknowledgements), and the same guarantee: Faust flushes this producer
-    before it commits the offset of the event that caused the write, so a crash before the
-    record is acknowledged has the event handled again.
+    for that turn's acknowledgements), and a stronger guarantee: the offset of the event that
+    caused the write is committed only once the record is delivered
+    (:func:`pipeline.faust_fixes.track_delivery`); a record the broker refuses stops the worker
+    with that offset uncommitted. The record is sent before the store is written, so one the
+    producer refuses at once (over ``max_request_size``) raises to the agent and leaves the
+    store as it was, for the retry to apply again.
     """
     event = _current_event(table)
     raw = encode(version, value)
-    table.data[key] = raw  # the store, for the current event's partition
     await _send(table, event, key, raw)
+    table.data[key] = raw  # the store, for the current event's partition
 
 
 async def resend(table: Any, key: bytes) -> None:
@@ -95,9 +98,9 @@ def _current_event(table: Any) -> Any:
 
 
 async def _send(table: Any, event: Any, key: bytes, raw: bytes) -> None:
-    delivery = await kafka_producer().send(
-        table.changelog_topic.get_topic_name(), raw, key=key, partition=event.message.partition
-    )
+    topic = table.changelog_topic.get_topic_name()
+    delivery = await kafka_producer().send(topic, raw, key=key, partition=event.message.partition)
+    faust_fixes.expect_delivery(delivery, topic)
     delivery.add_done_callback(partial(_on_changelog_sent, table))
 
 
@@ -107,11 +110,8 @@ _acknowledged: dict[tuple[int, Any], tuple[Any, list[int]]] = {}
 
 
 def _on_changelog_sent(table: Any, delivery: asyncio.Future[Any]) -> None:
-    if delivery.cancelled():
-        return
-    if delivery.exception() is not None:
-        log.error("%s: changelog write failed: %r", table.name, delivery.exception())
-        return
+    if not faust_fixes.settle_delivery(delivery):
+        return  # a failure: recorded, and no offset is committed any more
     meta = delivery.result()
     slot = (id(table), meta.topic_partition)
     pending = _acknowledged.get(slot)

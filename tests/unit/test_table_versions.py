@@ -129,7 +129,7 @@ def _delivery(tp: TP, offset: int | None, error: Exception | None = None) -> Any
 
 
 async def test_an_acknowledged_changelog_write_moves_the_recovery_mark_a_failed_one_not(
-    store: Any, caplog: pytest.LogCaptureFixture
+    store: Any,
 ) -> None:
     """``versions.write`` sends the changelog record itself; its acknowledgement moves the
     recovery mark as Faust's ``_on_changelog_sent`` (with faust_fixes' fix) did."""
@@ -144,8 +144,7 @@ async def test_an_acknowledged_changelog_write_moves_the_recovery_mark_a_failed_
     versions._on_changelog_sent(table, _delivery(tp, None))  # cancelled: nothing known
     versions._on_changelog_sent(table, _delivery(tp, 6, RuntimeError("broker gone")))
     await asyncio.sleep(0)
-    assert store.persisted_offset(tp) == 5
-    assert "changelog write failed" in caplog.text
+    assert store.persisted_offset(tp) == 5  # (the failure stops the commits: test_send_failures)
     versions._on_changelog_sent(table, _delivery(tp, 9))  # another worker wrote 6..8
     await asyncio.sleep(0)
     assert store.persisted_offset(tp) == 5
