@@ -61,7 +61,7 @@ async def record_outcome(
         await publish(order_status_topic, updated.order_id, announcement)
     if settled(updated):
         # Only now: a crash before this line leaves the entry for the redelivery to redo.
-        forget_progress(updated.order_id)
+        await forget_progress(updated.order_id)
 
 
 @app.agent(agent_source("order-status"), concurrency=1)

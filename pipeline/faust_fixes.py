@@ -302,10 +302,18 @@ def _on_changelog_sent(self: Any, fut: Any) -> None:
 
 def move_recovery_mark(table: Any, tp: Any, offsets: Iterable[int]) -> None:
     """Move ``table``'s recovery mark of ``tp`` over its acknowledged changelog ``offsets``, in
-    the order they were acknowledged, as the fixed ``_on_changelog_sent`` does one by one:
-    never over records this worker did not write. Reads and writes the mark once."""
+    offset order, as the fixed ``_on_changelog_sent`` does one by one: never over records this
+    worker did not write. Reads and writes the mark once.
+
+    A partition's acknowledgements come in offset order as long as one path sends its records:
+    aiokafka keeps one batch per partition in flight and resolves a batch's records in order.
+    So every write of a table goes one way (``tables.versions`` for ours, deletions included):
+    a record sent through Faust's buffer is acknowledged through more callbacks than one sent
+    directly, and an order's write at n with its deletion at n + 1 reached this rule as n + 1,
+    then n, leaving the mark at n for good (a warning per acknowledgement after it, and every
+    recovery read the changelog again from there)."""
     before = mark = table.data.persisted_offset(tp)
-    for offset in offsets:
+    for offset in sorted(offsets):
         if mark is not None and offset > mark + 1:
             log.warning(
                 "%s: changelog %s has records %d..%d this worker did not write; keeping the "

@@ -172,8 +172,10 @@ def read_progress(order_id: str) -> OrderProgress | None:
     return None if value is None else OrderProgress.from_value(json.loads(value))
 
 
-def forget_progress(order_id: str) -> None:
-    order_progress_table.pop(order_id.encode(), None)
+async def forget_progress(order_id: str) -> None:
+    """Delete a settled order's entry, its tombstone sent the way its writes go
+    (:func:`tables.versions.delete`), so the changelog's recovery mark moves over both."""
+    await versions.delete(order_progress_table, order_id.encode())
 
 
 async def write_progress(progress: OrderProgress) -> None:

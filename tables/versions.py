@@ -73,6 +73,21 @@ async def write(table: Any, key: bytes, version: int, value: dict[str, Any]) -> 
     table.data[key] = raw  # the store, for the current event's partition
 
 
+async def delete(table: Any, key: bytes) -> None:
+    """``del table[key]`` (``table.pop``), sending the tombstone itself as :func:`write` does.
+
+    Through Faust's ``pop`` the tombstone went the buffer's way, acknowledged through more
+    callbacks than the table's writes: an order's write at offset n and its deletion at n + 1,
+    acknowledged in one batch, reached the recovery mark as n + 1 then n, and the mark stuck at
+    n (:func:`pipeline.faust_fixes.move_recovery_mark`). One path per table keeps them in order.
+    The tombstone is sent even when the key is not stored: a repeat is harmless, and after a
+    crash it is how a changelog that missed the first one gets it.
+    """
+    event = _current_event(table)
+    await _send(table, event, key, None)
+    table.data.pop(key, None)
+
+
 async def resend(table: Any, key: bytes) -> None:
     """Send ``key``'s stored value to the changelog again, for an event already applied.
 
@@ -97,7 +112,7 @@ def _current_event(table: Any) -> Any:
     return event
 
 
-async def _send(table: Any, event: Any, key: bytes, raw: bytes) -> None:
+async def _send(table: Any, event: Any, key: bytes, raw: bytes | None) -> None:
     topic = table.changelog_topic.get_topic_name()
     delivery = await kafka_producer().send(topic, raw, key=key, partition=event.message.partition)
     faust_fixes.expect_delivery(delivery, topic)

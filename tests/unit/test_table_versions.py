@@ -177,3 +177,52 @@ async def test_one_turns_acknowledgements_move_the_mark_once_and_never_over_a_ga
 async def test_a_table_is_written_only_for_an_event() -> None:
     with pytest.raises(RuntimeError, match="inside an agent"):
         await versions.write(customer_stats_table, b"c-1", 1, {"customer_id": "c-1"})
+
+
+async def test_an_orders_write_and_deletion_acknowledged_together_move_the_mark_past_both(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The order-status agent writes an order's progress (changelog offset n) and, the order
+    settled, deletes it (n + 1), both for one event. The broker acknowledges them in one batch,
+    in order; the recovery mark must end at n + 1 and move on with the next write, never stick
+    below a record this worker wrote (each restart would read the changelog again from it)."""
+    import asyncio
+
+    from tables.order_progress import (
+        OrderProgress,
+        forget_progress,
+        order_progress_table,
+        write_progress,
+    )
+    from tests.unit.test_send_failures import KafkaClient, handling
+
+    url = URL.build(scheme="rocksdb", path=f"versions-{next(_names)}")
+    store = faust_rocksdb.Store(url, app, table=order_progress_table)
+    monkeypatch.setattr(order_progress_table, "_data", store)
+    kafka = KafkaClient()
+    monkeypatch.setattr(app.producer, "_producer", kafka)
+    changelog = order_progress_table.changelog_topic.get_topic_name()
+    tp = TP(changelog, 0)
+    store.set_persisted_offset(tp, 4)
+    kafka.next_offset[(changelog, 0)] = 5
+
+    def progress(order_id: str) -> OrderProgress:
+        return OrderProgress(order_id, "c-1", "c-1@example.com", 1)
+
+    try:
+        with handling(offset=7, tp=TP("inventory.events", 0)):
+            await write_progress(progress("o-1"))  # changelog offset 5
+            await forget_progress("o-1")  # 6
+        kafka.acknowledge()  # one batch: 5, then 6
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert store.persisted_offset(tp) == 6
+        with handling(offset=8, tp=TP("inventory.events", 0)):
+            await write_progress(progress("o-2"))  # 7
+        kafka.acknowledge()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert store.persisted_offset(tp) == 7
+        assert store._db_for_partition(0).get(b"o-1") is None
+    finally:
+        store._dbs.clear()
