@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import decimal
 import hmac
 import json
+import sys
 from decimal import Decimal
 from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.http_exceptions import DecompressSizeError, HttpProcessingError
 from faust.web import Request, Response, View
 
 from pipeline.settings import Settings
+
+MAX_INT_DIGITS = sys.get_int_max_str_digits()
+MAX_DECIMAL_EXPONENT = decimal.MAX_EMAX
 
 
 class HttpError(Exception):
@@ -50,21 +56,57 @@ def require_token(request: Request, settings: Settings) -> None:
         )
 
 
-async def read_json(request: Request, max_bytes: int) -> Any:
-    """The request body as JSON (decimals exact), or an :class:`HttpError` saying why not."""
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The whole request body, however it is framed (``Content-Length`` or chunked) and however
+    many TCP segments it arrives in; 413 once it is over ``max_bytes``.
+
+    aiohttp's ``content.read(n)`` answers with what is buffered, not with n bytes, so the body
+    is gathered in a loop. ``request.read()`` would do that too, but under the aiohttp
+    application's ``client_max_size`` (1 MiB), not under our limit."""
     aio = cast(web.Request, request)  # Faust's aiohttp driver hands us aiohttp's request
+    too_large = HttpError(413, "body_too_large", f"request body is over {max_bytes} bytes")
     length = aio.content_length
     if length is not None and length > max_bytes:
-        raise HttpError(413, "body_too_large", f"request body is over {max_bytes} bytes")
+        raise too_large  # refused before reading: aiohttp drains or drops the rest
+    body = bytearray()
     try:
-        raw = await aio.content.read(max_bytes + 1)
-    except web.HTTPRequestEntityTooLarge:
-        raise HttpError(413, "body_too_large", f"request body is over {max_bytes} bytes") from None
-    if len(raw) > max_bytes:
-        raise HttpError(413, "body_too_large", f"request body is over {max_bytes} bytes")
+        async for chunk in aio.content.iter_any():
+            body += chunk
+            if len(body) > max_bytes:
+                raise too_large
+    except (web.RequestPayloadError, HttpProcessingError) as exc:  # e.g. broken gzip
+        if isinstance(exc.__cause__, DecompressSizeError):
+            raise too_large from None
+        cause = exc.__cause__ or exc
+        reason = cause.message if isinstance(cause, HttpProcessingError) else str(cause)
+        raise HttpError(400, "malformed_body", f"request body cannot be read: {reason}") from None
+    return bytes(body)
+
+
+def parse_json(raw: bytes) -> Any:
+    """``raw`` as JSON with exact decimals, or a 400 saying why not.
+
+    ``json.loads`` raises more than ``JSONDecodeError`` on hostile input: ``ValueError`` for an
+    integer over 4,300 digits, ``RecursionError`` for deep nesting, ``InvalidOperation`` (an
+    ``ArithmeticError``) for an exponent ``Decimal`` cannot hold. Each is the client's fault."""
     if not raw.strip():
         raise HttpError(400, "malformed_json", "request body is empty; send a JSON object")
     try:
         return json.loads(raw, parse_float=Decimal)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HttpError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
+    except json.JSONDecodeError as exc:
+        reason = f"request body is not valid JSON: {exc}"
+    except UnicodeDecodeError:
+        reason = "request body is not valid JSON: it is not UTF-8 text"
+    except RecursionError:
+        reason = "request body nests arrays or objects too deeply"
+    except (ValueError, ArithmeticError):
+        reason = (
+            f"request body holds a number this service does not read (integers up to "
+            f"{MAX_INT_DIGITS} digits, decimal exponents up to {MAX_DECIMAL_EXPONENT})"
+        )
+    raise HttpError(400, "malformed_json", reason)
+
+
+async def read_json(request: Request, max_bytes: int) -> Any:
+    """The request body as JSON (decimals exact), or an :class:`HttpError` saying why not."""
+    return parse_json(await read_body(request, max_bytes))
