@@ -20,6 +20,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from pipeline import logs
+from pipeline.db import Money
 from pipeline.events import CENTS, OrderCancelled, OrderCreated, OrderLine, money, utc_now
 from pipeline.order_store import (
     CancelOutcome,
@@ -36,6 +37,11 @@ MAX_ID_LENGTH = 64
 MAX_EMAIL_LENGTH = 254
 MAX_QUANTITY = 10_000
 MAX_UNIT_PRICE = Decimal("1000000.00")
+# The largest amount the money columns hold (NUMERIC(12, 2): 9999999999.99). A total beyond it
+# is the client's error (422), not a database failure (PostgreSQL refuses it; SQLite would
+# store it inexactly).
+assert Money.precision is not None and Money.scale is not None
+MAX_TOTAL = Decimal(f"{'9' * (Money.precision - Money.scale)}.{'9' * Money.scale}")
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -82,7 +88,19 @@ def _text(value: Any, field: str, max_length: int, errors: list[FieldError]) -> 
     if _CONTROL.search(value):
         errors.append(FieldError(field, "must not contain control characters"))
         return None
+    if not _unicode(value):
+        errors.append(FieldError(field, "must be valid Unicode text (no lone surrogates)"))
+        return None
     return value
+
+
+def _unicode(value: str) -> bool:
+    # A JSON escape such as "\ud800" decodes to a lone surrogate: no database can store it.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _price(value: Any, field: str, errors: list[FieldError]) -> Decimal | None:
@@ -104,7 +122,7 @@ def _price(value: Any, field: str, errors: list[FieldError]) -> Decimal | None:
     elif price != price.quantize(CENTS):
         errors.append(FieldError(field, "must have at most two decimal places"))
     else:
-        return price.quantize(CENTS)
+        return price.quantize(CENTS) + 0  # + 0 makes "-0" a plain 0.00
     return None
 
 
@@ -145,7 +163,13 @@ def validate_order(body: Any, *, max_items: int) -> NewOrder:
     if errors:
         raise ValidationFailed(errors)
     assert customer_id is not None and email is not None
-    return NewOrder(customer_id=customer_id, customer_email=email, items=tuple(lines))
+    order = NewOrder(customer_id=customer_id, customer_email=email, items=tuple(lines))
+    if order.total > MAX_TOTAL:
+        raise ValidationFailed([FieldError(
+            "total", f"the sum of quantity x unit_price over the items, {order.total}, is over "
+                     f"the largest total stored, {MAX_TOTAL}",
+        )])  # fmt: skip
+    return order
 
 
 def _item(raw: Any, prefix: str, errors: list[FieldError]) -> OrderLine | None:
@@ -273,7 +297,8 @@ class OrderService:
         )
 
     def _check_key(self, key: str) -> None:
-        if not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH or _CONTROL.search(key):
+        if (not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH or _CONTROL.search(key)
+                or not _unicode(key)):  # fmt: skip
             raise ValidationFailed(
                 [
                     FieldError(

@@ -5,7 +5,14 @@ from typing import Any
 
 import pytest
 
-from pipeline.orders import ValidationFailed, request_fingerprint, validate_order
+from pipeline.orders import (
+    MAX_QUANTITY,
+    MAX_TOTAL,
+    MAX_UNIT_PRICE,
+    ValidationFailed,
+    request_fingerprint,
+    validate_order,
+)
 
 
 def body(**overrides: Any) -> dict[str, Any]:
@@ -86,3 +93,44 @@ def test_fingerprint_ignores_key_order_but_not_values() -> None:
     a = {"x": 1, "y": [1, 2]}
     assert request_fingerprint(a) == request_fingerprint({"y": [1, 2], "x": 1})
     assert request_fingerprint(a) != request_fingerprint({"x": 2, "y": [1, 2]})
+
+
+def test_the_largest_total_the_money_column_holds_is_accepted() -> None:
+    items = [{"sku": "gold", "quantity": 10_000, "unit_price": "999999.99"}]
+    assert validate_order(body(items=items), max_items=10).total == Decimal("9999999900.00")
+    assert Decimal("9999999999.99") == MAX_TOTAL  # NUMERIC(12, 2)
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [{"sku": "gold", "quantity": 10_000, "unit_price": "1000000.00"}],
+        [{"sku": f"g{n}", "quantity": 5_000, "unit_price": "999999.99"} for n in range(3)],
+    ],
+)
+def test_a_total_beyond_the_money_column_names_the_total(items: list[dict[str, Any]]) -> None:
+    assert fields(body(items=items)) == ["total"]
+
+
+def test_every_limit_fits_its_column() -> None:
+    assert MAX_UNIT_PRICE <= MAX_TOTAL
+    assert MAX_QUANTITY <= 2**31 - 1  # INTEGER
+
+
+@pytest.mark.parametrize("field", ["customer_id", "customer_email"])
+def test_text_that_is_not_unicode_is_named(field: str) -> None:
+    # A JSON escape may decode to a lone surrogate, which no database column can store.
+    value = "a\ud800@example.com"
+    assert fields(body(**{field: value})) == [field]
+
+
+def test_a_lone_surrogate_in_a_sku_is_named() -> None:
+    raw = body(items=[{"sku": "\udcff", "quantity": 1, "unit_price": "1"}])
+    assert fields(raw) == ["items[0].sku"]
+
+
+def test_negative_zero_is_a_plain_zero() -> None:
+    order = validate_order(body(items=[{"sku": "a", "quantity": 1, "unit_price": "-0"}]),
+                           max_items=10)  # fmt: skip
+    assert str(order.items[0].unit_price) == "0.00"
+    assert str(order.total) == "0.00"
