@@ -11,13 +11,14 @@ import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC
 from typing import Any
 
 from faust.web import Request, Response, View
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from pipeline.app import app, settings
-from pipeline.dead_letters import BadFilter, parse_filter, parse_replay_request
+from pipeline.dead_letters import BadFilter, Filter, parse_filter, parse_replay_request
 from pipeline.events import StockSet, utc_now
 from pipeline.http import HttpError, error, read_json, require_token
 from pipeline.orders import Reply, ValidationFailed
@@ -47,6 +48,23 @@ def unavailable_while_rebalancing(handler: Handler) -> Handler:
         return await handler(view, request, **kwargs)
 
     return guarded
+
+
+def within_calendar(where: Filter) -> Filter:
+    """``where`` if its times can be compared with stored ones, else :class:`BadFilter`: a time
+    whose UTC form falls before year 1 or after 9999 (``0001-01-01T00:00:00+14:00``) raises
+    ``OverflowError`` when it is bound to a column."""
+    problems: list[dict[str, str]] = []
+    for name in ("since", "until"):
+        when = getattr(where, name)
+        try:
+            if when is not None:
+                when.astimezone(UTC)
+        except OverflowError:
+            problems.append({"field": name, "message": "must fall within years 1 to 9999 in UTC"})
+    if problems:
+        raise BadFilter(problems)
+    return where
 
 
 def _reply(view: View, reply: Reply) -> Response:
@@ -219,7 +237,7 @@ class DeadLettersView(View):
     async def get(self, request: Request) -> Response:
         try:
             require_token(request, settings)
-            where = parse_filter(dict(request.query))
+            where = within_calendar(parse_filter(dict(request.query)))
             letters = await runtime.dead_letters.list(where)
         except HttpError as exc:
             return exc.response(self)
@@ -238,7 +256,8 @@ class ReplayDeadLetters(View):
     async def post(self, request: Request) -> Response:
         try:
             require_token(request, settings)
-            where = parse_replay_request(await read_json(request, settings.max_body_bytes))
+            body = await read_json(request, settings.max_body_bytes)
+            where = within_calendar(parse_replay_request(body))
             result = await runtime.dead_letters.replay(where, requested_by="http")
         except HttpError as exc:
             return exc.response(self)
