@@ -12,9 +12,16 @@
 
 The other workers are the members named in the partition assignor's metadata, which every
 member receives at each rebalance: the same map Faust's table router sends reads by. All
-three are read-only, need no token (they show no payloads nor settings) and do bounded work:
-one request per worker, ``TOP_CUSTOMERS`` customers from each, answers cached for a second so
-that several open pages cost what one does.
+three are read-only and do bounded work: one request per worker, ``TOP_CUSTOMERS`` customers
+from each, answers cached for a second so that several open pages cost what one does.
+
+The figures name customers and their spend, so when ``PIPELINE_API_TOKEN`` is set both data
+endpoints take ``Authorization: Bearer <token>`` like the write endpoints, and the worker
+gathering the figures sends its own token to the others (every worker of a group shares it).
+The page itself holds no figures and stays open: it asks the user for the token when
+``/dashboard/data`` answers 401, keeps it for the browser tab (``sessionStorage``) and sends
+it with each poll; ``/dashboard#token=<token>`` hands it over in a link that never reaches
+the server (the fragment is not sent, and the page drops it from the address bar).
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from pipeline.dashboard_merge import (
     top_customers,
 )
 from pipeline.events import utc_now
+from pipeline.http import HttpError, require_token
 from pipeline.runtime import runtime
 from tables.customer_stats import customer_stats_table, read_figures
 from tables.revenue import recent_windows, revenue_table
@@ -154,8 +162,13 @@ def member_urls() -> set[str]:
     return {_own_url()}
 
 
+def _auth_headers() -> dict[str, str]:
+    token = settings.api_token.get()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 async def _peer_snapshot(session: aiohttp.ClientSession, url: str) -> WorkerSnapshot:
-    async with session.get(str(URL(url) / "dashboard" / "worker")) as resp:
+    async with session.get(str(URL(url) / "dashboard" / "worker"), headers=_auth_headers()) as resp:
         if resp.status != 200:
             raise OSError(f"answered {resp.status}")
         return WorkerSnapshot.from_json(await resp.json())
@@ -221,7 +234,8 @@ async def _own_snapshot() -> dict[str, Any]:
 
 @app.page("/dashboard")
 class Dashboard(View):
-    """``GET /dashboard``: the page (it fetches nothing but ``/dashboard/data``)."""
+    """``GET /dashboard``: the page (it fetches nothing but ``/dashboard/data``). Open even
+    with a token set: it holds no figures."""
 
     async def get(self, request: Request) -> Response:
         return self.html(PAGE, headers=dict(PAGE_HEADERS))
@@ -232,6 +246,10 @@ class DashboardData(View):
     """``GET /dashboard/data``: the whole cluster's figures, exactly as the page shows them."""
 
     async def get(self, request: Request) -> Response:
+        try:
+            require_token(request, settings)
+        except HttpError as exc:
+            return exc.response(self)
         return self.json(await _cached("cluster", cluster_figures), headers=dict(DATA_HEADERS))
 
 
@@ -240,4 +258,8 @@ class DashboardWorker(View):
     """``GET /dashboard/worker``: this worker's part, for the worker that gathers them."""
 
     async def get(self, request: Request) -> Response:
+        try:
+            require_token(request, settings)
+        except HttpError as exc:
+            return exc.response(self)
         return self.json(await _cached("worker", _own_snapshot), headers=dict(DATA_HEADERS))

@@ -152,11 +152,15 @@ class CancelOrder(View):
 
 @app.page("/orders/{order_id}")
 class OrderDetail(View):
-    """``GET /orders/{order_id}``: the order, its items and its status."""
+    """``GET /orders/{order_id}``: the order, its items and its status (it shows the
+    customer's email: it takes the token when one is set)."""
 
     async def get(self, request: Request, order_id: str) -> Response:
         try:
+            require_token(request, settings)
             order = await runtime.order_store.get_order(order_id)
+        except HttpError as exc:
+            return exc.response(self)
         except (OperationalError, DBAPIError, OSError):
             return DB_DOWN.response(self)
         if order is None:

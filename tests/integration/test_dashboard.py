@@ -8,9 +8,12 @@ new orders as they come.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -269,3 +272,66 @@ def test_dashboard_shows_the_whole_clusters_figures_and_follows_new_orders(
     assert requests and all(u.startswith(w2.url + "/dashboard") for u in requests), requests
     assert not problems, problems
     page.close()
+
+
+def test_with_a_token_the_figures_need_it_and_the_page_asks_for_it(
+    workers: WorkerFactory, kafka_bootstrap: str, sqlite_url: str, browser: Any
+) -> None:
+    """The figures name customers and their spend: with PIPELINE_API_TOKEN set they take the
+    token, the workers send it to each other, and the page asks its user for it once."""
+    token = "dash-token-3b9e"
+    auth = {"Authorization": f"Bearer {token}"}
+    off_loop(migrate, sqlite_url)
+    off_loop(asyncio.run, create_topics(kafka_bootstrap, [workers.topic(t) for t in TOPICS]))
+    w1 = workers.start("w1", PIPELINE_API_TOKEN=token, **ENV)
+    w2 = workers.start("w2", PIPELINE_API_TOKEN=token, **ENV)
+    for path in ("/dashboard/data", "/dashboard/worker"):
+        status, reply = w1.get(path)
+        assert (status, reply["error"]) == (401, "unauthorized")
+
+    def complete() -> dict[str, Any] | None:
+        status, data = http_get_with(w1.url + "/dashboard/data", auth)
+        return data if status == 200 and data["complete"] else None
+
+    data = wait_for(complete, 60, "both workers' figures, each asked with the token")
+    assert sorted(w["url"] for w in data["workers"]) == sorted((w1.url, w2.url))
+
+    page = browser.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    response = page.goto(w2.url + "/dashboard")
+    assert response is not None and response.status == 200  # the page holds no figures
+    status_is = "document.querySelector('[data-testid=status]').textContent === '{}'"
+    wait_page(page, status_is.format("token needed"), 30, "the page to ask for the token")
+    assert page.is_visible("[data-testid=token-prompt]")
+    page.fill("[data-testid=token]", "wrong")
+    page.press("[data-testid=token]", "Enter")
+    wait_page(page, "document.querySelector('[data-testid=token-hint]').textContent"
+                    ".includes('refused')", 30, "the wrong token to be refused")  # fmt: skip
+    page.fill("[data-testid=token]", token)
+    page.click("[data-testid=token-save]")
+    wait_page(page, status_is.format("live"), 30, "the figures once the token is given")
+    assert not page.is_visible("[data-testid=token-prompt]")
+    page.reload()  # the tab keeps the token
+    wait_page(page, status_is.format("live"), 30, "the figures after a reload")
+    page.close()
+
+    # A link can carry it in its fragment, which never reaches the server.
+    page = browser.new_page()
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url))
+    page.goto(f"{w1.url}/dashboard#token={token}")
+    wait_page(page, status_is.format("live"), 30, "the figures from a link with the token")
+    assert page.url == w1.url + "/dashboard"
+    assert all(token not in u for u in asked), asked
+    page.close()
+    assert not problems, problems
+
+
+def http_get_with(url: str, headers: dict[str, str]) -> tuple[int, Any]:
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())

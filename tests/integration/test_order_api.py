@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -69,6 +70,16 @@ def counts(url: str) -> tuple[int, int, int]:
     return asyncio.run(read())
 
 
+def read(worker: Worker, path: str) -> tuple[int, Any]:
+    """A GET with the token: an order shows its customer's email."""
+    request = urllib.request.Request(worker.url + path, headers=AUTH)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
 def valid(customer: str = "cust-1", **overrides: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "customer_id": customer,
@@ -89,7 +100,7 @@ def test_post_order_commits_and_returns_201(api: tuple[Worker, str]) -> None:
     assert status == 201
     assert body["status"] == "created" and body["total"] == "20.60"
     assert counts(url) == (before[0] + 1, before[1] + 2, before[2] + 1)
-    status, order = worker.get(f"/orders/{body['order_id']}")
+    status, order = read(worker, f"/orders/{body['order_id']}")
     assert status == 200
     assert order["status"] == "created" and order["total"] == "20.60"
     assert order["items"] == [
@@ -197,7 +208,7 @@ def test_cancel_is_200_then_409_and_404_for_unknown(api: tuple[Worker, str]) -> 
     assert status == 409 and reply["error"] == "conflict"
     assert worker.post(f"/orders/{uuid.uuid4()}/cancel", {}, AUTH)[0] == 404
     assert counts(url) == before
-    assert worker.get(f"/orders/{order_id}")[1]["status"] == "cancelled"
+    assert read(worker, f"/orders/{order_id}")[1]["status"] == "cancelled"
 
 
 def test_injection_strings_are_stored_verbatim(api: tuple[Worker, str]) -> None:
@@ -210,15 +221,16 @@ def test_injection_strings_are_stored_verbatim(api: tuple[Worker, str]) -> None:
         AUTH,
     )  # fmt: skip
     assert status == 201
-    order = worker.get(f"/orders/{placed['order_id']}")[1]
+    order = read(worker, f"/orders/{placed['order_id']}")[1]
     assert order["customer_id"] == nasty
     assert order["items"][0]["sku"] == "<script>alert(1)</script>"
 
 
 def test_unknown_orders_and_routes_are_404(api: tuple[Worker, str]) -> None:
     worker, _ = api
-    status, reply = worker.get(f"/orders/{uuid.uuid4()}")
+    status, reply = read(worker, f"/orders/{uuid.uuid4()}")
     assert status == 404 and reply["error"] == "not_found"
+    assert worker.get(f"/orders/{uuid.uuid4()}")[0] == 401  # the token comes first
     assert worker.get("/no/such/route")[0] == 404
 
 
