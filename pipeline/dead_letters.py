@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -369,7 +370,9 @@ class DeadLetters:
     def __init__(
         self, store: DeadLetterStore, send: Send, *, replay_limit: int,
         redelivery_topic: Callable[[str], str], known_agents: Callable[[], Sequence[str]],
+        max_age_seconds: float | None = None,
     ) -> None:  # fmt: skip
+        self.max_age_seconds = max_age_seconds
         self.store = store
         self.send = send
         self.replay_limit = replay_limit
@@ -391,6 +394,10 @@ class DeadLetters:
                     {"id": letter.id, "reason": f"unknown agent {letter.agent!r}"}
                 )
                 continue
+            too_old = self._too_old(letter)
+            if too_old is not None:
+                result.refused.append({"id": letter.id, "reason": too_old})
+                continue
             done = await self.store.replay_count(letter.agent, letter.event_key)
             if done >= self.replay_limit:
                 result.refused.append({
@@ -406,6 +413,26 @@ class DeadLetters:
             await self.store.record_replay(letter, datetime.now(UTC), requested_by)
             result.replayed.append(letter.id)
         return result
+
+    def _too_old(self, letter: DeadLetter) -> str | None:
+        """Why ``letter`` is past the replay horizon, or None. Its key noted it as pending for
+        ``PIPELINE_REPLAY_MAX_AGE_SECONDS`` of record time from the original record's time; past
+        that, the agent could not tell a first application from a repeat (tables.horizon)."""
+        if self.max_age_seconds is None:
+            return None
+        born = letter.original_timestamp
+        if born is None:
+            born = letter.first_failure_at.timestamp()
+        age = time.time() - born
+        if age <= self.max_age_seconds:
+            return None
+        return (
+            f"too old to replay: its record is {age / 86400:.1f} days old, past "
+            f"PIPELINE_REPLAY_MAX_AGE_SECONDS={self.max_age_seconds:g}, beyond which the agent "
+            "no longer remembers whether it applied the event; check the event's effect by hand "
+            "(GET the order, the customer's stats, the SKU) and send a correcting order or "
+            "stock set if it is missing"
+        )
 
 
 def replay_headers(letter: DeadLetter, replays: int) -> errors.Headers:

@@ -92,6 +92,7 @@ async def _list(settings: Settings, where: Any, as_json: bool) -> int:
 async def _replay(settings: Settings, where: Any) -> int:
     from aiokafka import AIOKafkaProducer
 
+    from pipeline import errors
     from pipeline.db import make_engine
     from pipeline.dead_letters import DeadLetters, DeadLetterStore
     from pipeline.topics import AGENT_SOURCES, redelivery_topic_name
@@ -109,12 +110,18 @@ async def _replay(settings: Settings, where: Any) -> int:
     engine = make_engine(settings.database_url)
 
     async def send(topic: str, key: Any, value: Any, headers: Any, partition: int) -> None:
-        await producer.send_and_wait(topic, value, key=key, headers=headers, partition=partition)
+        # The original record's time, as the workers' replay sends it: windows by record time
+        # count the replay where the first delivery would have landed.
+        await producer.send_and_wait(
+            topic, value, key=key, headers=headers, partition=partition,
+            timestamp_ms=errors.original_timestamp_ms(headers),
+        )  # fmt: skip
 
     await producer.start()
     try:
         service = DeadLetters(
             DeadLetterStore(engine), send, replay_limit=settings.replay_limit,
+            max_age_seconds=settings.replay_max_age_seconds,
             redelivery_topic=redelivery_topic_name, known_agents=lambda: list(AGENT_SOURCES),
         )  # fmt: skip
         result = await service.replay(where, requested_by="cli")

@@ -72,6 +72,7 @@ class Runtime(Service):
             self.dead_letter_store,
             self._send_replay,
             replay_limit=self.settings.replay_limit,
+            max_age_seconds=self.settings.replay_max_age_seconds,
             redelivery_topic=redelivery_topic_name,
             known_agents=lambda: list(AGENT_SOURCES),
         )

@@ -80,7 +80,7 @@ class Settings:
     # How long table values remember settled facts (tables.horizon): repeats arrive within it.
     dedupe_horizon_seconds: int = 300
     # How old a dead letter may be and still be replayed (its id stays pending that long).
-    replay_max_age_seconds: int = 7 * 86400
+    replay_max_age_seconds: int = 6 * 86400
     max_body_bytes: int = 64 * 1024
     max_order_items: int = 100
     forwarder_enabled: bool = True
@@ -301,7 +301,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             env, "PIPELINE_DEDUPE_HORIZON_SECONDS", 300, low=1, high=7 * 86400
         ),
         replay_max_age_seconds=_int(
-            env, "PIPELINE_REPLAY_MAX_AGE_SECONDS", 7 * 86400, low=60, high=365 * 86400
+            env, "PIPELINE_REPLAY_MAX_AGE_SECONDS", 6 * 86400, low=60, high=365 * 86400
         ),
         max_body_bytes=_int(env, "PIPELINE_MAX_BODY_BYTES", 64 * 1024, low=1024, high=16 << 20),
         max_order_items=_int(env, "PIPELINE_MAX_ORDER_ITEMS", 100, low=1, high=10_000),

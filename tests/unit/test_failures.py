@@ -533,3 +533,43 @@ def _assert_storable(letter: DeadLetter) -> None:
     assert letter.original_timestamp is None or 0 <= letter.original_timestamp < 2.6e11
     assert len(letter.event_key) <= 320
     json.dumps(letter.to_json(full=True), allow_nan=False)
+
+
+def test_a_dead_letter_past_the_replay_age_is_refused_saying_why() -> None:
+    import dataclasses as dc
+    import time as clock
+
+    from pipeline.dead_letters import DeadLetters
+
+    event = order_created("cust-a")
+    headers = errors.dead_letter_headers(
+        [("event_id", event.event_id.encode())], _failure(3), "permanent", ValueError("v"),
+        datetime(2026, 11, 26, 1, tzinfo=UTC),
+    )  # fmt: skip
+    fresh = DeadLetter.from_record(0, 1, b"cust-a", encode(event), headers, clock.time())
+    fresh = dc.replace(fresh, original_timestamp=clock.time() - 60)
+    old = dc.replace(fresh, id="0-2", original_timestamp=clock.time() - 8 * 86400)
+    sent: list[str] = []
+
+    class Store:
+        async def find(self, where: object) -> list[DeadLetter]:
+            return [fresh, old]
+
+        async def replay_count(self, agent: str, key: str) -> int:
+            return 0
+
+        async def record_replay(self, letter: DeadLetter, at: object, by: str) -> None:
+            sent.append(letter.id)
+
+    async def send(*_: object) -> None:
+        return None
+
+    store: Any = Store()
+    service = DeadLetters(
+        store, send, replay_limit=3, redelivery_topic=lambda a: a,
+        known_agents=lambda: ["analytics"], max_age_seconds=6 * 86400,
+    )  # fmt: skip
+    result = asyncio.run(service.replay(parse_filter({}), "test"))
+    assert result.replayed == ["0-1"] and sent == ["0-1"]
+    [refused] = result.refused
+    assert refused["id"] == "0-2" and "PIPELINE_REPLAY_MAX_AGE_SECONDS" in refused["reason"]
