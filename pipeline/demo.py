@@ -56,9 +56,12 @@ class Progress:
     customers: set[str] = field(default_factory=set)
 
 
-def _get(url: str) -> tuple[int, Any]:
+def _get(url: str, token: str = "") -> tuple[int, Any]:
+    request = urllib.request.Request(url)  # noqa: S310 - a worker URL we built, loopback
+    if token:  # the dashboard's figures show customers' spend: they take the token
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(url, timeout=3) as resp:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(request, timeout=3) as resp:  # noqa: S310 - loopback only
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as err:
         return err.code, None
@@ -184,14 +187,14 @@ async def generate_orders(
                 await asyncio.wait_for(stop.wait(), 1 / rate)
 
 
-def report(workers: list[Worker], progress: Progress, started: float) -> str:
+def report(workers: list[Worker], progress: Progress, started: float, token: str = "") -> str:
     """One line of live progress: what the generator sent, and the cluster's figures as the
     dashboard sees them (any worker gathers them from all)."""
     sent = (
         f"[{time.monotonic() - started:6.1f}s] orders created {progress.created:6d}  "
         f"cancelled {progress.cancelled:5d}  refused {progress.rejected:4d}"
     )
-    status, data = _get(f"{workers[-1].url}/dashboard/data")
+    status, data = _get(f"{workers[-1].url}/dashboard/data", token)
     if status != 200 or not data:
         return sent + "  | workers busy (rebalancing?)"
     throughput = data["throughput"]
@@ -213,16 +216,17 @@ async def run_flow(settings: Settings, workers: list[Worker], args: argparse.Nam
         loop.call_later(args.duration, stop.set)
     progress = Progress()
     started = time.monotonic()
+    token = settings.api_token.get()
     generator = asyncio.create_task(
-        generate_orders(workers, args.rate, stop, progress, args.seed, settings.api_token.get())
+        generate_orders(workers, args.rate, stop, progress, args.seed, token)
     )
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 2.0)
-        print(await asyncio.to_thread(report, workers, progress, started), flush=True)
+        print(await asyncio.to_thread(report, workers, progress, started, token), flush=True)
     await generator
     await asyncio.sleep(2)  # let the workers drain what was just sent
-    print(await asyncio.to_thread(report, workers, progress, started), flush=True)
+    print(await asyncio.to_thread(report, workers, progress, started, token), flush=True)
 
 
 def main(argv: list[str]) -> int:

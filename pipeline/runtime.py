@@ -131,7 +131,9 @@ class Runtime(Service):
                 raise OSError(f"{path} kept answering {resp.status}")
 
         timeout = aiohttp.ClientTimeout(total=30)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        token = s.api_token.get()
+        auth = {"Authorization": f"Bearer {token}"} if token else None
+        async with aiohttp.ClientSession(timeout=timeout, headers=auth) as session:
             customers = sorted(facts.customers)
             skus = sorted(facts.reserved)
             stats = await asyncio.gather(

@@ -170,12 +170,18 @@ class OrderDetail(View):
 
 @app.page("/customers/{customer_id}/stats")
 class CustomerStatsView(View):
-    """``GET /customers/{customer_id}/stats``: answered by the worker owning the customer."""
+    """``GET /customers/{customer_id}/stats``: answered by the worker owning the customer
+    (it shows what the customer spent: it takes the token when one is set, and the routed
+    request carries it to the owner)."""
 
     # Faust types view handlers without path parameters; aiohttp passes them as kwargs.
     @unavailable_while_rebalancing
     @app.table_route(table=customer_stats_table, match_info="customer_id")  # type: ignore[arg-type]
     async def get(self, request: Request, customer_id: str) -> Response:
+        try:
+            require_token(request, settings)
+        except HttpError as exc:
+            return exc.response(self)
         stats = read_customer_stats(customer_id)
         if stats is None:
             return error(self, 404, "not_found", f"no orders seen for customer {customer_id!r}")
@@ -224,11 +230,16 @@ class Inventory(View):
 
 @app.page("/analytics/revenue")
 class Revenue(View):
-    """``GET /analytics/revenue``: recent windows, newest first, from the windows' owner."""
+    """``GET /analytics/revenue``: recent windows, newest first, from the windows' owner (the
+    shop's revenue: it takes the token when one is set)."""
 
     @unavailable_while_rebalancing
     @app.table_route(table=revenue_table.table, exact_key=REVENUE_KEY)  # type: ignore[arg-type]
     async def get(self, request: Request) -> Response:
+        try:
+            require_token(request, settings)
+        except HttpError as exc:
+            return exc.response(self)
         return self.json({"windows": recent_windows()})
 
 

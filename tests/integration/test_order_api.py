@@ -241,11 +241,15 @@ def test_an_order_reaches_the_stats_through_kafka(api: tuple[Worker, str]) -> No
     customer = f"flow-{uuid.uuid4().hex[:6]}"
     assert worker.post("/orders", valid(customer), AUTH)[0] == 201
     stats = wait_for(
-        lambda: (r := worker.get(f"/customers/{customer}/stats"))[0] == 200 and r[1],
+        lambda: (r := read(worker, f"/customers/{customer}/stats"))[0] == 200 and r[1],
         30,
         "the order to reach the customer's stats",
     )
     assert stats["order_count"] == 1 and stats["total_spent"] == "20.60"
+    # what the customer spent, and the shop's revenue, take the token
+    assert worker.get(f"/customers/{customer}/stats")[0] == 401
+    assert worker.get("/analytics/revenue")[0] == 401
+    assert read(worker, "/analytics/revenue")[0] == 200
 
 
 def test_metrics_are_prometheus_text(api: tuple[Worker, str]) -> None:
