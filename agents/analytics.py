@@ -44,10 +44,11 @@ async def update_customer_stats(event: OrderCreated | OrderCancelled) -> None:
         await write_customer_stats(stats)
     else:  # a redelivery: the changelog may not have it yet (tables.versions.resend)
         await resend_customer_stats(stats.customer_id)
+    at = delivery.cause_time()
     await publish(analytics_events_topic, stats.customer_id,
-                  stats_updated_event(stats, event.event_id))  # fmt: skip
+                  stats_updated_event(stats, event.event_id), timestamp=at)  # fmt: skip
     for milestone in milestone_events(stats, event.event_id):
-        await publish(analytics_events_topic, stats.customer_id, milestone)
+        await publish(analytics_events_topic, stats.customer_id, milestone, timestamp=at)
     # Sent again on a repeat, with the position of the first application: the windows dedupe
     # by it. A replay that changed nothing (not pending) has none left to send.
     position = applied_at(stats, event.event_id)

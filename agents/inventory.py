@@ -78,8 +78,9 @@ def line_commands(event: OrderEvent) -> list[LineReservationRequested | LineRele
 
 
 async def send_line_commands(event: OrderEvent) -> None:
+    at = delivery.cause_time()  # the horizon runs on source time (tables.delivery)
     for command in line_commands(event):
-        await publish(inventory_commands_topic, command.sku, command)
+        await publish(inventory_commands_topic, command.sku, command, timestamp=at)
 
 
 async def apply_stock_command(command: StockCommand) -> None:
@@ -91,7 +92,8 @@ async def apply_stock_command(command: StockCommand) -> None:
     else:  # a redelivery: the changelog may not have it yet (tables.versions.resend)
         await resend_stock(command.sku)
     if outcome is not None:
-        await publish(inventory_events_topic, outcome.order_id, outcome)
+        await publish(inventory_events_topic, outcome.order_id, outcome,
+                      timestamp=delivery.cause_time())  # fmt: skip
 
 
 @app.agent(agent_source("inventory-requests"), concurrency=1)

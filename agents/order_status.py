@@ -19,6 +19,7 @@ from pipeline.consume import consume
 from pipeline.events import InventoryRejected, InventoryReleased, InventoryReserved, utc_now
 from pipeline.runtime import runtime
 from pipeline.topics import agent_source, inventory_commands_topic, order_status_topic, publish
+from tables import delivery
 from tables.order_progress import (
     apply_outcome,
     compensations,
@@ -43,8 +44,9 @@ async def record_outcome(
         await write_progress(updated)
     else:  # a redelivery: the changelog may not have it yet (tables.versions.resend)
         await resend_progress(outcome.order_id)
+    at = delivery.cause_time()  # the horizon runs on source time (tables.delivery)
     for release in compensations(updated):
-        await publish(inventory_commands_topic, release.sku, release)
+        await publish(inventory_commands_topic, release.sku, release, timestamp=at)
     announcement = decision_event(updated)
     if announcement is None:
         return
@@ -57,8 +59,8 @@ async def record_outcome(
         # Confirmed in the database: no cancellation came first, so every line stays reserved
         # until a cancellation that says so (tables.inventory).
         for settlement in settlements(updated):
-            await publish(inventory_commands_topic, settlement.sku, settlement)
-        await publish(order_status_topic, updated.order_id, announcement)
+            await publish(inventory_commands_topic, settlement.sku, settlement, timestamp=at)
+        await publish(order_status_topic, updated.order_id, announcement, timestamp=at)
     if settled(updated):
         # Only now: a crash before this line leaves the entry for the redelivery to redo.
         await forget_progress(updated.order_id)

@@ -4,6 +4,7 @@ the dedupe horizon, and whether it is a dead-letter replay (:mod:`tables.horizon
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from faust.streams import current_event
@@ -27,6 +28,20 @@ def horizon(message: Any | None = None) -> Horizon:
     stamp = message.timestamp  # seconds since the epoch (Faust converts Kafka's ms)
     now = int(stamp) if stamp is not None else int(time.time())
     return Horizon(now, settings.dedupe_horizon_seconds, settings.replay_max_age_seconds)
+
+
+def cause_time(message: Any | None = None) -> datetime | None:
+    """The time a record derived from the current one is sent with: the current record's own.
+
+    Each key's horizon is measured on the times of the records it sees. Were derived records
+    stamped when they are sent, a worker behind its backlog would spread a repeat and its first
+    delivery further apart than they arrived (the repeat of a cancellation seconds later in
+    ``orders.events`` could reach the stock keeper past the horizon, and release twice). Stamped
+    with their cause's time, every record downstream keeps the time its source event had.
+    """
+    message = current_message() if message is None else message
+    stamp = message.timestamp
+    return None if stamp is None else datetime.fromtimestamp(stamp, UTC)
 
 
 def position(message: Any | None = None) -> str:
