@@ -46,7 +46,11 @@ from tables.inventory import (
 )
 
 
-def line_commands(event: OrderEvent) -> list[LineReservationRequested | LineReleaseRequested]:
+def line_commands(
+    event: OrderEvent, source: str = ""
+) -> list[LineReservationRequested | LineReleaseRequested]:
+    """One command per line; ``source`` names the ``orders.events`` partition the event came
+    from (the stock keeper expires each line's entry on that partition's clock)."""
     if isinstance(event, OrderCreated):
         return [
             LineReservationRequested(
@@ -59,6 +63,7 @@ def line_commands(event: OrderEvent) -> list[LineReservationRequested | LineRele
                 line_count=len(event.items),
                 sku=line.sku,
                 quantity=line.quantity,
+                source=source,
             )
             for n, line in enumerate(event.items, start=1)
         ]
@@ -72,6 +77,7 @@ def line_commands(event: OrderEvent) -> list[LineReservationRequested | LineRele
             quantity=line.quantity,
             reason="cancelled",
             confirmed=event.previous_status == "confirmed",
+            source=source,
         )
         for n, line in enumerate(event.items, start=1)
     ]
@@ -79,7 +85,8 @@ def line_commands(event: OrderEvent) -> list[LineReservationRequested | LineRele
 
 async def send_line_commands(event: OrderEvent) -> None:
     at = delivery.cause_time()  # the horizon runs on source time (tables.delivery)
-    for command in line_commands(event):
+    # A retry or replay comes back into the partition the event first came from.
+    for command in line_commands(event, str(delivery.current_message().partition)):
         await publish(inventory_commands_topic, command.sku, command, timestamp=at)
 
 

@@ -120,6 +120,9 @@ class OrderLineRef:
 @dataclass(frozen=True, slots=True)
 class LineReservationRequested(OrderLineRef):
     event_type: ClassVar[str] = "LineReservationRequested"
+    # The orders.events partition its order's events come from ("" before it existed): the
+    # stock keeper expires the line's entry on that partition's clock (tables.inventory).
+    source: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +138,9 @@ class LineReleaseRequested:
     # The order was confirmed when cancelled: the line is reserved even if the stock keeper's
     # entry for it has expired (tables.inventory).
     confirmed: bool = False
+    # The orders.events partition its order's events come from ("" before it existed): the
+    # stock keeper expires the line's entry on that partition's clock (tables.inventory).
+    source: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +155,9 @@ class LineSettled:
     line_no: int
     sku: str
     quantity: int
+    # The orders.events partition its order's events come from ("" before it existed): the
+    # stock keeper expires the line's entry on that partition's clock (tables.inventory).
+    source: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,12 +175,14 @@ class StockSet:
 @dataclass(frozen=True, slots=True)
 class InventoryReserved(OrderLineRef):
     event_type: ClassVar[str] = "InventoryReserved"
+    source: str = ""  # the request's (LineReservationRequested.source)
 
 
 @dataclass(frozen=True, slots=True)
 class InventoryRejected(OrderLineRef):
     event_type: ClassVar[str] = "InventoryRejected"
     available: int
+    source: str = ""  # the request's (LineReservationRequested.source)
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,13 +60,15 @@ class Stock:
     sku: str
     available: int = 0
     reserved: int = 0
-    # line key -> [state, time the entry took that state]
-    lines: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # line key -> [state, time the entry took that state, the order's stream]
+    lines: dict[str, tuple[str, int, str]] = field(default_factory=dict)
     # the latest stock set applied: (set_at ISO time, its event id), or None
     last_set: tuple[str, str] | None = None
     # ids of commands dead-lettered and not applied since -> when (replays apply only these)
     pending: dict[str, int] = field(default_factory=dict)
-    clock: int = 0  # the latest record time applied (tables.horizon)
+    # stream (the orders.events partition a line's commands derive from) -> the latest record
+    # time seen from it: each line's entry expires on its own stream's clock (see _settle)
+    clocks: dict[str, int] = field(default_factory=dict)
     # Of the stored value this was read from (tables.versions); not part of what it says.
     version: int = field(default=0, compare=False)
 
@@ -76,7 +78,7 @@ class Stock:
             "available": self.available,
             "reserved": self.reserved,
             "set": None if self.last_set is None else list(self.last_set),
-            "clock": self.clock,
+            "clocks": self.clocks,
             "pending": self.pending,
             "lines": {key: list(entry) for key, entry in self.lines.items()},
         }
@@ -91,7 +93,7 @@ class Stock:
             lines={key: _entry(entry) for key, entry in value["lines"].items()},
             last_set=None if last_set is None else (last_set[0], last_set[1]),
             pending=dict(value.get("pending", {})),
-            clock=value.get("clock", 0),
+            clocks=dict(value.get("clocks", {})),
             version=value.get(versions.VERSION, 0),
         )
 
@@ -100,25 +102,34 @@ class Stock:
         return {"sku": self.sku, "available": self.available, "reserved": self.reserved}
 
 
-def _entry(entry: Any) -> tuple[str, int]:
-    # Values written before the horizon held a bare state; they count as settled now.
-    return (entry, 0) if isinstance(entry, str) else (entry[0], int(entry[1]))
+def _entry(entry: Any) -> tuple[str, int, str]:
+    # Values written before the horizon held a bare state; they count as settled long ago.
+    if isinstance(entry, str):
+        return entry, 0, ""
+    return entry[0], int(entry[1]), str(entry[2]) if len(entry) > 2 else ""
 
 
 def _line_key(order_id: str, line_no: int) -> str:
     return f"{order_id}:{line_no}"
 
 
-def _settle(stock: Stock, key: str, state: str, h: Horizon, taken: int = 0) -> Stock:
+def _settle(stock: Stock, key: str, state: str, h: Horizon, stream: str, taken: int = 0) -> Stock:
     """``stock`` with line ``key`` in ``state`` from now, and every settled entry older than
-    the horizon dropped (live reservations stay, whatever their age)."""
-    cutoff = h.cutoff
+    the horizon dropped (live reservations stay, whatever their age).
+
+    Age is measured on each entry's own stream: every command about a line derives from its
+    order's events, which come from one ``orders.events`` partition in order and carry their
+    time downstream (``tables.delivery.cause_time``). A SKU hears from every partition, and
+    one partition can run far ahead of another (a backlog worked off unevenly): measured on
+    the SKU's latest time overall, a lagging partition's repeat would find its line expired.
+    """
+    clocks, seconds = stock.clocks, h.seconds
     lines = {
         k: entry
         for k, entry in stock.lines.items()
-        if entry[0] == RESERVED or entry[1] >= cutoff or k == key
+        if entry[0] == RESERVED or entry[1] >= clocks.get(entry[2], 0) - seconds or k == key
     }
-    lines[key] = (state, h.now)
+    lines[key] = (state, clocks.get(stream, h.now), stream)
     return replace(stock, lines=lines, available=stock.available - taken,
                    reserved=stock.reserved + taken)  # fmt: skip
 
@@ -129,7 +140,10 @@ def apply_command(
     """Apply one command once; ``replayed`` says it comes from a dead-letter replay, which is
     applied only while its id is pending. Returns the new stock and the line's answer (the
     first delivery's answer again for a repeat, when the ledger still holds the line)."""
-    h = h.advanced(stock.clock)
+    stream = getattr(command, "source", "")
+    clock = max(stock.clocks.get(stream, 0), h.now)
+    clocks = stock.clocks if stock.clocks.get(stream) == clock else {**stock.clocks, stream: clock}
+    h = Horizon(max(clock, *clocks.values()), h.seconds, h.replay_seconds)  # for pending
     pending = stock.pending
     if replayed and command.event_id not in pending:
         if isinstance(command, StockSet | LineSettled):
@@ -139,7 +153,7 @@ def apply_command(
         pending = prune_times(
             {k: at for k, at in pending.items() if k != command.event_id}, h.replay_cutoff
         )
-    base = replace(stock, pending=pending, clock=h.now)
+    base = replace(stock, pending=pending, clocks=clocks)
     if isinstance(command, StockSet):
         updated: Stock = apply_stock_set(base, command)
         outcome: Outcome | None = None
@@ -149,8 +163,8 @@ def apply_command(
         updated, outcome = settle_line(base, command, h), None
     else:
         updated, outcome = release_line(base, command, h)
-    # A value that only moved its clock is not worth a changelog record.
-    if updated == replace(stock, clock=h.now):
+    # A value that only moved a clock is not worth a changelog record.
+    if updated == replace(stock, clocks=clocks):
         return stock, outcome
     return updated, outcome
 
@@ -188,8 +202,9 @@ def reserve_line(
     if entry is not None:
         return stock, _repeat_answer(entry[0], request, stock)
     if request.quantity <= stock.available:
-        return _settle(stock, key, RESERVED, h, request.quantity), _reserved(request)
-    return _settle(stock, key, REJECTED, h), _rejected(request, stock.available)
+        taken = _settle(stock, key, RESERVED, h, request.source, request.quantity)
+        return taken, _reserved(request)
+    return _settle(stock, key, REJECTED, h, request.source), _rejected(request, stock.available)
 
 
 def _repeat_answer(state: str, request: LineReservationRequested, stock: Stock) -> Outcome | None:
@@ -217,7 +232,7 @@ def settle_line(stock: Stock, command: LineSettled, h: Horizon) -> Stock:
     entry = stock.lines.get(key)
     if entry is None or entry[0] != RESERVED:
         return stock  # settled, released or never reserved: nothing to do
-    return _settle(stock, key, SETTLED, h)
+    return _settle(stock, key, SETTLED, h, command.source)
 
 
 def release_line(
@@ -230,11 +245,12 @@ def release_line(
     entry = stock.lines.get(key)
     state = None if entry is None else entry[0]
     if state in TAKEN or (state is None and request.confirmed):
-        return _settle(stock, key, RELEASED, h, -request.quantity), _released(request)
+        released = _settle(stock, key, RELEASED, h, request.source, -request.quantity)
+        return released, _released(request)
     if state == RELEASED:
         return stock, _released(request)
     if state is None:
-        return _settle(stock, key, TOMBSTONE, h), None
+        return _settle(stock, key, TOMBSTONE, h, request.source), None
     return stock, None  # rejected lines took nothing; tombstones are already settled
 
 
@@ -249,7 +265,8 @@ def _rejected(r: LineReservationRequested, available: int) -> InventoryRejected:
 def _answer(r: LineReservationRequested, answer_type: str) -> dict[str, Any]:
     """The answer's fields: the request's line, under an id computed from the request."""
     fields = {f.name: getattr(r, f.name) for f in dataclasses.fields(OrderLineRef)}
-    fields.update(event_id=derived_event_id(r.event_id, answer_type), caused_by=r.event_id)
+    fields.update(event_id=derived_event_id(r.event_id, answer_type), caused_by=r.event_id,
+                  source=r.source)  # fmt: skip
     return fields
 
 

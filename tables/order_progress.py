@@ -41,6 +41,9 @@ class OrderProgress:
     lines: dict[int, tuple[str, int, str]] = field(default_factory=dict)
     decision: str | None = None
     reason: str = ""
+    # the orders.events partition of the order's events, passed on to what this sends the
+    # stock keepers (LineReservationRequested.source)
+    source: str = ""
     # Of the stored value this was read from (tables.versions); not part of what it says.
     version: int = field(default=0, compare=False)
 
@@ -53,6 +56,7 @@ class OrderProgress:
             "lines": {str(n): list(v) for n, v in self.lines.items()},
             "decision": self.decision,
             "reason": self.reason,
+            "source": self.source,
         }
 
     @classmethod
@@ -65,6 +69,7 @@ class OrderProgress:
             lines={int(n): (v[0], int(v[1]), v[2]) for n, v in value["lines"].items()},
             decision=value["decision"],
             reason=value["reason"],
+            source=value.get("source", ""),
             version=value.get(versions.VERSION, 0),
         )
 
@@ -74,8 +79,9 @@ def apply_outcome(
 ) -> OrderProgress:
     """Record one line's outcome (the first one for a line wins) and decide when possible."""
     current = progress or OrderProgress(
-        outcome.order_id, outcome.customer_id, outcome.customer_email, outcome.line_count
-    )
+        outcome.order_id, outcome.customer_id, outcome.customer_email, outcome.line_count,
+        source=outcome.source,
+    )  # fmt: skip
     if outcome.line_no in current.lines:
         return current
     mark = "R" if isinstance(outcome, InventoryReserved) else "X"
@@ -114,6 +120,7 @@ def compensations(progress: OrderProgress) -> list[LineReleaseRequested]:
             sku=sku,
             quantity=qty,
             reason="rejected",
+            source=progress.source,
         )
         for n, (sku, qty, mark) in sorted(progress.lines.items())
         if mark == "R"
@@ -133,6 +140,7 @@ def settlements(progress: OrderProgress) -> list[LineSettled]:
             line_no=n,
             sku=sku,
             quantity=qty,
+            source=progress.source,
         )
         for n, (sku, qty, _) in sorted(progress.lines.items())
     ]

@@ -38,10 +38,13 @@ def stock(available: int) -> Stock:
     return apply_stock_set(Stock("sku-1"), StockSet(str(uuid.uuid4()), "sku-1", available, T0))
 
 
-def reserve(order: str, qty: int, line: int = 1, count: int = 1) -> LineReservationRequested:
+def reserve(
+    order: str, qty: int, line: int = 1, count: int = 1, source: str = "0"
+) -> LineReservationRequested:
     return LineReservationRequested(
         event_id=f"{order}-r{line}", caused_by=order, order_id=order, customer_id="c",
         customer_email="c@example.com", line_no=line, line_count=count, sku="sku-1", quantity=qty,
+        source=source,
     )  # fmt: skip
 
 
@@ -50,13 +53,13 @@ def release(
 ) -> LineReleaseRequested:
     return LineReleaseRequested(
         event_id=f"{order}-x{line}-{reason}", caused_by=order, order_id=order, line_no=line,
-        sku="sku-1", quantity=qty, reason=reason, confirmed=confirmed,
+        sku="sku-1", quantity=qty, reason=reason, confirmed=confirmed, source="0",
     )  # fmt: skip
 
 
-def settle(order: str, qty: int, line: int = 1) -> LineSettled:
+def settle(order: str, qty: int, line: int = 1, source: str = "0") -> LineSettled:
     return LineSettled(event_id=f"{order}-s{line}", caused_by=order, order_id=order,
-                       line_no=line, sku="sku-1", quantity=qty)  # fmt: skip
+                       line_no=line, sku="sku-1", quantity=qty, source=source)  # fmt: skip
 
 
 def test_reserve_takes_stock_until_there_is_not_enough() -> None:
@@ -127,7 +130,7 @@ def test_a_hot_sku_ledger_is_bounded_by_the_horizon_not_its_history() -> None:
         s, _ = apply_command(s, settle(f"o{i}", 1), now)
     assert s.reserved == 50_000
     assert len(s.lines) <= 10 * (W.seconds + 2)
-    assert all(state != RESERVED for state, _ in s.lines.values())
+    assert all(state != RESERVED for state, _, _ in s.lines.values())
 
 
 def test_live_reservations_are_kept_whatever_their_age() -> None:
@@ -201,4 +204,18 @@ def test_a_value_written_before_the_horizon_still_reads() -> None:
     old = {"sku": "s", "available": 1, "reserved": 2, "lines": {"o:1": "R", "p:1": "C"},
            "seen": ["set-1"]}  # fmt: skip
     s = Stock.from_value(old)
-    assert s.lines == {"o:1": ("R", 0), "p:1": ("C", 0)} and s.last_set is None
+    assert s.lines == {"o:1": ("R", 0, ""), "p:1": ("C", 0, "")} and s.last_set is None
+
+
+def test_a_line_expires_on_its_own_partition_clock_not_the_fastest_one() -> None:
+    # Partition 1 works off a backlog behind partition 0: the SKU's latest time overall runs
+    # far ahead of partition 1's, whose repeat must still find its line.
+    s, _ = apply_command(stock(100), reserve("slow", 2, source="1"), W)
+    s, _ = apply_command(s, settle("slow", 2, source="1"), W)
+    for i in range(50):  # partition 0, 100 s ahead
+        s, _ = apply_command(s, reserve(f"fast{i}", 1, source="0"), at(100 + i))
+    s, again = apply_command(s, reserve("slow", 2, source="1"), at(3))  # the repeat, 3 s later
+    assert isinstance(again, InventoryReserved) and s.reserved == 52
+    # on partition 1's own clock, the horizon does pass
+    s, _ = apply_command(s, reserve("later", 1, source="1"), at(30))
+    assert "slow:1" not in s.lines and "fast49:1" in s.lines
