@@ -148,7 +148,7 @@ class DrainingProducerBuffer(faust_producer.ProducerBuffer):
         self.in_flight += 1
         try:
             await super()._send_pending(fut)
-        except BaseException as exc:
+        except Exception as exc:
             if not fut.done():  # else it would stay pending, its failure known to nobody
                 fut.set_exception(exc)
             raise
