@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
@@ -35,7 +36,9 @@ from pipeline.events import (
     money,
 )
 from tables import delivery, versions
-from tables.horizon import Horizon, prune_times
+from tables.horizon import Horizon, ValueTooLarge, prune_times
+
+log = logging.getLogger(__name__)
 
 FIRST_ORDER, LIFETIME_VALUE = "first_order", "lifetime_value"
 
@@ -298,7 +301,10 @@ async def note_dead_letter(message: Any) -> None:
     stats = read_customer_stats(customer_id) or CustomerStats(customer_id)
     noted = set_aside(stats, event_id, delivery.horizon(message).now)
     if noted is not stats:
-        await write_customer_stats(noted)
+        try:
+            await write_customer_stats(noted)
+        except ValueTooLarge as exc:  # the dead letter is out; its replay will be refused
+            log.error("not noting %s as pending: %s", event_id, exc)
 
 
 async def resend_customer_stats(customer_id: str) -> None:

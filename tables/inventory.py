@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -46,7 +47,9 @@ from pipeline.events import (
     derived_event_id,
 )
 from tables import delivery, versions
-from tables.horizon import Horizon, prune_times
+from tables.horizon import Horizon, ValueTooLarge, prune_times
+
+log = logging.getLogger(__name__)
 
 RESERVED, SETTLED, REJECTED, RELEASED, TOMBSTONE = "R", "S", "X", "C", "T"
 TAKEN = {RESERVED, SETTLED}  # the line's units are in ``reserved``
@@ -316,7 +319,10 @@ async def note_dead_letter(message: Any) -> None:
     stock = read_stock(sku) or Stock(sku)
     noted = set_aside(stock, command_id, delivery.horizon(message).now, line)
     if noted is not stock:
-        await write_stock(noted)
+        try:
+            await write_stock(noted)
+        except ValueTooLarge as exc:  # the dead letter is out; its replay will change nothing
+            log.error("not noting %s as pending: %s", command_id, exc)
 
 
 async def resend_stock(sku: str) -> None:

@@ -32,6 +32,7 @@ from faust.streams import current_event
 
 from pipeline import faust_fixes
 from pipeline.topics import kafka_producer
+from tables import horizon
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +66,13 @@ async def write(table: Any, key: bytes, version: int, value: dict[str, Any]) -> 
     (:func:`pipeline.faust_fixes.track_delivery`); a record the broker refuses stops the worker
     with that offset uncommitted. The record is sent before the store is written, so one the
     producer refuses at once (over ``max_request_size``) raises to the agent and leaves the
-    store as it was, for the retry to apply again.
+    store as it was, for the retry to apply again. A value over
+    :data:`tables.horizon.MAX_VALUE_BYTES` is refused here, before anything is sent
+    (:class:`tables.horizon.ValueTooLarge`, a permanent error: the event is dead-lettered saying
+    why, rather than the broker refusing the record and the worker stopping on it).
     """
     event = _current_event(table)
-    raw = encode(version, value)
+    raw = horizon.check_size(encode(version, value), f"{table.name} {key[:64]!r}")
     await _send(table, event, key, raw)
     table.data[key] = raw  # the store, for the current event's partition
 

@@ -247,3 +247,19 @@ async def test_a_record_fausts_buffer_cannot_hand_over_fails_its_future() -> Non
         await buffer._send_pending(record)  # type: ignore[arg-type]
     assert isinstance(record.exception(), MessageSizeTooLargeError)
     assert buffer.in_flight == 0
+
+
+async def test_a_value_over_the_bound_is_refused_before_anything_is_sent(
+    kafka: KafkaClient,
+) -> None:
+    """A value past ``tables.horizon.MAX_VALUE_BYTES`` is a permanent error raised before the
+    send: the event is dead-lettered saying why, instead of the broker refusing the changelog
+    record and the worker stopping on it."""
+    from tables.horizon import MAX_VALUE_BYTES, ValueTooLarge
+
+    huge = {"customer_id": "erin", "seen": "x" * MAX_VALUE_BYTES}
+    with handling(offset=51), pytest.raises(ValueTooLarge, match="PIPELINE_DEDUPE_HORIZON"):
+        await versions.write(customer_stats_table, b"erin", 1, huge)
+    with handling(offset=51):
+        assert versions.stored(customer_stats_table, b"erin") is None
+    assert not kafka.sent
