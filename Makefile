@@ -18,7 +18,7 @@ export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 PYTEST_ARGS ?=
 
 .PHONY: help install lint format test unit integration demo bench kafka-jars kafka-up kafka-down \
-	postgres-up postgres-down chromium clean
+	postgres-up postgres-down chromium clean soak
 
 help:
 	@echo "make demo         run the pipeline locally (Kafka, SQLite, two workers); Ctrl-C stops it"
@@ -27,6 +27,7 @@ help:
 	@echo "make unit         offline unit tests only"
 	@echo "make integration  tests on the real local Kafka and PostgreSQL"
 	@echo "make bench        benchmarks beside their baselines (BENCH_QUICK=1: short run)"
+	@echo "make soak         200,000 orders with faults, then judged (SOAK_ORDERS=20000: short run)"
 	@echo "make kafka-up     start the local broker (prints its bootstrap address)"
 	@echo "make kafka-down   stop it"
 
@@ -97,3 +98,7 @@ clean:
 
 bench: install kafka-jars postgres-up
 	$(BIN)/python -m bench
+
+# Not part of `make test`: about half an hour on two cores (bench/soak.py says what it does).
+soak: install kafka-jars postgres-up
+	$(BIN)/python -m bench.soak

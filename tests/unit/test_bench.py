@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
+from datetime import UTC, datetime
+from decimal import Decimal
+from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -19,6 +23,25 @@ from bench.report import (
     spread,
     summary_rows,
 )
+from bench.soak import (
+    BOUNDS,
+    HOT_CUSTOMER,
+    HOT_SKU,
+    TableSizes,
+    Truth,
+    customer_failures,
+    customer_figures,
+    misordered_revenue,
+    order_plan,
+    rereads,
+    revenue_failures,
+    share_failures,
+    size_rows,
+    status_failures,
+    stock_failures,
+    window_start,
+)
+from tables.horizon import MAX_VALUE_BYTES
 
 PRODUCER_OUT = """\
 100000 records sent, 20000.0 records/sec (5.72 MB/sec), 12.3 ms avg latency, 300.0 ms max latency.
@@ -147,3 +170,87 @@ def test_a_profile_summary_shares_the_main_threads_samples_by_category() -> None
         "idle: waiting on the network": 30.0,
         "Faust: fetcher hand-over to the agents": 20.0,
     }}  # fmt: skip
+
+
+# -- the soak's pure parts (bench/soak.py) --------------------------------------------------
+
+
+def test_the_soak_load_is_concentrated_on_one_sku_and_one_customer() -> None:
+    plan = list(islice(order_plan(14), 20_000))
+    assert plan[:50] == list(islice(order_plan(14), 50))  # the same seed, the same orders
+    hot_lines = sum(1 for p in plan for i in p.body["items"] if i["sku"] == HOT_SKU)
+    hot_orders = sum(1 for p in plan if p.body["customer_id"] == HOT_CUSTOMER)
+    kinds = Counter(p.cancel for p in plan)
+    assert hot_lines >= 5_000 and hot_orders >= 2_000
+    assert 1_600 <= kinds["early"] + kinds["late"] <= 2_400 and kinds["early"] and kinds["late"]
+    for p in plan:  # every body is an order the service takes, a SKU at most once
+        skus = [i["sku"] for i in p.body["items"]]
+        assert 1 <= len(skus) == len(set(skus)) <= 2
+
+
+def test_the_soak_judges_stock_and_stats_against_the_database() -> None:
+    reserved = {"a": 5, "b": 0}
+    bodies = {"a": {"sku": "a", "available": 95, "reserved": 5},
+              "b": {"sku": "b", "available": 90, "reserved": 0}}  # fmt: skip
+    [wrong] = stock_failures(reserved, bodies, 100)
+    assert wrong.startswith("stock of b:")
+    figures = customer_figures([("confirmed", Decimal("10.50")), ("cancelled", Decimal("3.00"))])
+    assert figures == {"order_count": 2, "cancelled_count": 1, "total_spent": "10.50"}
+    stats = {"c1": {**figures, "average_order_value": "10.50"}, "c2": None}
+    assert customer_failures({"c1": figures}, stats) == []
+    assert customer_failures({"c2": figures}, stats)[0].startswith("stats of c2:")
+
+
+def test_the_soak_checks_the_shares_and_the_decisions() -> None:
+    t = Truth(statuses=Counter(confirmed=900, cancelled=100), orders=1000, hot_sku_lines=260)
+    t.hot_customer_orders, t.cancelled_from = 100, Counter(created=60, confirmed=40)
+    assert share_failures(t, 1000) == [] and status_failures(t) == []
+    t.hot_sku_lines, t.statuses["created"] = 249, 3
+    assert share_failures(t, 1001) == [
+        "1000 orders in the database, 1001 placed",
+        "hot SKU on 249 lines, fewer than 250",
+    ]
+    assert status_failures(t) == ["3 orders still 'created' after the drain"]
+    t.cancelled_from = Counter(created=100)
+    assert "not both before and after" in share_failures(t, 1000)[-1]
+
+
+def test_the_soak_reports_each_tables_largest_value_against_its_bound() -> None:
+    assert BOUNDS["stock"] == BOUNDS["customer_stats"] == MAX_VALUE_BYTES
+    stock, stats = TableSizes(), TableSizes()
+    stock.add(b"sku", b'{"v":1,"lines":{"o:1":["S",5],"o:2":["R",6]}}')
+    stock.add(b"sku", None)  # a tombstone counts as a record, not as a value
+    stats.add(b"hot", b"x" * (MAX_VALUE_BYTES + 1))
+    rows = {r["table"]: r for r in size_rows({"stock": stock, "customer_stats": stats})}
+    assert rows["stock"]["records"] == 2 and rows["stock"]["entries_in_largest"] == 2
+    assert rows["stock"]["within_bound"] and not rows["customer_stats"]["within_bound"]
+    assert rows["customer_stats"]["largest_key"] == "hot"
+
+
+def test_the_soak_compares_each_revenue_window_with_the_database() -> None:
+    start = window_start(datetime(2026, 11, 30, 20, 7, 30, tzinfo=UTC))
+    assert datetime.fromtimestamp(start, UTC) == datetime(2026, 11, 30, 20, 5, tzinfo=UTC)
+    windows = [{"window_start": "2026-11-30T20:05:00+00:00", "revenue": "10.00", "orders": 2}]
+    assert revenue_failures(windows, {start: [Decimal("10.00"), 2]}) == []
+    assert revenue_failures(windows, {start: [Decimal("12.50"), 3], start + 300: [0, 0]}) == [
+        "revenue window 20:05:00: 2 orders, 10.00; the database 3, 12.50"
+    ]
+
+
+def test_the_soak_finds_revenue_records_that_arrive_below_their_streams_mark() -> None:
+    one, two = Decimal("1.00"), Decimal("2.00")
+    records = [
+        ("a", "s0@10", 0, one, 1),
+        ("b", "s0@12", 0, two, 1),
+        ("a", "s0@10", 0, one, 1),  # a repeat: dropped, rightly
+        ("c", "s0@11", 0, two, 1),  # handled after 12 (a re-read): dropped, wrongly
+        ("d", "s0@5", 300, one, -1),  # another window has marks of its own
+        ("e", "s1@1", 0, one, 1),
+    ]
+    assert misordered_revenue(records) == [1, two, 1]
+
+
+def test_the_soak_counts_records_handled_again_per_agent() -> None:
+    assert rereads({"analytics": 1050.0}, {"analytics": 1000, "revenue": 10}) == {
+        "analytics": 50, "revenue": -10,
+    }  # fmt: skip
