@@ -1,15 +1,20 @@
-"""Notification senders. Each takes the event id as its idempotency key.
+"""Notification senders: adapters that hand one message to the outside world.
+
+Whether a message is due is not theirs to decide: the notification agent sends each order's
+message once, by its ``notifications_sent`` table, which moves with the partition between
+hosts (:mod:`agents.notifications`). Each message carries the decision's event id as its
+idempotency key: the file name of the mailbox, the ``Message-ID`` of a mail.
 
 - :class:`MailboxSender` (the default) writes one file per message into a folder, named by the
-  event id and created atomically (write to a temporary name, then ``link``): a repeat of the
-  same event finds the file and adds nothing, overwrites nothing. Exactly one message per
-  event, across redeliveries and crashes.
+  event id and created atomically (write to a temporary name, then ``link``): never a partial
+  file, and a repeat into the same folder adds nothing and overwrites nothing.
 - :class:`SmtpSender` sends through an SMTP server when ``PIPELINE_SMTP_HOST`` is set, with
-  ``Message-ID`` derived from the event id, and records each sent id in a marker folder first
-  checked on a repeat. What SMTP cannot promise: if the worker dies after the server accepted
-  the message but before the marker is written, the message is sent again on redelivery. The
-  repeat carries the same ``Message-ID``, which many mail stores use to drop duplicates, but
-  SMTP itself has no idempotent submission.
+  ``Message-ID`` derived from the event id. SMTP has no idempotent submission: a message sent
+  twice is delivered twice, with the same ``Message-ID``, which many mail stores use to drop
+  duplicates. It keeps no sent-markers of its own: they were on the worker's local disk, so a
+  partition's next owner on another host never saw them, and they grew by a file per message
+  forever. The agent's table does their job on every host, and on the same host its RocksDB
+  write follows the send as closely as the marker did, so it protects no less there.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ class Message:
 
 class Sender(Protocol):
     async def send(self, message: Message) -> bool:
-        """Deliver ``message`` unless it was delivered before; True if sent now."""
+        """Deliver ``message``; False if the sender knows it delivered it before (the mailbox
+        finds its file), True otherwise."""
         ...
 
 
@@ -76,19 +82,13 @@ class MailboxSender:
 
 
 class SmtpSender:
-    def __init__(self, host: str, port: int, sender: str, sent_markers: Path) -> None:
+    def __init__(self, host: str, port: int, sender: str) -> None:
         self.host = host
         self.port = port
         self.sender = sender
-        self.markers = sent_markers
-        sent_markers.mkdir(parents=True, exist_ok=True)
 
     async def send(self, message: Message) -> bool:
-        marker = self.markers / message.idempotency_key
-        if marker.exists():
-            return False
         await asyncio.to_thread(self._deliver, _email(message, self.sender))
-        await asyncio.to_thread(_create_once, marker, b"")
         return True
 
     def _deliver(self, mail: EmailMessage) -> None:

@@ -1,10 +1,10 @@
-"""The SMTP sender against a real SMTP server on loopback (aiosmtpd)."""
+"""The SMTP sender against a real SMTP server on loopback (aiosmtpd). Dedupe is not its job:
+the notification agent's table sends each order's message once (test_notifications_move)."""
 
 from __future__ import annotations
 
 import asyncio
 import email
-from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
@@ -22,23 +22,18 @@ class Inbox:
         return "250 OK"
 
 
-def test_smtp_sender_sends_each_event_once_with_its_message_id(tmp_path: Path) -> None:
+def test_smtp_sender_sends_the_message_with_its_message_id() -> None:
     inbox = Inbox()
     port = free_port()
     controller = Controller(inbox, hostname="127.0.0.1", port=port)
     controller.start()
     try:
-        sender = SmtpSender("127.0.0.1", port, "orders@example.com", tmp_path / "sent")
+        sender = SmtpSender("127.0.0.1", port, "orders@example.com")
         message = Message("evt-42", "c@example.com", "Your order", "Thanks")
-
-        async def twice() -> list[bool]:
-            return [await sender.send(message), await sender.send(message)]
-
-        assert asyncio.run(twice()) == [True, False]
+        assert asyncio.run(sender.send(message)) is True
     finally:
         controller.stop()
     assert len(inbox.messages) == 1
     mail = inbox.messages[0]
     assert mail["Message-ID"] == "<evt-42@orders-pipeline>"
     assert (mail["To"], mail["Subject"]) == ("c@example.com", "Your order")
-    assert (tmp_path / "sent" / "evt-42").exists()
