@@ -40,6 +40,8 @@ import faust
 from pipeline import logs
 from pipeline.settings import Settings, web_bind_refusal
 
+log = logging.getLogger(__name__)
+
 
 def tune_gc(young_threshold: int) -> None:
     """Collect the youngest generation every ``young_threshold`` allocations (0: Python's)."""
@@ -62,6 +64,31 @@ def startup_problem(app: faust.App, settings: Settings) -> str | None:
         if refusal:
             return refusal
     return make_directories(worker_directories(settings, Path(conf.datadir)))
+
+
+async def declare_topics(settings: Settings) -> None:
+    """Create the pipeline's missing topics before the consumer first subscribes.
+
+    Faust subscribes an agent to its redelivery topic with its source; a topic missing at the
+    group's first assignment is ignored by the assignor ("Ignoring missing topic") until the
+    consumer's metadata next refreshes, minutes later, and a record retried or replayed into it
+    meanwhile waits that long (found by the PostgreSQL fault scenario: an order left undecided).
+    The runtime declares the topics too, but only once the app is starting, which can be after
+    the first assignment. A broker that cannot be reached here is Faust's to report."""
+    from aiokafka.errors import KafkaError
+
+    from pipeline.topics_cli import create_topics, topic_plan
+
+    try:
+        outcomes = await create_topics(
+            settings, topic_plan(settings), dry_run=False, request_timeout=10.0
+        )
+    except (KafkaError, OSError, TimeoutError) as exc:
+        log.warning("could not declare the topics before starting (%r); Faust will", exc)
+        return
+    for outcome in outcomes:
+        if outcome.state == "problem":
+            log.warning("topic %s: %s", outcome.spec.name, outcome.detail)
 
 
 def worker_directories(settings: Settings, datadir: Path) -> list[tuple[Path, str]]:
@@ -105,6 +132,7 @@ class Worker(faust.Worker):
         from pipeline.app import settings
 
         tune_gc(settings.gc_young_threshold)
+        await declare_topics(settings)
         await super().on_first_start()
 
     async def on_startup_finished(self) -> None:
