@@ -1,7 +1,7 @@
 """Revenue windows: consumes the one-partition revenue topic, one owner for all windows.
 
-Guarantees: each revenue record counts once in its window (the window keeps the highest
-position applied per stream, ``tables.revenue``); a dead-lettered record is pending in its
+Guarantees: each revenue record counts once in its window (the window keeps the ids applied
+within the dedupe horizon, ``tables.revenue``); a dead-lettered record is pending in its
 window, and its replay counts once.
 """
 
@@ -21,7 +21,9 @@ from tables.revenue import REVENUE_KEY, Window, apply_revenue, revenue_table, se
 
 async def add_to_window(record: RevenueRecorded) -> None:
     current = Window.from_value(revenue_table[REVENUE_KEY].current())
-    updated, applied = apply_revenue(current, record, replayed=delivery.is_replay())
+    updated, applied = apply_revenue(
+        current, record, delivery.horizon(), replayed=delivery.is_replay()
+    )
     if applied:
         revenue_table[REVENUE_KEY] = updated.to_value()
 

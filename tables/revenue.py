@@ -1,15 +1,18 @@
 """Revenue per tumbling window: a Faust windowed table on the one-partition revenue topic.
 
-Each window's value holds its net revenue, its net order count and, per stream the analytics
-agent reads (each partition of its source topic and of its redelivery topic), the highest
-offset whose revenue record it applied (``marks``). A revenue record carries the position at
-which the analytics agent first applied its cause, and every repeat of it (a crash, a
-forwarder duplicate, a redelivery) carries the same position; the agent reads each stream in
-offset order and sends its records in that order to this one partition, so a record at or
-below its stream's mark is a repeat. The value's size is bounded by the number of streams,
-whatever the number of records. Windows are assigned by the record's Kafka timestamp, which
-the analytics agent sets to the time the order was created or cancelled, and which retries and
-replays keep; they expire after ``PIPELINE_REVENUE_WINDOW_EXPIRES_SECONDS``.
+Each window's value holds its net revenue, its net order count, the ids of the revenue records
+it applied within the dedupe horizon (with their record time) and the ids of its records that
+were dead-lettered (pending, for their replay). Every repeat the pipeline makes comes within
+the horizon (:mod:`tables.horizon`), so the ids are the exact dedupe state; the value's size is
+bounded by the records a window receives within the horizon, not by its history.
+
+Not by offset marks: a window once kept only the highest position per stream at which the
+analytics agent applied a record's cause, which assumes each stream is applied in offset
+order; after a rebalance the stuck-partition re-read (``pipeline.faust_fixes``) applies a range
+again after later records, and its first copies fell below the mark and were dropped (the soak
+lost 197 orders in the window of a worker's kill). Windows are assigned by the record's Kafka
+timestamp, which the analytics agent sets to the time the order was created or cancelled, and
+which retries and replays keep; they expire after ``PIPELINE_REVENUE_WINDOW_EXPIRES_SECONDS``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 
 from pipeline.app import app, settings
 from pipeline.events import RevenueRecorded, money
+from tables.horizon import Horizon
 
 REVENUE_KEY = "revenue"
 
@@ -29,14 +33,16 @@ REVENUE_KEY = "revenue"
 class Window:
     revenue: Decimal = Decimal("0.00")
     orders: int = 0
-    # stream ("s3": source partition 3, "r3": redelivery partition 3) -> highest offset applied
-    marks: dict[str, int] = field(default_factory=dict)
+    # ids of the records applied within the horizon -> their record time (seconds)
+    seen: dict[str, int] = field(default_factory=dict)
     # ids of records dead-lettered here and not applied since: a replay applies only these
     pending: tuple[str, ...] = ()
+    clock: int = 0  # the latest record time applied (tables.horizon)
 
     def to_value(self) -> dict[str, Any]:
         value: dict[str, Any] = {
-            "revenue": money(self.revenue), "orders": self.orders, "marks": self.marks
+            "revenue": money(self.revenue), "orders": self.orders, "clock": self.clock,
+            "seen": self.seen,
         }  # fmt: skip
         if self.pending:
             value["pending"] = list(self.pending)
@@ -46,49 +52,38 @@ class Window:
     def from_value(cls, value: dict[str, Any] | None) -> Window:
         if not value:
             return cls()
-        # Values written before the marks held the ids applied; their records are long past.
+        seen = value.get("seen", {})
         return cls(
             Decimal(value["revenue"]),
             value["orders"],
-            dict(value.get("marks", {})),
+            dict.fromkeys(seen, 0) if isinstance(seen, list) else dict(seen),
             tuple(value.get("pending", ())),
+            value.get("clock", 0),
         )
 
 
-def parse_position(position: str) -> tuple[str, int] | None:
-    stream, at, offset = position.partition("@")
-    if not at or not stream or not offset.isdigit():
-        return None
-    return stream, int(offset)
-
-
 def apply_revenue(
-    window: Window, record: RevenueRecorded, *, replayed: bool = False
+    window: Window, record: RevenueRecorded, h: Horizon, *, replayed: bool = False
 ) -> tuple[Window, bool]:
-    """Add ``record`` once: a record at or below its stream's mark is a repeat. A record with
-    no position (sent before positions existed) is added. A dead-letter replay is added only
-    while its id is pending here (its stream has moved on since)."""
-    parsed = parse_position(record.position)
-    marks = window.marks
-    pending = window.pending
-    if replayed or record.event_id in pending:
-        if record.event_id not in pending:
-            return window, False
-        pending = tuple(p for p in pending if p != record.event_id)
-        if parsed is not None and parsed[1] > marks.get(parsed[0], -1):
-            marks = {**marks, parsed[0]: parsed[1]}
-    elif parsed is not None:
-        stream, offset = parsed
-        if offset <= marks.get(stream, -1):
-            return window, False
-        marks = {**marks, stream: offset}
+    """Add ``record`` once: a repeat comes within the horizon, where its id is still kept. A
+    dead-letter replay is added only while its id is pending here."""
+    event_id = record.event_id
+    if event_id in window.seen or (replayed and event_id not in window.pending):
+        return window, False
+    h = h.advanced(window.clock)
+    cutoff = h.cutoff
+    seen = window.seen
+    if seen and min(seen.values()) < cutoff:
+        seen = {k: at for k, at in seen.items() if at >= cutoff}
+    pending = tuple(p for p in window.pending if p != event_id)
     return (
         replace(
             window,
             revenue=window.revenue + record.amount,
             orders=window.orders + record.orders,
-            marks=marks,
+            seen={**seen, event_id: h.now},
             pending=pending,
+            clock=h.now,
         ),
         True,
     )
@@ -97,7 +92,7 @@ def apply_revenue(
 def set_aside(window: Window, record_id: str) -> Window:
     """Note a dead-lettered record as pending in its window, so its replay adds it once.
     Bounded by the window's own life: windows expire."""
-    if record_id in window.pending:
+    if record_id in window.pending or record_id in window.seen:
         return window
     return replace(window, pending=(*window.pending, record_id))
 
