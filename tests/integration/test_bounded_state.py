@@ -316,8 +316,11 @@ def test_state_stays_bounded_and_exact_under_repeats_at_volume(
     hot_commands = [json.loads(r.value) | {"ts": r.timestamp} for r in commands
                     if r.key == HOT.encode() and r.value]  # fmt: skip
     ledger_bound, ledger_history = _within_horizon(
-        [(c.get("source", ""), f"{c['order_id']}:{c['line_no']}", c["ts"])
-         for c in hot_commands if "line_no" in c]  # fmt: skip
+        [
+            (c.get("source", ""), f"{c['order_id']}:{c['line_no']}", c["ts"])
+            for c in hot_commands
+            if "line_no" in c
+        ]
     )
     assert ledger_bound < ledger_history / 2  # the run outlasted the horizon: pruning was due
     stock_values = asyncio.run(_last_values(kafka_bootstrap, f"{app_id}-stock-changelog"))
@@ -326,8 +329,11 @@ def test_state_stays_bounded_and_exact_under_repeats_at_volume(
 
     events = asyncio.run(_records(kafka_bootstrap, orders_topic))
     stats_bound, stats_history = _within_horizon(
-        [("", dict(r.headers)["event_id"].decode(), r.timestamp)
-         for r in events if r.key == b"cust-hot"]  # fmt: skip
+        [
+            ("", dict(r.headers)["event_id"].decode(), r.timestamp)
+            for r in events
+            if r.key == b"cust-hot"
+        ]
     )
     assert stats_bound < stats_history / 2
     stats_values = asyncio.run(_last_values(kafka_bootstrap, f"{app_id}-customer_stats-changelog"))
@@ -338,8 +344,14 @@ def test_state_stays_bounded_and_exact_under_repeats_at_volume(
     # of the horizon only.
     records = asyncio.run(_records(kafka_bootstrap, workers.topic("analytics.revenue")))
     revenue_bound, revenue_history = _within_horizon(
-        [(f"window {r.timestamp // 3_600_000}", dict(r.headers)["event_id"].decode(), r.timestamp)
-         for r in records]  # fmt: skip
+        [
+            (
+                f"window {r.timestamp // 3_600_000}",
+                dict(r.headers)["event_id"].decode(),
+                r.timestamp,
+            )
+            for r in records
+        ]
     )
     assert revenue_bound < revenue_history / 2
     revenue_values = asyncio.run(_last_values(kafka_bootstrap, f"{app_id}-revenue-changelog"))
