@@ -125,7 +125,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import faust.tables.base as faust_tables
@@ -258,6 +258,38 @@ async def _on_partitions_revoked(self: Any, revoked: Any) -> None:
         heads.pop(tp, None)
         stuck.pop(tp, None)
     await STOCK_ON_PARTITIONS_REVOKED(self, revoked)
+    partitions = {tp.partition for tp in revoked}
+    for hook in _on_revoked:
+        hook(partitions)
+
+
+# What runs before every offset commit (``tables.versions.flush``: the table values written
+# since the last one), and after a revocation (``tables.versions.forget``).
+_before_commit: list[Callable[[], Awaitable[None]]] = []
+_on_revoked: list[Callable[[set[int]], None]] = []
+
+
+def before_commit(hook: Callable[[], Awaitable[None]]) -> None:
+    if hook not in _before_commit:
+        _before_commit.append(hook)
+
+
+def on_revoked(hook: Callable[[set[int]], None]) -> None:
+    if hook not in _on_revoked:
+        _on_revoked.append(hook)
+
+
+STOCK_COMMIT_TPS = faust_consumer.Consumer._commit_tps
+
+
+async def _commit_tps(self: Any, tps: Any, start_new_transaction: bool) -> bool:
+    """Faust's commit of the offsets acknowledged, after the hooks (the staged table values
+    sent). Faust picks the offsets at the start of its ``_commit_tps``, with no await between
+    the hooks' end and that: no event acknowledged after the flush is committed by it."""
+    for hook in _before_commit:
+        await hook()
+    did_commit: bool = await STOCK_COMMIT_TPS(self, tps, start_new_transaction)
+    return did_commit
 
 
 log = logging.getLogger(__name__)
@@ -371,6 +403,14 @@ def settle_delivery(delivery: asyncio.Future[Any]) -> bool:
         _failures.append(failure)
         log.error("%s", failure)
     return False
+
+
+def refuse_commits(topic: str, error: BaseException) -> None:
+    """A record for ``topic`` could not even be handed to the producer: as a failed delivery."""
+    failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    failed.set_exception(error)
+    _unsettled[failed] = topic
+    settle_delivery(failed)
 
 
 async def _undelivered() -> DeliveryFailed | None:
@@ -524,6 +564,7 @@ def install() -> None:
     faust_consumer.Consumer._add_gap = _add_gap  # type: ignore[method-assign]
     faust_consumer.Consumer.perform_seek = _perform_seek  # type: ignore[method-assign]
     faust_consumer.Consumer.on_partitions_revoked = _on_partitions_revoked  # type: ignore[method-assign]
+    faust_consumer.Consumer._commit_tps = _commit_tps  # type: ignore[method-assign]
     faust_aiokafka.AIOKafkaConsumerThread.seek_to_committed = _seek_to_committed  # type: ignore[method-assign,assignment]
     faust_tables.Collection._on_changelog_sent = _on_changelog_sent  # type: ignore[method-assign]
     faust_tables.Collection.send_changelog = _tracked_send_changelog  # type: ignore[method-assign]

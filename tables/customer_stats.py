@@ -100,6 +100,10 @@ class CustomerStats:
             version=value.get(versions.VERSION, 0),
         )
 
+    def weight(self) -> int:
+        """What its encoded size grows with (``tables.versions`` estimates the size from it)."""
+        return 1 + len(self.seen) + len(self.pending) + len(self.milestones)
+
     def public(self) -> dict[str, Any]:
         """The body of ``GET /customers/{customer_id}/stats``."""
         body = self.to_value()
@@ -269,8 +273,12 @@ customer_stats_table = app.Table(
 
 
 def read_customer_stats(customer_id: str) -> CustomerStats | None:
-    value = versions.stored(customer_stats_table, customer_id.encode())
-    return None if value is None else CustomerStats.from_value(json.loads(value))
+    stats: CustomerStats | None = versions.read(customer_stats_table, customer_id.encode(), _decode)
+    return stats
+
+
+def _decode(raw: bytes) -> CustomerStats:
+    return CustomerStats.from_value(json.loads(raw))
 
 
 def read_figures(raw: bytes) -> dict[str, Any]:
@@ -286,9 +294,7 @@ def read_figures(raw: bytes) -> dict[str, Any]:
 
 
 async def write_customer_stats(stats: CustomerStats) -> None:
-    await versions.write(
-        customer_stats_table, stats.customer_id.encode(), stats.version + 1, stats.to_value()
-    )
+    await versions.write(customer_stats_table, stats.customer_id.encode(), stats.version + 1, stats)
 
 
 async def note_dead_letter(message: Any) -> None:

@@ -96,13 +96,19 @@ notifications_sent_table = app.Table(
 
 
 def read_sent(order_id: str) -> NotificationSent | None:
-    value = versions.stored(notifications_sent_table, order_id.encode())
-    return None if value is None else NotificationSent.from_value(order_id, json.loads(value))
+    sent: NotificationSent | None = versions.read(
+        notifications_sent_table,
+        order_id.encode(),
+        lambda raw: NotificationSent.from_value(order_id, json.loads(raw)),
+    )
+    return sent
 
 
 async def write_sent(sent: NotificationSent) -> None:
+    # Sent at once, not at the next commit: the email went out, and a worker that dies before
+    # its next commit must not leave the next owner without the mark (a second email).
     await versions.write(
-        notifications_sent_table, sent.order_id.encode(), sent.version + 1, sent.to_value()
+        notifications_sent_table, sent.order_id.encode(), sent.version + 1, sent, at_once=True
     )
 
 

@@ -176,8 +176,12 @@ order_progress_table = app.Table(
 
 
 def read_progress(order_id: str) -> OrderProgress | None:
-    value = versions.stored(order_progress_table, order_id.encode())
-    return None if value is None else OrderProgress.from_value(json.loads(value))
+    progress: OrderProgress | None = versions.read(order_progress_table, order_id.encode(), _decode)
+    return progress
+
+
+def _decode(raw: bytes) -> OrderProgress:
+    return OrderProgress.from_value(json.loads(raw))
 
 
 async def forget_progress(order_id: str) -> None:
@@ -188,7 +192,7 @@ async def forget_progress(order_id: str) -> None:
 
 async def write_progress(progress: OrderProgress) -> None:
     await versions.write(
-        order_progress_table, progress.order_id.encode(), progress.version + 1, progress.to_value()
+        order_progress_table, progress.order_id.encode(), progress.version + 1, progress
     )
 
 

@@ -7,3 +7,14 @@ import tempfile
 
 os.environ.setdefault("PIPELINE_STORE", "memory://")
 os.environ.setdefault("PIPELINE_DATA_DIR", tempfile.mkdtemp(prefix="pipeline-unit-"))
+
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _fresh_table_values() -> None:
+    """Values staged or cached by one test's agents are not another's (``tables.versions``)."""
+    from tables import versions
+
+    versions.reset()

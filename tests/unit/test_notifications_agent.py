@@ -129,7 +129,8 @@ handled: list[object] = []
 
 def move_partition(records: Changelog, *order_ids: str) -> None:
     """The partition's next owner, on another host: its store holds what it recovered from the
-    changelog records given, nothing of the previous owner's disk."""
+    changelog records given, nothing of the previous owner's disk or memory."""
+    versions.reset()
     for order_id in order_ids:
         notifications_sent_table.data.pop(order_id.encode(), None)
     for name, key, raw in records:

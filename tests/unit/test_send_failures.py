@@ -135,6 +135,22 @@ class Consumer:
         stock = faust_consumer.Consumer._commit_offsets
         return await stock(self, offsets)  # type: ignore[arg-type]
 
+    async def commit_tps(self, offsets: dict[TP, int]) -> bool:
+        """Faust's ``_commit_tps`` (with the fixes: the staged table values flushed first),
+        committing ``offsets`` as the acknowledged ones."""
+        self._acked_offsets = offsets
+        commit = faust_consumer.Consumer._commit_tps
+        return await commit(self, list(offsets), True)  # type: ignore[arg-type]
+
+    def _filter_committable_offsets(self, tps: list[TP]) -> dict[TP, int]:
+        return {tp: self._acked_offsets[tp] for tp in tps}
+
+    async def _handle_attached(self, offsets: dict[TP, int]) -> None:
+        return None
+
+    async def _commit_offsets(self, offsets: dict[TP, int], start_new_transaction: bool) -> bool:
+        return await self.commit_offsets(offsets)
+
 
 def _ignore(*args: Any, **kwargs: Any) -> None:
     return None
@@ -170,6 +186,8 @@ async def test_a_changelog_record_the_broker_refuses_is_never_committed_over(
 ) -> None:
     with handling(offset=20):
         await versions.write(customer_stats_table, b"alice", 1, {"customer_id": "alice"})
+    assert not kafka.sent  # staged until the commit (tables.versions)
+    await versions.flush()
     changelog = customer_stats_table.changelog_topic.get_topic_name()
     kafka.fail(changelog, MessageSizeTooLargeError())
     await asyncio.sleep(0)  # the delivery's own callbacks have run: still refused
@@ -197,22 +215,57 @@ async def test_acknowledged_sends_are_committed(kafka: KafkaClient) -> None:
     with handling(offset=40):
         await versions.write(customer_stats_table, b"carol", 1, {"customer_id": "carol"})
         await publish(analytics_events_topic, "carol", order_created("carol"))
-    kafka.acknowledge()
     consumer = Consumer()
-    assert await consumer.commit_offsets({SOURCE: 41}) is True
+    committing = asyncio.ensure_future(consumer.commit_tps({SOURCE: 41}))
+    for _ in range(5):  # the flush sends the staged value; then the broker acknowledges all
+        await asyncio.sleep(0)
+    assert [r.key for r in kafka.sent] == [b"carol", b"carol"]
+    kafka.acknowledge()
+    assert await committing is True
     assert consumer.committed == [{SOURCE: 41}]
     assert consumer.crashed is None
+    with handling(offset=41):
+        assert versions.stored(customer_stats_table, b"carol") is not None
+
+
+async def test_a_commit_never_covers_a_value_staged_before_it(kafka: KafkaClient) -> None:
+    """Values written by the events a commit covers are sent before the offsets are picked,
+    including one written while the flush waits for the producer."""
+    with handling(offset=70):
+        await versions.write(customer_stats_table, b"frank", 1, {"customer_id": "frank"})
+    real_send = kafka.send
+
+    async def slow_send(*args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        await asyncio.sleep(0)
+        if not any(r.key == b"grace" for r in kafka.sent):  # an agent writes meanwhile
+            with handling(offset=71):
+                await versions.write(customer_stats_table, b"grace", 1, {"customer_id": "grace"})
+        return await real_send(*args, **kwargs)
+
+    kafka.send = slow_send  # type: ignore[method-assign]
+    consumer = Consumer()
+    committing = asyncio.ensure_future(consumer.commit_tps({SOURCE: 72}))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    kafka.acknowledge()
+    assert await committing is True
+    assert {r.key for r in kafka.sent} == {b"frank", b"grace"}
+    assert versions.staged() == 0
 
 
 async def test_a_record_the_producer_refuses_to_send_leaves_the_table_as_it_was(
     kafka: KafkaClient,
 ) -> None:
-    """aiokafka's ``send`` raises at once for a record over ``max_request_size``: the error
-    reaches the agent (whose failure policy retries it, then dead-letters it), and the store
-    is not left holding a value the changelog never got."""
+    """aiokafka's ``send`` raises at once for a record over ``max_request_size``: at the
+    flush before a commit, the commit is refused and the worker stops, and the store is not
+    left holding a value the changelog never got."""
     kafka.refuse = MessageSizeTooLargeError()
-    with handling(offset=50), pytest.raises(MessageSizeTooLargeError):
+    with handling(offset=50):
         await versions.write(customer_stats_table, b"dave", 1, {"customer_id": "dave"})
+    consumer = Consumer()
+    assert await consumer.commit_tps({SOURCE: 51}) is False
+    assert consumer.committed == []
+    assert isinstance(consumer.crashed, faust_fixes.DeliveryFailed)
     with handling(offset=50):
         assert versions.stored(customer_stats_table, b"dave") is None
     with handling(offset=50), pytest.raises(MessageSizeTooLargeError):

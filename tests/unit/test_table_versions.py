@@ -211,18 +211,87 @@ async def test_an_orders_write_and_deletion_acknowledged_together_move_the_mark_
 
     try:
         with handling(offset=7, tp=TP("inventory.events", 0)):
-            await write_progress(progress("o-1"))  # changelog offset 5
-            await forget_progress("o-1")  # 6
+            await write_progress(progress("o-1"))
+        await versions.flush()  # changelog offset 5
+        with handling(offset=8, tp=TP("inventory.events", 0)):
+            await forget_progress("o-1")
+        await versions.flush()  # 6
         kafka.acknowledge()  # one batch: 5, then 6
         for _ in range(3):
             await asyncio.sleep(0)
         assert store.persisted_offset(tp) == 6
-        with handling(offset=8, tp=TP("inventory.events", 0)):
-            await write_progress(progress("o-2"))  # 7
+        with handling(offset=9, tp=TP("inventory.events", 0)):
+            await write_progress(progress("o-2"))
+            await write_progress(progress("o-3"))
+            await forget_progress("o-3")  # written and deleted between two commits: one record
+        await versions.flush()  # 7 and 8
         kafka.acknowledge()
         for _ in range(3):
             await asyncio.sleep(0)
-        assert store.persisted_offset(tp) == 7
+        assert store.persisted_offset(tp) == 8
+        assert [r.value for r in kafka.sent if r.key == b"o-3"] == [None]
         assert store._db_for_partition(0).get(b"o-1") is None
+        assert store._db_for_partition(0).get(b"o-2") is not None
     finally:
         store._dbs.clear()
+
+
+async def test_values_are_staged_until_the_flush_and_read_back_as_written(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Write-behind: a hot key's value is encoded, stored and sent once per commit, however
+    many events change it; its reads in between get the written object itself."""
+    from tables.inventory import Stock, read_stock, stock_table, write_stock
+    from tests.unit.test_send_failures import KafkaClient, handling
+
+    kafka = KafkaClient()
+    monkeypatch.setattr(app.producer, "_producer", kafka)
+    stock = Stock("sku-w", available=10)
+    with handling(offset=1, tp=TP("inventory.commands", 0)):
+        for n in range(50):
+            await write_stock(stock)
+            stock = read_stock("sku-w")
+            assert stock is not None and stock.version == n + 1
+            stock = Stock("sku-w", available=stock.available - 1, version=stock.version)
+    assert kafka.sent == [] and versions.staged() == 1
+    await versions.flush()
+    [record] = kafka.sent
+    assert (
+        json.loads(record.value)["available"] == 10 - 49 and versions.version_of(record.value) == 50
+    )
+    with handling(offset=2, tp=TP("inventory.commands", 0)):
+        assert stock_table.data.get(b"sku-w") == record.value
+    versions.forget({0})  # the partition is revoked: what is read next comes from the store
+    with handling(offset=2, tp=TP("inventory.commands", 0)):
+        assert read_stock("sku-w") == Stock("sku-w", available=-39)
+
+
+async def test_a_value_growing_past_the_bound_is_refused_at_the_write_that_grows_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Sizes are estimated from the last exact encoding and the value's weight; near the
+    bound the value is encoded at the write, so the event that makes it too large is the one
+    refused (dead-lettered), not the flush."""
+    from tables.horizon import ValueTooLarge
+    from tables.inventory import Stock, write_stock
+    from tests.unit.test_send_failures import KafkaClient, handling
+
+    monkeypatch.setattr(app.producer, "_producer", KafkaClient())
+    monkeypatch.setattr(horizon_module(), "MAX_VALUE_BYTES", 20_000)
+    lines: dict[str, tuple[str, int, str]] = {}
+    with handling(offset=1, tp=TP("inventory.commands", 0)), pytest.raises(ValueTooLarge):
+        for n in range(10_000):
+            lines = {**lines, f"order-{n:06d}:1": ("C", 1_800_000_000, "0")}
+            await write_stock(Stock("sku-big", lines=lines, version=n))
+
+    # Refused at exactly the line that took it past 20,000 bytes.
+    def size(held: dict[str, tuple[str, int, str]]) -> int:
+        return len(versions.encode(len(held), Stock("sku-big", lines=held).to_value()))
+
+    assert size(dict(list(lines.items())[:-1])) <= 20_000 < size(lines)
+
+
+def horizon_module() -> Any:
+    from tables import horizon
+
+    return horizon
