@@ -15,6 +15,8 @@ import pytest
 @pytest.fixture(autouse=True)
 def _fresh_table_values() -> None:
     """Values staged or cached by one test's agents are not another's (``tables.versions``)."""
+    from agents import revenue
     from tables import versions
 
     versions.reset()
+    revenue.forget({0})
