@@ -262,12 +262,14 @@ def _trim() -> None:
     excess = len(_cache) - CACHED
     if excess <= 0:
         return
-    for slot in list(_cache):
-        if excess <= 0:
-            break
+    victims = []
+    for slot in _cache:  # oldest first; stops as soon as it has enough
         if slot not in _dirty:
-            del _cache[slot]
-            excess -= 1
+            victims.append(slot)
+            if len(victims) == excess:
+                break
+    for slot in victims:
+        del _cache[slot]
 
 
 def _plain(value: Value | dict[str, Any]) -> dict[str, Any]:
