@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -125,6 +126,27 @@ def test_a_revenue_window_stays_bounded_by_the_horizon_not_its_record_count() ->
             assert not applied
     assert (w.revenue, w.orders) == (Decimal("20000.00"), 20_000)
     assert len(w.seen) <= 100 * (short.seconds + 1)
+
+
+def test_a_revenue_window_keeps_about_17_bytes_an_id_and_reads_back_what_it_wrote() -> None:
+    # At 100 records a second and a 300 s horizon, full ids (~50 bytes each with their time)
+    # made a 1.5 MB window, over the broker's record limit.
+    w = Window()
+    horizon = Horizon(H.now, 300, H.replay_seconds)
+    for n in range(30_000):
+        now = Horizon(horizon.now + n // 100, horizon.seconds, horizon.replay_seconds)
+        w, _ = apply_revenue(w, revenue_record(order_created(total="1.00"), ""), now)
+    raw = json.dumps(w.to_value(), separators=(",", ":")).encode()
+    assert len(w.seen) == 30_000 and len(raw) < 18 * 30_000
+    assert Window.from_value(json.loads(raw)) == w
+
+
+def test_a_revenue_window_written_with_full_ids_still_knows_its_records() -> None:
+    created = order_created(total="4.00")
+    record = revenue_record(created, "")
+    old = {"revenue": "4.00", "orders": 1, "clock": H.now, "seen": {record.event_id: H.now}}
+    w, applied = apply_revenue(Window.from_value(old), record, H)
+    assert not applied and w.revenue == Decimal("4.00")
 
 
 def test_a_record_re_read_out_of_order_after_later_ones_still_counts() -> None:
