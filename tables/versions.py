@@ -109,7 +109,7 @@ def read(table: Any, key: bytes, decode: Callable[[bytes], Any]) -> Any:
     entry = _cache.get((table.name, key))
     if entry is not None:
         _cache.move_to_end((table.name, key))
-        return entry.value if not isinstance(entry.value, dict) else decode(entry_raw(entry))
+        return entry.value if not isinstance(entry.value, dict) else decode(_entry_raw(entry))
     raw = stored(table, key)
     if raw is None:
         return None
@@ -276,7 +276,7 @@ def _plain(value: Value | dict[str, Any]) -> dict[str, Any]:
     return value if isinstance(value, dict) else value.to_value()
 
 
-def entry_raw(entry: _Entry) -> bytes:
+def _entry_raw(entry: _Entry) -> bytes:
     return entry.raw or encode(entry.version, _plain(entry.value or {}))
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 import tempfile
 
+import pytest
+
 os.environ.setdefault("PIPELINE_STORE", "memory://")
 os.environ.setdefault("PIPELINE_DATA_DIR", tempfile.mkdtemp(prefix="pipeline-unit-"))
-
-
-import pytest
 
 
 @pytest.fixture(autouse=True)
