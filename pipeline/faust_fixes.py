@@ -118,6 +118,29 @@ first asks ``app.maybe_start_producer()``, which mode's ``@stampede`` wraps in t
 per three turns while an agent writes many per turn: the buffer grew to thousands of records and
 held the fetcher back (``make bench``). :func:`_get_producer` returns the running producer at
 once and leaves every other case to Faust.
+
+A worker that joins gets no partitions (same version, ``CopartitionedAssignor``; open upstream as
+faust-streaming#93): with standby replicas, the assignor trims each worker's actives only down
+to ``ceil(partitions / workers)``, so with 4 partitions and two workers holding 2 each, a third
+gets none and idles until the next rebalance, and a worker restarted beside two others may sit
+empty too (found by the churn scenario once it checked that the extra worker handled anything).
+:func:`_balanced_assignment` then moves actives from the workers holding the most to those
+under ``floor(partitions / workers)``, preferring a partition the receiver keeps a standby of
+(its state is warm) and leaving the donor that partition's standby in exchange.
+
+A rebalance waits for good on a message no agent will handle (same version,
+``Consumer.wait_empty``): on revocation Faust suspends the flow, clears the agents' queues and
+waits until every message it handed to an agent is acknowledged or garbage-collected. A record
+of a topic two agents read (``orders.events``) that one agent handled and the other still had
+queued stays one acknowledgement short once the queue is cleared, and Faust's own stream keeps
+it alive: ``Stream._py_aiter`` leaves the last record in a local (``message``) while it awaits
+the next one, which never comes while the flow is suspended. The worker hangs in the
+revocation, misses its session and never recovers (found by the broker-restart scenario: a
+worker stuck in ``wait_empty`` for minutes, as in a CI run where the broker came back). While
+the flow is suspended, :func:`_clean_unacked_messages` forgets every unacknowledged message no
+agent's stream is handling at that moment: it was dropped from a queue, and will never be
+acknowledged. Forgetting it commits nothing (its offset is not acknowledged, and the commit
+guard above never passes it); the record is read again by the partition's next owner.
 """
 
 from __future__ import annotations
@@ -128,6 +151,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+import faust.assignor.copartitioned_assignor as faust_assignor
 import faust.tables.base as faust_tables
 import faust.topics as faust_topics
 import faust.transport.consumer as faust_consumer
@@ -556,6 +580,57 @@ def _resume(self: Any) -> None:
         STOCK_RESUME(self)
 
 
+STOCK_GET_ASSIGNMENT = faust_assignor.CopartitionedAssignor.get_assignment
+
+
+def _balanced_assignment(self: Any) -> Any:
+    """Faust's copartitioned assignment, then actives moved until every worker holds at least
+    ``floor(partitions / workers)`` of them (see the module's notes)."""
+    assignments = STOCK_GET_ASSIGNMENT(self)
+    clients = list(assignments.values())
+    floor = self.num_partitions // len(clients) if clients else 0
+    while floor:
+        poor = min(clients, key=lambda c: len(c.actives))
+        rich = max(clients, key=lambda c: len(c.actives))
+        if len(poor.actives) >= floor or len(rich.actives) <= floor:
+            break
+        held = sorted(rich.actives)
+        moved = next((p for p in held if p in poor.standbys), held[0])
+        rich.actives.discard(moved)
+        if moved in poor.standbys:
+            poor.standbys.discard(moved)
+            rich.standbys.add(moved)
+        poor.actives.add(moved)
+    return assignments
+
+
+STOCK_CLEAN_UNACKED = faust_consumer.Consumer._clean_unacked_messages
+
+
+def _clean_unacked_messages(self: Any) -> None:
+    """Faust's, and while the flow is suspended also forget the messages no agent's stream is
+    handling (see the module's notes)."""
+    STOCK_CLEAN_UNACKED(self)
+    if self.app.flow_control.is_active() or not self._unacked_messages:
+        return
+    handling = set()
+    for agent in list(self.app.agents.values()):
+        for actor in list(agent._actors):
+            for stream in (actor.stream, actor.stream.get_active_stream()):
+                event = stream.current_event
+                if event is not None:
+                    handling.add(id(event.message))
+    abandoned = {m for m in self._unacked_messages if id(m) not in handling}
+    if abandoned:
+        log.warning(
+            "rebalance: %d records were dropped from an agent's queue before it handled them: "
+            "not waiting for them (they are read again): %s", len(abandoned),
+            ", ".join(f"{m.topic}[{m.partition}]@{m.offset}" for m in sorted(
+                abandoned, key=lambda m: (m.topic, m.partition, m.offset)))[:500],
+        )  # fmt: skip
+        self._unacked_messages -= abandoned
+
+
 def install() -> None:
     """Install the fixes into Faust's classes (idempotent)."""
     FlowControlEvent.resume = _resume  # type: ignore[method-assign]
@@ -572,3 +647,5 @@ def install() -> None:
     faust_aiokafka.AIOKafkaConsumerThread.verify_event_path = _verify_event_path  # type: ignore[method-assign]
     faust_consumer.Consumer.wait_first = _wait_first  # type: ignore[method-assign]
     faust_topics.Topic._get_producer = _get_producer  # type: ignore[method-assign]
+    faust_assignor.CopartitionedAssignor.get_assignment = _balanced_assignment  # type: ignore[method-assign]
+    faust_consumer.Consumer._clean_unacked_messages = _clean_unacked_messages  # type: ignore[method-assign]

@@ -13,12 +13,16 @@ from faust.types import TP
 
 from pipeline.faust_fixes import (
     STOCK_ADD_GAP,
+    STOCK_CLEAN_UNACKED,
+    STOCK_GET_ASSIGNMENT,
     STOCK_GET_PRODUCER,
     STOCK_NEW_OFFSET,
     STOCK_VERIFY_EVENT_PATH,
     STOCK_WAIT_FIRST,
     DrainingProducerBuffer,
     _add_gap,
+    _balanced_assignment,
+    _clean_unacked_messages,
     _get_producer,
     _new_offset,
     _seek_to_committed,
@@ -484,3 +488,75 @@ async def test_resuming_an_active_flow_keeps_what_the_agents_have_queued() -> No
     flow.suspend()  # a rebalance: what was queued before it is dropped on resume, as before
     flow.resume()
     assert queue.qsize() == 0
+
+
+def _two_full_workers_and_a_new_one() -> dict[str, Any]:
+    from faust.assignor.client_assignment import CopartitionedAssignment
+
+    return {
+        "a": CopartitionedAssignment(actives={0, 1}, standbys={2, 3}, topics={"t"}),
+        "b": CopartitionedAssignment(actives={2, 3}, standbys={0, 1}, topics={"t"}),
+        "new": CopartitionedAssignment(topics={"t"}),
+    }
+
+
+def _assign(get_assignment: Any) -> dict[str, Any]:
+    from faust.assignor.copartitioned_assignor import CopartitionedAssignor
+
+    assignor = CopartitionedAssignor({"t"}, _two_full_workers_and_a_new_one(), 4, replicas=1)
+    return dict(get_assignment(assignor))
+
+
+def test_fausts_assignor_gives_a_joining_worker_nothing() -> None:
+    """Pins faust-streaming#93: if this starts failing, Faust fixed it and the fix can go."""
+    assert _assign(STOCK_GET_ASSIGNMENT)["new"].actives == set()
+
+
+def test_the_balanced_assignment_gives_every_worker_its_share() -> None:
+    out = _assign(_balanced_assignment)
+    assert sorted(len(c.actives) for c in out.values()) == [1, 1, 2]
+    actives = [p for c in out.values() for p in c.actives]
+    standbys = [p for c in out.values() for p in c.standbys]
+    assert sorted(actives) == [0, 1, 2, 3]  # each partition has exactly one owner
+    assert sorted(standbys) == [0, 1, 2, 3]  # and one standby, never on its owner
+    assert all(c.actives.isdisjoint(c.standbys) for c in out.values())
+
+
+class _Message:
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        self.topic, self.partition, self.offset = topic, partition, offset
+        self.refcount, self.acked = 1, False
+
+
+def _consumer_in_a_rebalance(flow_active: bool) -> tuple[Any, Any, Any]:
+    """A consumer whose flow is suspended, with two unacknowledged messages: one an agent's
+    stream is handling, one dropped from the other agent's cleared queue."""
+    handled = _Message("t", 0, 1)
+    dropped = _Message("t", 0, 2)
+    busy = SimpleNamespace(current_event=SimpleNamespace(message=handled))
+    busy.get_active_stream = lambda: busy
+    idle = SimpleNamespace(current_event=None)
+    idle.get_active_stream = lambda: idle
+    agents = {"a": SimpleNamespace(_actors=[SimpleNamespace(stream=busy)]),
+              "b": SimpleNamespace(_actors=[SimpleNamespace(stream=idle)])}  # fmt: skip
+    app = SimpleNamespace(
+        agents=agents, flow_control=SimpleNamespace(is_active=lambda: flow_active)
+    )
+    consumer = SimpleNamespace(app=app, _unacked_messages={handled, dropped})
+    return consumer, handled, dropped
+
+
+def test_fausts_rebalance_waits_for_a_message_dropped_from_a_queue() -> None:
+    """Pins the upstream behaviour: a message no agent will handle stays awaited."""
+    consumer, handled, dropped = _consumer_in_a_rebalance(flow_active=False)
+    STOCK_CLEAN_UNACKED(consumer)
+    assert consumer._unacked_messages == {handled, dropped}
+
+
+def test_the_rebalance_forgets_messages_no_agent_is_handling() -> None:
+    consumer, handled, _ = _consumer_in_a_rebalance(flow_active=False)
+    _clean_unacked_messages(consumer)
+    assert consumer._unacked_messages == {handled}
+    consumer, handled, dropped = _consumer_in_a_rebalance(flow_active=True)
+    _clean_unacked_messages(consumer)  # outside a rebalance, queued messages are still coming
+    assert consumer._unacked_messages == {handled, dropped}
