@@ -1,127 +1,131 @@
-"""The fault scenarios' harness: a load generator that remembers what was acknowledged, a
-drain that waits for reconcile to agree, and the per-scenario summary printed at the end."""
+"""The fault scenarios' harness: a scenario starts workers with fast failover, sets scarce stock,
+runs the recorded open-loop load, and at the end has the independent checker
+(:mod:`tests.integration.history`) judge the drained system, checks that reconcile agrees, and
+prints a line of figures and fault evidence."""
 
 from __future__ import annotations
 
-import random
-import threading
 import time
-import uuid
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
-from tests.integration.workers import Worker
+from tests.integration.history import (
+    History,
+    Load,
+    System,
+    Verdict,
+    read_db,
+    set_stock,
+    settle,
+)
+from tests.integration.workers import Worker, WorkerFactory
 
 SKUS = [f"sku-{n}" for n in range(8)]
-STOCK = 1_000_000  # plenty: the faults are what is being tested, not stock-outs
+# Scarce: the load asks for about three times this per SKU, so orders are rejected and their
+# reserved lines released (compensation) while the faults happen; cancellations free some again.
+STOCK = dict.fromkeys(SKUS, 60)
+WINDOW_SECONDS = 10  # revenue windows: a run spans several, and orders cross their edges
+LIFETIME_VALUE = Decimal("300.00")  # some customers reach it, some drop back below it
 SUMMARY: list[str] = []  # printed by conftest's pytest_terminal_summary
+
+# Failover within seconds, not Faust's default minute.
+FAST_FAILOVER = {
+    "PIPELINE_SESSION_TIMEOUT_SECONDS": "6",
+    "PIPELINE_HEARTBEAT_SECONDS": "1",
+    "PIPELINE_OUTBOX_POLL_INTERVAL": "0.05",
+    "PIPELINE_REVENUE_WINDOW_SECONDS": str(WINDOW_SECONDS),
+    "PIPELINE_LTV_MILESTONE": str(LIFETIME_VALUE),
+}
 
 
 @dataclass
-class Load:
-    """Orders (and some cancellations) at ``rate`` per second through whichever of
-    ``workers()`` answers, until stopped. Only 2xx answers count as acknowledged."""
-
-    workers: Callable[[], Sequence[Worker]]
-    rate: float = 20.0
-    customers: int = 12
-    cancel_every: int = 7
-    seed: int = 5
-    acked_orders: list[str] = field(default_factory=list)
-    acked_cancels: list[str] = field(default_factory=list)
-    refused: dict[int, int] = field(default_factory=dict)  # status -> count (0: no answer)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def start(self) -> Load:
-        self._thread = threading.Thread(target=self._run, name="load", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30)
+class Scenario:
+    name: str
+    workers: WorkerFactory
+    env: dict[str, str] = field(default_factory=dict)
+    history: History = field(default_factory=History)
+    load: Load | None = None
 
     @property
-    def events(self) -> int:
-        return len(self.acked_orders) + len(self.acked_cancels)
+    def system(self) -> System:
+        return System(self.workers.bootstrap, self.workers.database_url,
+                      self.workers.topic_prefix, self.workers.app_id,
+                      window_seconds=WINDOW_SECONDS, lifetime_value=LIFETIME_VALUE)  # fmt: skip
 
-    def _run(self) -> None:
-        rng = random.Random(self.seed)
-        run = uuid.uuid4().hex[:4]
-        n = 0
-        next_at = time.monotonic()
-        while not self._stop.is_set():
-            next_at += 1 / self.rate
-            time.sleep(max(0.0, next_at - time.monotonic()))
-            n += 1
-            customer = f"cust-{run}-{rng.randrange(self.customers)}"
-            if n % self.cancel_every == 0 and self.acked_orders:
-                victim = rng.choice(self.acked_orders)
-                status, _ = self._call("post", f"/orders/{victim}/cancel", {}, rng)
-                if status == 200:
-                    self.acked_cancels.append(victim)
-                continue
-            items = [
-                {"sku": s, "quantity": rng.randint(1, 3), "unit_price": f"{rng.randint(1, 90)}.50"}
-                for s in rng.sample(SKUS, rng.randint(1, 3))
-            ]
-            body = {"customer_id": customer, "customer_email": f"{customer}@example.com",
-                    "items": items}  # fmt: skip
-            status, reply = self._call("post", "/orders", body, rng)
-            if status == 201:
-                self.acked_orders.append(reply["order_id"])
+    def start(self, name: str, data_dir: Path | None = None) -> Worker:
+        env: dict[str, Any] = {**FAST_FAILOVER, **self.env}
+        return self.workers.start(name, data_dir=data_dir, **env)
 
-    def _call(self, method: str, path: str, body: Any, rng: random.Random) -> tuple[int, Any]:
-        live = [w for w in self.workers() if w.proc.poll() is None]
-        if not live:
-            self.refused[0] = self.refused.get(0, 0) + 1
-            return 0, None
-        worker = rng.choice(live)
+    def start_pair(self) -> list[Worker]:
+        live = [self.start("w1"), self.start("w2")]
+        set_stock(live[0], self.history, STOCK)
+        return live
+
+    def run_load(self, targets: Any, rate: float = 15) -> Load:
+        self.load = Load(targets, self.history, rate=rate, skus=SKUS).start()
+        return self.load
+
+    def mail_dirs(self) -> list[Path]:
+        return [w.data_dir / "mailbox" for w in self.workers.started]
+
+    def finish(self, checker: Worker, evidence: dict[str, Any] | None = None) -> Verdict:
+        """Stop the load, wait for the system to drain, and judge it: every violation fails the
+        test; reconcile must agree; a line of figures and evidence goes to the summary."""
+        assert self.load is not None
+        self.load.stop()
+        assert self.history.acked_orders(), f"no order was acknowledged: {self.history.refused()}"
+        verdict, seconds = settle(self.system, self.history, checker, self.mail_dirs,
+                                  changelogs=True)  # fmt: skip
+        assert verdict.ok, f"{self.name}: {verdict}\n{self.diagnose(checker)}"
+        report = reconciled(checker)
+        assert report is not None and report["ok"], f"reconcile disagrees: {report}"
+        rows = read_db(self.workers.database_url).orders.values()
+        rejected = sum(1 for r in rows if r.status == "rejected")
+        assert rejected, "stock never ran out: no rejection, no compensation under the fault"
+        self.summarize(verdict, seconds, rejected, evidence or {})
+        return verdict
+
+    def rebuild(self, name: str = "rebuilt") -> Verdict:
+        """Stop every worker, start one on empty state (its tables come from the changelogs
+        alone) and judge again through it."""
+        for worker in self.workers.started:
+            assert worker.stop() in (0, -9), f"{worker.name} did not stop cleanly"
+        fresh = self.start(name)
+        verdict, _ = settle(self.system, self.history, fresh, self.mail_dirs, timeout=120)
+        assert verdict.ok, f"{self.name}, rebuilt from the changelogs: {verdict}"
+        return verdict
+
+    def diagnose(self, checker: Worker) -> str:
+        out = [f"reconcile: {reconciled(checker, attempts=1)}"]
+        for w in self.workers.started:
+            out.append(f"--- {w.name} (exit {w.proc.poll()}) {w.log_path}\n{w.log()[-3000:]}")
+        return "\n".join(out)
+
+    def summarize(self, verdict: Verdict, seconds: float, rejected: int,
+                  extra: dict[str, Any]) -> None:  # fmt: skip
+        h, e = self.history, verdict.evidence
+        db = "postgresql" if self.workers.database_url.startswith("postgresql") else "sqlite"
+        shown = " ".join(f"{k}={v}" for k, v in extra.items())
+        SUMMARY.append(
+            f"{self.name:<32} {db:<10} requests {len(h.ops):>4} acked {len(h.acked_orders()):>4} "
+            f"unanswered {h.refused().get(0, 0):>3} refused {sum(h.refused().values()):>3} "
+            f"rejected {rejected:>3} | re-sent {e['forwarder_resends']:>3} "
+            f"redelivered {sum(e['redelivered'].values()):>3} "
+            f"stale changelog {sum(e['stale_changelog'].values()):>3} | {shown} "
+            f"drained in {seconds:4.1f}s"
+        )
+
+
+def reconciled(worker: Worker, attempts: int = 30) -> dict[str, Any] | None:
+    """Reconcile's report from ``worker`` (it may be busy rebalancing for a moment)."""
+    for _ in range(attempts):
         try:
-            status, reply = getattr(worker, method)(path, body)
+            status, report = worker.get("/admin/reconcile")
         except OSError:
-            status, reply = 0, None
-        if status >= 300 or status == 0:
-            self.refused[status] = self.refused.get(status, 0) + 1
-        return status, reply
-
-
-def set_stock(worker: Worker) -> None:
-    for sku in SKUS:
-        status, body = worker.put(f"/inventory/{sku}", {"available": STOCK})
-        assert status == 202, body
-
-
-def reconcile(worker: Worker) -> dict[str, Any] | None:
-    try:
-        status, report = worker.get("/admin/reconcile")
-    except OSError:
-        return None
-    return report if status == 200 else None
-
-
-def drain(worker: Worker, timeout: float = 180) -> tuple[dict[str, Any], float]:
-    """Wait until reconcile finds no difference; the report and the seconds it took."""
-    started = time.monotonic()
-    report: dict[str, Any] | None = None
-    while time.monotonic() - started < timeout:
-        report = reconcile(worker)
-        if report is not None and report["ok"]:
-            return report, time.monotonic() - started
-        time.sleep(1.0)
-    differences = (report or {}).get("differences", "no answer")
-    raise AssertionError(f"did not reconcile within {timeout}s: {differences}")
-
-
-def summarize(name: str, load: Load, report: dict[str, Any], seconds: float) -> None:
-    checked = report["checked"]
-    dead_letters = checked.get("dead_lettered_analytics", 0)
-    SUMMARY.append(
-        f"{name:<34} sent {load.events:>5}  applied {checked['kafka_events']:>5}  "
-        f"duplicates absorbed {checked.get('kafka_duplicates', 0):>4}  "
-        f"dead-lettered {dead_letters:>3}  refused {sum(load.refused.values()):>4}  "
-        f"drained in {seconds:5.1f}s"
-    )
+            status, report = 0, None
+        if status == 200:
+            return report
+        time.sleep(1)
+    return None

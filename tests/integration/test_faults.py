@@ -1,7 +1,10 @@
 """Fault scenarios: workers killed, frozen and churned under load, the database and the broker
-stopped. Each asserts the invariants once the system drains — every acknowledged order is in
-the database, and reconcile finds no difference between the database, the tables, the outbox
-and Kafka — never log lines. Bounded in time; a summary per scenario is printed at the end.
+stopped, each on SQLite and on PostgreSQL. The load records every request and answer; once the
+system drains, the independent checker (:mod:`tests.integration.history`) judges it from the
+database, the topics read with a plain consumer and the public API, never from the workers' own
+reconcile (which must agree). Each scenario also asserts that its fault bit: a redelivery
+happened, a backlog formed, the killed broker led partitions, a zombie's late writes reached a
+changelog. Stock is scarce, so rejections and compensation happen under every fault.
 """
 
 from __future__ import annotations
@@ -9,91 +12,76 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 
-from pipeline.db import make_engine, migrate, orders
+from pipeline.db import migrate
 from pipeline.local.kafka import LocalKafka, broker_answers, new_cluster_id
 from pipeline.local.postgres import LocalPostgres
 from pipeline.settings import PROJECT_ROOT
-from tests.integration.faults import Load, drain, set_stock, summarize
-from tests.integration.workers import Worker, WorkerFactory, free_port, wait_for
+from tests.integration.faults import Scenario
+from tests.integration.history import call, outbox_backlog
+from tests.integration.workers import Worker, WorkerFactory, free_port, metric, wait_for
 
 pytestmark = pytest.mark.faults
 
-# Failover within seconds, not Faust's default minute.
-FAST_FAILOVER = {
-    "PIPELINE_SESSION_TIMEOUT_SECONDS": "6",
-    "PIPELINE_HEARTBEAT_SECONDS": "1",
-    "PIPELINE_OUTBOX_POLL_INTERVAL": "0.05",
-}
-
 
 @pytest.fixture
-def db(sqlite_url: str) -> str:
-    migrate(sqlite_url)
-    return sqlite_url
+def factory(kafka_bootstrap: str, tmp_path: Path, test_id: str, database_url: str
+            ) -> Iterator[WorkerFactory]:  # fmt: skip
+    """Workers on the session's broker and this test's database (SQLite, then PostgreSQL)."""
+    migrate(database_url)
+    workers = WorkerFactory(kafka_bootstrap, tmp_path, f"it-{test_id}", f"t{test_id}.",
+                            database_url)  # fmt: skip
+    try:
+        yield workers
+    finally:
+        workers.stop_all()
 
 
-def order_ids(url: str) -> set[str]:
-    async def read() -> set[str]:
-        engine = make_engine(url)
-        async with engine.connect() as conn:
-            ids = set((await conn.execute(select(orders.c.order_id))).scalars())
-        await engine.dispose()
-        return ids
-
-    return asyncio.run(read())
-
-
-def start_pair(workers: WorkerFactory) -> tuple[Worker, Worker]:
-    w1 = workers.start("w1", **FAST_FAILOVER)
-    w2 = workers.start("w2", **FAST_FAILOVER)
-    set_stock(w1)
-    return w1, w2
-
-
-def finish(name: str, load: Load, checker: Worker, url: str) -> None:
-    load.stop()
-    assert load.acked_orders, f"no order was acknowledged: {load.refused}"
-    missing = set(load.acked_orders) - order_ids(url)
-    assert not missing, f"{len(missing)} acknowledged orders are not in the database"
-    report, seconds = drain(checker)
-    summarize(name, load, report, seconds)
-
-
-@pytest.fixture
-def pair(workers: WorkerFactory, db: str) -> Iterator[tuple[WorkerFactory, list[Worker]]]:
-    w1, w2 = start_pair(workers)
-    yield workers, [w1, w2]
+def own_broker(tmp_path: Path, **kwargs: object) -> LocalKafka:
+    return LocalKafka(
+        version=os.environ.get("PIPELINE_KAFKA_VERSION", "4.4.0"),
+        port=kwargs.pop("port", None) or free_port(),  # type: ignore[arg-type]
+        controller_port=kwargs.pop("controller_port", None) or free_port(),  # type: ignore[arg-type]
+        data_dir=kwargs.pop("data_dir", None) or tmp_path / "kafka",  # type: ignore[arg-type]
+        cache_dir=Path(os.environ.get("PIPELINE_CACHE_DIR", PROJECT_ROOT / ".cache")),
+        **kwargs,  # type: ignore[arg-type]
+    )
 
 
 def test_a_worker_killed_repeatedly_under_load_loses_and_doubles_nothing(
-    pair: tuple[WorkerFactory, list[Worker]], db: str
+    factory: WorkerFactory,
 ) -> None:
-    workers, live = pair
-    load = Load(lambda: live, rate=15).start()
+    scenario = Scenario("worker SIGKILL x3, then rebuild", factory)
+    live = scenario.start_pair()
+    scenario.run_load(lambda: live)
     for round_no in range(3):
         time.sleep(4)
         victim = live[round_no % 2]
         victim.stop(signal.SIGKILL)
         live.remove(victim)
         time.sleep(2)
-        live.append(workers.start(victim.name, data_dir=victim.data_dir, **FAST_FAILOVER))
+        live.append(scenario.start(victim.name, data_dir=victim.data_dir))
     time.sleep(3)
-    finish("worker SIGKILL x3 under load", load, live[0], db)
+    verdict = scenario.finish(live[0])
+    # The fault bit: an agent handled a record again and sent its derived event again.
+    assert sum(verdict.evidence["redelivered"].values()) > 0, verdict.evidence
+    # A worker with no state of its own rebuilds every table from the changelogs alone.
+    scenario.rebuild()
 
 
 def test_a_frozen_worker_past_its_session_timeout_does_not_double_apply(
-    pair: tuple[WorkerFactory, list[Worker]], db: str
+    factory: WorkerFactory,
 ) -> None:
-    workers, live = pair
-    w1, w2 = live
-    load = Load(lambda: [w1], rate=15).start()  # the frozen worker's web server is frozen too
+    scenario = Scenario("worker SIGSTOP past session timeout", factory)
+    w1, w2 = scenario.start_pair()
+    scenario.run_load(lambda: [w1])  # the frozen worker's web server is frozen too
     time.sleep(4)
     w2.proc.send_signal(signal.SIGSTOP)
     try:
@@ -101,93 +89,132 @@ def test_a_frozen_worker_past_its_session_timeout_does_not_double_apply(
     finally:
         w2.proc.send_signal(signal.SIGCONT)
     time.sleep(6)  # the zombie wakes up, finds itself fenced out and rejoins
-    finish("worker SIGSTOP past session timeout", load, w1, db)
-    # Its tables, rebuilt from the changelogs, agree as well: no stale write from the zombie.
-    assert w2.stop() == 0 and w1.stop() == 0
-    fresh = workers.start("w3", data_dir=Path(str(w1.data_dir) + "-fresh"), **FAST_FAILOVER)
-    report, _ = drain(fresh, timeout=120)
-    assert report["ok"]
+    verdict = scenario.finish(w1)
+    # The fault bit: the zombie's late writes reached the changelogs, behind newer versions ...
+    assert sum(verdict.evidence["stale_changelog"].values()) > 0, verdict.evidence
+    # ... and were skipped: a worker rebuilding from those changelogs agrees with the database.
+    scenario.rebuild()
 
 
 def test_workers_started_and_stopped_under_load_keep_every_invariant(
-    pair: tuple[WorkerFactory, list[Worker]], db: str
+    factory: WorkerFactory,
 ) -> None:
-    workers, live = pair
-    load = Load(lambda: live, rate=15).start()
+    scenario = Scenario("rebalance churn (start/stop x2)", factory)
+    live = scenario.start_pair()
+    scenario.run_load(lambda: live)
+    handled = 0.0
     for round_no in range(2):
-        extra = workers.start(f"extra{round_no}", **FAST_FAILOVER)
+        extra = scenario.start(f"extra{round_no}")
         live.append(extra)
-        wait_for(lambda w=extra: w.get("/readyz")[0] == 200, 60, "the extra worker")
-        time.sleep(3)
+        # The fault bit: the extra worker took partitions and handled events while it was up.
+        handled += wait_for(partial(_handled, extra), 30, "the extra worker to handle events")
+        time.sleep(2)
         live.remove(extra)
         assert extra.stop() == 0  # a clean stop hands its partitions back
         time.sleep(3)
-    finish("rebalance churn (start/stop x2)", load, live[0], db)
+    scenario.finish(live[0], {"handled_by_extras": int(handled)})
 
 
 def test_postgres_stopped_under_load_keeps_every_acknowledged_order(
-    workers: WorkerFactory, postgres: LocalPostgres | None, postgres_url: str
-) -> None:
+    kafka_bootstrap: str, tmp_path: Path, test_id: str, postgres: LocalPostgres | None,
+    postgres_url: str,
+) -> None:  # fmt: skip
+    """PostgreSQL only: SQLite has no server to stop (its faults are the workers' own)."""
     if postgres is None:
         pytest.skip("TEST_DATABASE_URL names a server this test must not stop")
     migrate(postgres_url)
-    workers.database_url = postgres_url
-    env = {**FAST_FAILOVER, "PIPELINE_RETRY_DELAYS": "1,3,10"}
-    live = [workers.start("w1", **env), workers.start("w2", **env)]
-    set_stock(live[0])
-    load = Load(lambda: live, rate=15).start()
+    workers = WorkerFactory(kafka_bootstrap, tmp_path, f"it-{test_id}", f"t{test_id}.",
+                            postgres_url)  # fmt: skip
     try:
-        time.sleep(4)
-        postgres.stop(mode="immediate")  # a crash, as far as the database knows
-        # While it is down the API says so, with a hint to retry, and writes nothing.
-        status, body = wait_for(lambda: (r := live[0].post("/orders", {
-            "customer_id": "c-down", "customer_email": "c@example.com",
-            "items": [{"sku": "sku-1", "quantity": 1, "unit_price": "1.00"}]})) and r[0] != 201
-            and r, 15, "the API to notice the database is down")  # fmt: skip
-        assert status == 503 and body["error"] == "database_unavailable", body
-        time.sleep(4)
+        scenario = Scenario("PostgreSQL stopped (immediate) 8 s", workers,
+                            env={"PIPELINE_RETRY_DELAYS": "1,3,10"})  # fmt: skip
+        live = scenario.start_pair()
+        scenario.run_load(lambda: live)
+        try:
+            time.sleep(4)
+            postgres.stop(mode="immediate")  # a crash, as far as the database knows
+            # While it is down the API says so, with a hint to retry, and writes nothing.
+            body = {"customer_id": "c-down", "customer_email": "c@example.com",
+                    "items": [{"sku": "sku-1", "quantity": 1, "unit_price": "1.00"}]}  # fmt: skip
+            status, reply, _ = wait_for(
+                lambda: (r := call(live[0], "post", "/orders", body)) and r[0] != 201 and r,
+                15, "the API to notice the database is down")  # fmt: skip
+            assert status == 503 and reply["error"] == "database_unavailable", reply
+            time.sleep(4)
+        finally:
+            postgres.start()
+        time.sleep(6)
+        # The fault bit: orders were refused while it was down (and none of them was written:
+        # the checker holds every refused request's idempotency key against the database).
+        refused = scenario.history.refused().get(503, 0)
+        assert refused > 0
+        scenario.finish(live[0], {"refused_503": refused})
     finally:
-        postgres.start()
-    time.sleep(6)
-    assert load.refused.get(503, 0) > 0
-    finish("PostgreSQL stopped (immediate) 8 s", load, live[0], postgres_url)
+        workers.stop_all()
+
+
+def _handled(worker: Worker) -> float:
+    text = worker.metrics()
+    return sum(metric(text, "pipeline_events_processed_total", agent=agent) or 0
+               for agent in ("inventory", "analytics", "order-status"))  # fmt: skip
+
+
+class Backlog:
+    """Samples the outbox's unpublished rows from the database, in a thread, while a fault lasts."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.peak, self._stop = url, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Backlog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                self.peak = max(self.peak, outbox_backlog(self.url))
+            except Exception:  # noqa: BLE001 -- the database may be busy; sample again
+                continue
 
 
 def test_the_broker_killed_and_restarted_under_load_loses_nothing(
-    tmp_path: Path, test_id: str, sqlite_url: str
+    tmp_path: Path, test_id: str, database_url: str
 ) -> None:
-    migrate(sqlite_url)
-    broker = LocalKafka(
-        version=os.environ.get("PIPELINE_KAFKA_VERSION", "4.4.0"), port=free_port(),
-        controller_port=free_port(), data_dir=tmp_path / "kafka",
-        cache_dir=Path(os.environ.get("PIPELINE_CACHE_DIR", PROJECT_ROOT / ".cache")),
-        heap="512m",
-    )  # fmt: skip
+    migrate(database_url)
+    broker = own_broker(tmp_path, heap="512m")
     bootstrap = broker.start(timeout=120)
-    workers = WorkerFactory(bootstrap, tmp_path, f"it-{test_id}", f"t{test_id}.", sqlite_url)
+    workers = WorkerFactory(bootstrap, tmp_path, f"it-{test_id}", f"t{test_id}.", database_url)
     try:
-        live = [workers.start("w1", **FAST_FAILOVER), workers.start("w2", **FAST_FAILOVER)]
-        set_stock(live[0])
-        load = Load(lambda: live, rate=15).start()
+        scenario = Scenario("Kafka broker SIGKILL + restart", workers)
+        live = scenario.start_pair()
+        scenario.run_load(lambda: live)
         time.sleep(4)
         pid = broker.running_pid()
         assert pid is not None
-        os.kill(pid, signal.SIGKILL)
-        time.sleep(5)  # orders are still taken: the outbox holds them until Kafka is back
-        broker.start(timeout=120)
-        time.sleep(5)
-        finish("Kafka broker SIGKILL + restart", load, live[0], sqlite_url)
+        with Backlog(database_url) as backlog:
+            os.kill(pid, signal.SIGKILL)
+            time.sleep(5)  # orders are still taken: the outbox holds them until Kafka is back
+            broker.start(timeout=120)
+            time.sleep(5)
+        # The fault bit: committed orders waited in the outbox while the broker was down.
+        assert backlog.peak >= 10, backlog.peak
+        scenario.finish(live[0], {"outbox_peak": backlog.peak})
     finally:
         workers.stop_all()
         broker.stop()
 
 
 def test_one_broker_of_three_killed_under_load_loses_no_acknowledged_event(
-    tmp_path: Path, test_id: str, sqlite_url: str
+    tmp_path: Path, test_id: str, database_url: str
 ) -> None:
     """Replication factor 3, min.insync.replicas 2: with one broker gone for good, every write
     acknowledged (acks=all) is on a surviving replica and the pipeline carries on."""
-    migrate(sqlite_url)
+    migrate(database_url)
     ports: list[int] = []
     while len(ports) < 6:
         if (port := free_port()) not in ports:
@@ -196,12 +223,11 @@ def test_one_broker_of_three_killed_under_load_loses_no_acknowledged_event(
     voters = ",".join(f"{n}@127.0.0.1:{c}" for n, (_, c) in enumerate(pairs, start=1))
     cluster_id = new_cluster_id()
     nodes = [
-        LocalKafka(
-            version=os.environ.get("PIPELINE_KAFKA_VERSION", "4.4.0"),
+        own_broker(
+            tmp_path,
             port=port,
             controller_port=controller,
             data_dir=tmp_path / f"kafka{n}",
-            cache_dir=Path(os.environ.get("PIPELINE_CACHE_DIR", PROJECT_ROOT / ".cache")),
             heap="384m",
             node_id=n,
             voters=voters,
@@ -216,19 +242,26 @@ def test_one_broker_of_three_killed_under_load_loses_no_acknowledged_event(
         wait_for(lambda: all(broker_answers(n.bootstrap_servers, 2.0) for n in nodes), 180,
                  "the three brokers to form a cluster")  # fmt: skip
         bootstrap = ",".join(n.bootstrap_servers for n in nodes)
-        workers = WorkerFactory(bootstrap, tmp_path, f"it-{test_id}", f"t{test_id}.", sqlite_url)
-        env = {**FAST_FAILOVER, "PIPELINE_REPLICATION_FACTOR": "3"}
+        workers = WorkerFactory(bootstrap, tmp_path, f"it-{test_id}", f"t{test_id}.", database_url)
         try:
-            live = [workers.start("w1", **env), workers.start("w2", **env)]
-            assert asyncio.run(_replicas(bootstrap, workers.topic("orders.events"))) == {3}
-            set_stock(live[0])
-            load = Load(lambda: live, rate=15).start()
+            scenario = Scenario("1 of 3 brokers SIGKILLed (RF 3)", workers,
+                                env={"PIPELINE_REPLICATION_FACTOR": "3"})  # fmt: skip
+            live = scenario.start_pair()
+            topics = [workers.topic(t) for t in ("orders.events", "inventory.commands",
+                                                 "inventory.events", "orders.status")]  # fmt: skip
+            described = asyncio.run(_leaders(bootstrap, topics))
+            assert {len(replicas) for _, replicas in described.values()} == {3}
+            scenario.run_load(lambda: live)
             time.sleep(5)
-            pid = nodes[1].running_pid()
+            # The victim is the broker leading the most partitions: the fault must move leaders.
+            led = {n: sum(1 for leader, _ in described.values() if leader == n) for n in (1, 2, 3)}
+            victim = max(led, key=led.__getitem__)
+            assert led[victim] > 0, led
+            pid = nodes[victim - 1].running_pid()
             assert pid is not None
             os.kill(pid, signal.SIGKILL)  # and it stays down
             time.sleep(8)
-            finish("1 of 3 brokers SIGKILLed (RF 3)", load, live[0], sqlite_url)
+            scenario.finish(live[0], {"partitions_led_by_victim": led[victim]})
         finally:
             workers.stop_all()
     finally:
@@ -236,13 +269,18 @@ def test_one_broker_of_three_killed_under_load_loses_no_acknowledged_event(
             node.stop()
 
 
-async def _replicas(bootstrap: str, topic: str) -> set[int]:
+Leaders = dict[tuple[str, int], tuple[int, list[int]]]
+
+
+async def _leaders(bootstrap: str, topics: list[str]) -> Leaders:
+    """Each partition's leader and replicas, as the cluster describes them."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        [described] = await admin.describe_topics([topic])
+        described = await admin.describe_topics(topics)
     finally:
         await admin.close()
-    return {len(p["replicas"]) for p in described["partitions"]}
+    return {(t["topic"], p["partition"]): (p["leader"], list(p["replicas"]))
+            for t in described for p in t["partitions"]}  # fmt: skip
