@@ -18,7 +18,7 @@ export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 PYTEST_ARGS ?=
 
 .PHONY: help install lint format test unit integration demo bench kafka-jars kafka-up kafka-down \
-	postgres-up postgres-down chromium clean soak
+	postgres-up postgres-down chromium clean soak nemesis
 
 help:
 	@echo "make demo         run the pipeline locally (Kafka, SQLite, two workers); Ctrl-C stops it"
@@ -27,6 +27,7 @@ help:
 	@echo "make unit         offline unit tests only"
 	@echo "make integration  tests on the real local Kafka and PostgreSQL"
 	@echo "make bench        benchmarks beside their baselines (BENCH_QUICK=1: short run)"
+	@echo "make nemesis      random faults under load, judged (SEED=n DURATION=600 seconds)"
 	@echo "make soak         200,000 orders with faults, then judged (SOAK_ORDERS=20000: short run)"
 	@echo "make kafka-up     start the local broker (prints its bootstrap address)"
 	@echo "make kafka-down   stop it"
@@ -98,6 +99,16 @@ clean:
 
 bench: install kafka-jars postgres-up
 	$(BIN)/python -m bench
+
+# Not part of `make test`: random faults under load for DURATION seconds, judged by the
+# independent checker (tests/integration/test_nemesis.py). A failing SEED replays its schedule.
+SEED ?=
+DURATION ?= 600
+NEMESIS_DATABASE ?= postgresql
+nemesis: install kafka-jars postgres-up
+	TEST_POSTGRES_PORT=$(TEST_POSTGRES_PORT) NEMESIS_SEED=$(SEED) NEMESIS_SECONDS=$(DURATION) \
+		NEMESIS_DATABASE=$(NEMESIS_DATABASE) $(BIN)/pytest tests/integration/test_nemesis.py \
+		-m nemesis -s -ra $(PYTEST_ARGS)
 
 # Not part of `make test`: about half an hour on two cores (bench/soak.py says what it does).
 soak: install kafka-jars postgres-up
