@@ -18,14 +18,15 @@ from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from pipeline.db import migrate
 from pipeline.local.kafka import LocalKafka, broker_answers, new_cluster_id
 from pipeline.local.postgres import LocalPostgres
 from pipeline.settings import PROJECT_ROOT
-from tests.integration.faults import Scenario
-from tests.integration.history import call, outbox_backlog
+from tests.integration.faults import STOCK, Scenario
+from tests.integration.history import call, outbox_backlog, read_topics, set_stock
 from tests.integration.workers import Worker, WorkerFactory, free_port, metric, wait_for
 
 pytestmark = pytest.mark.faults
@@ -113,6 +114,81 @@ def test_workers_started_and_stopped_under_load_keep_every_invariant(
         assert extra.stop() == 0  # a clean stop hands its partitions back
         time.sleep(3)
     scenario.finish(live[0], {"handled_by_extras": int(handled)})
+
+
+class WriteLock:
+    """Holds the outbox's writes from outside the system (PostgreSQL: the table locked in
+    ``SHARE`` mode, which lets reads through and holds every write) until released: the
+    forwarder reads its rows and publishes them, and its mark waits."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._release = threading.Event()
+        self._held = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> WriteLock:
+        self._thread.start()
+        assert self._held.wait(30), "could not take the write lock"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._release.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        asyncio.run(self._hold_postgres())
+
+    async def _hold_postgres(self) -> None:
+        conn = await asyncpg.connect(self.url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            async with conn.transaction():
+                await conn.execute("LOCK TABLE outbox IN SHARE MODE")
+                self._held.set()
+                await asyncio.get_running_loop().run_in_executor(None, self._release.wait)
+                raise _Release
+        except _Release:
+            pass
+        finally:
+            await conn.close()
+
+
+class _Release(Exception):
+    pass
+
+
+def test_the_forwarder_killed_between_kafkas_ack_and_its_mark_loses_nothing(
+    factory: WorkerFactory,
+) -> None:
+    """The forwarder publishes rows, Kafka acknowledges them, and it dies before it marks them:
+    every one of them is published again by the next forwarder, and absorbed. PostgreSQL only:
+    on SQLite every transaction takes the write lock up front, the forwarder's reads too, so its
+    mark cannot be held apart from its read (``test_outbox.py`` crashes a forwarder between the
+    two in-process, on both databases)."""
+    if factory.database_url.startswith("sqlite"):
+        pytest.skip("SQLite: the forwarder's read waits on the same lock as its mark")
+    scenario = Scenario("forwarder killed between ack and mark", factory)
+    intake = scenario.start("intake", forwarder=False)  # takes orders, forwards nothing
+    set_stock(intake, scenario.history, STOCK)
+    scenario.run_load(lambda: [intake])
+    wait_for(lambda: len(scenario.history.acked_orders()) >= 40, 60, "orders in the outbox")
+    assert scenario.load is not None
+    scenario.load.stop()
+    pending = outbox_backlog(factory.database_url)
+    assert pending >= 40, pending
+    topic = factory.topic("orders.events")
+    with WriteLock(factory.database_url):
+        doomed = scenario.start("doomed", wait=False)  # its forwarder: publish, then wait
+        wait_for(lambda: len(read_topics(factory.bootstrap, {"t": topic})["t"]) >= pending, 90,
+                 "the rows to reach Kafka")  # fmt: skip
+        assert outbox_backlog(factory.database_url) == pending  # published, not marked
+        doomed.stop(signal.SIGKILL)
+    survivor = scenario.start("survivor")
+    scenario.run_load(lambda: [intake, survivor])
+    time.sleep(8)
+    verdict = scenario.finish(survivor, expect_rejections=False)
+    # The fault bit: every row the dead forwarder published was published again.
+    assert verdict.evidence["forwarder_resends"] >= pending, verdict.evidence
 
 
 def test_postgres_stopped_under_load_keeps_every_acknowledged_order(
