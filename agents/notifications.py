@@ -20,6 +20,12 @@ it accepted a message, so a next owner finding such a mark would face the same c
 again (this same duplicate) or skip (a customer who may never hear of the order) — and every
 message would wait for a broker acknowledgement first. A duplicate is the lesser harm.
 
+Zombies: a worker frozen past its session timeout goes on, when it runs again, with the
+decisions it had fetched, whose partition another worker owns by then and has notified. Right
+before it sends, the agent checks its lease (:mod:`pipeline.fencing`): no heartbeat answered
+within a session timeout, or a record from an older group generation, and it does not send;
+the decision is retried and set aside to a retry topic, and the owner finds it notified.
+
 Assumes: decisions are keyed by order id (the order-status agent publishes them so).
 Concurrency stays 1 (faust #606).
 """
@@ -31,7 +37,9 @@ import time
 from functools import cached_property
 
 import faust
+from faust.streams import current_event
 
+from pipeline import fencing
 from pipeline.app import app, settings
 from pipeline.consume import consume
 from pipeline.events import OrderConfirmed, OrderRejected
@@ -74,6 +82,9 @@ async def notify(decision: OrderConfirmed | OrderRejected) -> None:
         # A repeat: the changelog may not have the entry yet (tables.versions.resend).
         await resend_sent(decision.order_id)
         return
+    record = current_event()
+    if record is not None:  # a worker that lost the partition (a zombie) must not send
+        fencing.check(record.message, app, settings.session_timeout_seconds)
     await senders.current.send(compose(decision))
     await write_sent(NotificationSent(decision.order_id, decision.event_id, int(time.time())))
 

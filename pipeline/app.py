@@ -9,11 +9,12 @@ from typing import Any
 
 import faust
 
-from pipeline import faust_fixes
+from pipeline import faust_fixes, fencing
 from pipeline.kafka_security import faust_credentials
 from pipeline.settings import Settings, load_settings
 
 faust_fixes.install()
+fencing.install()
 
 
 def broker_urls(bootstrap_servers: str) -> list[str]:
