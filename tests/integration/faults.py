@@ -5,6 +5,7 @@ prints a line of figures and fault evidence."""
 
 from __future__ import annotations
 
+import signal
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -70,6 +71,11 @@ class Scenario:
         self.load = Load(targets, self.history, rate=rate, skus=SKUS).start()
         return self.load
 
+    def kill(self, worker: Worker) -> None:
+        """SIGKILL ``worker``, noted in the history."""
+        self.history.killed(worker.data_dir / "mailbox")
+        worker.stop(signal.SIGKILL)
+
     def mail_dirs(self) -> list[Path]:
         return [w.data_dir / "mailbox" for w in self.workers.started]
 
@@ -117,7 +123,8 @@ class Scenario:
             f"unanswered {h.refused().get(0, 0):>3} refused {sum(h.refused().values()):>3} "
             f"rejected {rejected:>3} | re-sent {e['forwarder_resends']:>3} "
             f"redelivered {sum(e['redelivered'].values()):>3} "
-            f"stale changelog {sum(e['stale_changelog'].values()):>3} | {shown} "
+            f"stale changelog {sum(e['stale_changelog'].values()):>3} "
+            f"mail repeats after a kill {e['mail_repeats_after_a_kill']} | {shown} "
             f"drained in {seconds:4.1f}s"
         )
 

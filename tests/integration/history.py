@@ -70,6 +70,11 @@ class History:
     def __init__(self) -> None:
         self._ops: list[Op] = []
         self._lock = threading.Lock()
+        self.kills: list[tuple[str, float]] = []  # (the killed worker's mailbox, when)
+
+    def killed(self, mailbox: Path) -> None:
+        """Note a worker SIGKILLed now (the checker explains a mail it may repeat by it)."""
+        self.kills.append((str(mailbox), time.time()))
 
     def add(self, op: Op) -> None:
         with self._lock:
@@ -375,12 +380,25 @@ def _json(raw: bytes | None) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+@dataclass(frozen=True)
+class Mail:
+    name: str  # the file's name: the message's idempotency key (the decision's event id)
+    folder: str  # the worker's mailbox
+    written: float  # wall-clock time the file was written
+
+
+# The window of the documented duplicate (agents/notifications.py): a worker killed after the
+# mail left and before its mark reached the changelog. A second copy is explained by a kill of
+# the first copy's worker within this long after it wrote it.
+KILL_WINDOW_SECONDS = 2.0
+
+
 @dataclass
 class ApiSnapshot:
     stats: dict[str, tuple[int, Any]]  # customer -> (status, body)
     stock: dict[str, tuple[int, Any]]  # sku -> (status, body)
     revenue: tuple[int, Any]
-    mails: list[str]  # the mail files' names (their idempotency keys), over every mailbox
+    mails: list[Mail]  # every mail file, over every worker's mailbox
 
 
 def read_api(worker: Worker, customers: Iterable[str], skus: Iterable[str],
@@ -393,7 +411,11 @@ def read_api(worker: Worker, customers: Iterable[str], skus: Iterable[str],
         stats={c: get(f"/customers/{c}/stats") for c in sorted(set(customers))},
         stock={s: get(f"/inventory/{s}") for s in sorted(set(skus))},
         revenue=get("/analytics/revenue"),
-        mails=[p.stem for d in sorted(set(mail_dirs)) for p in sorted(d.glob("*.eml"))],
+        mails=[
+            Mail(p.stem, str(d), p.stat().st_mtime)
+            for d in sorted(set(mail_dirs))
+            for p in sorted(d.glob("*.eml"))
+        ],
     )
 
 
@@ -424,6 +446,7 @@ def judge(
     window_seconds: int,
     lifetime_value: Decimal,
     expected_dead_letters: int = 0,
+    kills: Sequence[tuple[str, float]] = (),
 ) -> Verdict:
     """Every violation of the contract that the history, the database, the topics and the API
     show together, and the evidence of what the faults did."""
@@ -435,12 +458,12 @@ def judge(
     _judge_stats(db, api, v)
     _judge_milestones(db, created, cancelled, topics, lifetime_value, v)
     _judge_revenue(db, api, window_seconds, v)
-    _judge_mail(db, decisions, api, v)
+    explained = _judge_mail(db, decisions, api, kills, v)
     letters = len(topics.get("dead-letters", []))
     if letters != expected_dead_letters or db.dead_letters != expected_dead_letters:
         v.append(f"dead letters: {letters} on the topic and {db.dead_letters} in the database, "
                  f"expected {expected_dead_letters}")  # fmt: skip
-    return Verdict(v, evidence(topics))
+    return Verdict(v, {**evidence(topics), "mail_repeats_after_a_kill": explained})
 
 
 def _judge_requests(history: Sequence[Op], db: DbSnapshot, v: list[str]) -> None:
@@ -657,12 +680,31 @@ def _judge_revenue(db: DbSnapshot, api: ApiSnapshot, window_seconds: int, v: lis
 
 
 def _judge_mail(db: DbSnapshot, decisions: dict[str, dict[str, str]], api: ApiSnapshot,
-                v: list[str]) -> None:  # fmt: skip
-    """One mail per decided order, for its decision, across every worker's mailbox."""
-    sent = Counter(api.mails)
-    for name, n in sent.items():
-        if n > 1:
-            v.append(f"mail {name} was sent {n} times")
+                kills: Sequence[tuple[str, float]], v: list[str]) -> int:  # fmt: skip
+    """One mail per decided order, for its decision, across every worker's mailbox; a second
+    copy only where the documented crash window explains it (``kills``: each killed worker's
+    mailbox and when). Returns how many copies that explained."""
+    copies: dict[str, list[Mail]] = defaultdict(list)
+    for mail in api.mails:
+        copies[mail.name].append(mail)
+    explained = 0
+    for name, found in copies.items():
+        if len(found) == 1:
+            continue
+        first, second, *more = sorted(found, key=lambda m: m.written)
+        if (
+            not more
+            and first.folder != second.folder
+            and any(
+                folder == first.folder and 0 <= at - first.written <= KILL_WINDOW_SECONDS
+                for folder, at in kills
+            )
+        ):
+            explained += 1
+            continue
+        where = ", ".join(f"{Path(m.folder).parent.name} at {m.written:.3f}" for m in found)
+        v.append(f"mail {name} was sent {len(found)} times ({where})")
+    sent = set(copies)
     by_id = {event_id: (order_id, kind) for order_id, kinds in decisions.items()
              for kind, event_id in kinds.items()}  # fmt: skip
     for name in sent:
@@ -679,6 +721,7 @@ def _judge_mail(db: DbSnapshot, decisions: dict[str, dict[str, str]], api: ApiSn
             v.append(f"order {order_id} is {row.status}; mail sent for {kinds}")
         if want is None and len(kinds) > 1:
             v.append(f"order {order_id} ({row.status}): {len(kinds)} mails")
+    return explained
 
 
 # -- evidence that a fault bit --------------------------------------------------------------------
@@ -771,7 +814,7 @@ def check(system: System, history: History, worker: Worker, mail_dirs: Iterable[
     api = read_api(worker, customers, skus, mail_dirs)
     return judge(ops, db, topics, api, window_seconds=system.window_seconds,
                  lifetime_value=system.lifetime_value,
-                 expected_dead_letters=expected_dead_letters)  # fmt: skip
+                 expected_dead_letters=expected_dead_letters, kills=history.kills)  # fmt: skip
 
 
 def settle(

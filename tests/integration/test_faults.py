@@ -65,7 +65,7 @@ def test_a_worker_killed_repeatedly_under_load_loses_and_doubles_nothing(
     for round_no in range(3):
         time.sleep(4)
         victim = live[round_no % 2]
-        victim.stop(signal.SIGKILL)
+        scenario.kill(victim)
         live.remove(victim)
         time.sleep(2)
         live.append(scenario.start(victim.name, data_dir=victim.data_dir))
@@ -182,7 +182,7 @@ def test_the_forwarder_killed_between_kafkas_ack_and_its_mark_loses_nothing(
         wait_for(lambda: len(read_topics(factory.bootstrap, {"t": topic})["t"]) >= pending, 90,
                  "the rows to reach Kafka")  # fmt: skip
         assert outbox_backlog(factory.database_url) == pending  # published, not marked
-        doomed.stop(signal.SIGKILL)
+        scenario.kill(doomed)
     survivor = scenario.start("survivor")
     scenario.run_load(lambda: [intake, survivor])
     time.sleep(8)

@@ -69,7 +69,7 @@ class Cluster:
 
 def kill_worker(c: Cluster, rng: random.Random) -> dict[str, object]:
     victim = rng.choice(c.targets())
-    victim.stop(signal.SIGKILL)
+    c.scenario.kill(victim)
     c.live.remove(victim)
     time.sleep(rng.uniform(0.5, 5))
     empty = rng.random() < 0.25
@@ -84,7 +84,7 @@ def kill_forwarder(c: Cluster, rng: random.Random) -> dict[str, object]:
     if not leaders:
         return {"skipped": "no forwarder active"}
     victim = leaders[0]
-    victim.stop(signal.SIGKILL)
+    c.scenario.kill(victim)
     c.live.remove(victim)
     time.sleep(rng.uniform(0.5, 3))
     c.restart(victim)

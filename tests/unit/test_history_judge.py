@@ -14,6 +14,7 @@ from typing import Any
 from tests.integration.history import (
     ApiSnapshot,
     DbSnapshot,
+    Mail,
     Op,
     OrderRow,
     Rec,
@@ -163,7 +164,7 @@ def world() -> dict[str, Any]:
                 ]
             },
         ),
-        mails=["d1", "d2", "d3"],
+        mails=[Mail(name, "/w1/mailbox", 100.0) for name in ("d1", "d2", "d3")],
     )
     return {"history": history, "db": db, "topics": topics, "api": api}
 
@@ -229,11 +230,25 @@ def test_an_acknowledged_cancellation_missing_fails() -> None:
 
 def test_a_mail_sent_twice_or_a_decision_unmailed_fails() -> None:
     w = world()
-    w["api"].mails.append("d1")
+    w["api"].mails.append(Mail("d1", "/w2/mailbox", 105.0))  # a zombie's, say
     assert flagged(verdict_of(w), "mail d1 was sent 2 times")
     w = world()
-    w["api"].mails.remove("d3")
+    w["api"].mails[:] = [m for m in w["api"].mails if m.name != "d3"]
     assert flagged(verdict_of(w), "o3 is rejected", "mail sent for []")
+
+
+def test_a_second_mail_is_allowed_only_where_a_kill_explains_it() -> None:
+    """The documented window: killed after the mail left, before its mark was in the changelog."""
+    w = world()
+    w["api"].mails.append(Mail("d1", "/w2/mailbox", 103.0))
+    killed_at = [("/w1/mailbox", 100.5)]
+    verdict = judge(w["history"], w["db"], w["topics"], w["api"], window_seconds=60,
+                    lifetime_value=Decimal("300.00"), kills=killed_at)  # fmt: skip
+    assert verdict.ok and verdict.evidence["mail_repeats_after_a_kill"] == 1
+    late = [("/w1/mailbox", 130.0)]  # killed long after: the mark had had time; not explained
+    verdict = judge(w["history"], w["db"], w["topics"], w["api"], window_seconds=60,
+                    lifetime_value=Decimal("300.00"), kills=late)  # fmt: skip
+    assert flagged(verdict, "mail d1 was sent 2 times")
 
 
 def test_a_revenue_window_off_or_a_dead_letter_fails() -> None:
