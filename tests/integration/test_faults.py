@@ -84,6 +84,7 @@ def test_a_frozen_worker_past_its_session_timeout_does_not_double_apply(
     w1, w2 = scenario.start_pair()
     scenario.run_load(lambda: [w1])  # the frozen worker's web server is frozen too
     time.sleep(4)
+    scenario.history.killed(w2.data_dir / "mailbox")
     w2.proc.send_signal(signal.SIGSTOP)
     try:
         time.sleep(12)  # twice the session timeout: its partitions move to w1

@@ -102,6 +102,7 @@ def freeze_worker(c: Cluster, rng: random.Random) -> dict[str, object]:
     victim = rng.choice(c.targets())
     seconds = rng.uniform(2, 14)  # the session timeout is 6 s: some zombies, some not
     c.frozen.add(victim.name)
+    c.scenario.history.killed(victim.data_dir / "mailbox")
     victim.proc.send_signal(signal.SIGSTOP)
     try:
         time.sleep(seconds)

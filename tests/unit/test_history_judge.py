@@ -251,6 +251,19 @@ def test_a_second_mail_is_allowed_only_where_a_kill_explains_it() -> None:
     assert flagged(verdict, "mail d1 was sent 2 times")
 
 
+def test_only_the_revenue_windows_the_api_shows_are_compared() -> None:
+    """It answers the newest 60: with 60 shown, older windows are not judged; with fewer, a
+    window missing from the answer is."""
+    w = world()
+    newest = T0 + timedelta(minutes=2)
+    shown = [{"window_start": (newest + timedelta(minutes=n)).isoformat(), "revenue": "0.00",
+              "orders": 0} for n in range(60)]  # fmt: skip
+    w["api"].revenue = (200, {"windows": shown})
+    assert not flagged(verdict_of(w), "revenue window")
+    w["api"].revenue = (200, {"windows": shown[:59]})
+    assert flagged(verdict_of(w), "revenue window")
+
+
 def test_a_revenue_window_off_or_a_dead_letter_fails() -> None:
     w = world()
     w["api"].revenue[1]["windows"][0]["revenue"] = "0.00"
