@@ -91,11 +91,6 @@ class History:
     def acked_orders(self) -> list[str]:
         return [op.reply["order_id"] for op in self.ops if op.kind == "order" and op.status == 201]
 
-    def count(self, kind: str, status: int | None = None) -> int:
-        return sum(
-            1 for op in self.ops if op.kind == kind and (status is None or op.status == status)
-        )
-
     def refused(self) -> Counter[int]:
         return Counter(op.status for op in self.ops if op.status == 0 or op.status >= 300)
 
@@ -309,13 +304,7 @@ def read_topics(bootstrap: str, names: dict[str, str], timeout: float = 60) -> d
     offsets taken at the start, per partition in offset order. A missing topic reads as empty."""
 
     async def read_one(topic: str, versions_only: bool) -> list[Rec]:
-        probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-        await probe.start()
-        try:
-            exists = topic in await probe.topics()
-        finally:
-            await probe.stop()
-        if not exists:  # never subscribe to a missing topic: the broker may create it
+        if topic not in existing:  # never subscribe to a missing topic: the broker may create it
             return []
         consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, enable_auto_commit=False,
                                     group_id=None, auto_offset_reset="earliest",
@@ -352,7 +341,15 @@ def read_topics(bootstrap: str, names: dict[str, str], timeout: float = 60) -> d
         finally:
             await consumer.stop()
 
+    existing: set[str] = set()
+
     async def read_all() -> dict[str, list[Rec]]:
+        probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+        await probe.start()
+        try:
+            existing.update(await probe.topics())
+        finally:
+            await probe.stop()
         return {
             label: await read_one(topic, label.startswith("changelog:"))
             for label, topic in names.items()
