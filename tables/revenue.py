@@ -13,6 +13,11 @@ again after later records, and its first copies fell below the mark and were dro
 lost 197 orders in the window of a worker's kill). Windows are assigned by the record's Kafka
 timestamp, which the analytics agent sets to the time the order was created or cancelled, and
 which retries and replays keep; they expire after ``PIPELINE_REVENUE_WINDOW_EXPIRES_SECONDS``.
+
+Every change to a window counts its version up by one (``"v"``, first in its value, as in
+:mod:`tables.versions`), so a frozen worker's late changelog record of a window is not applied
+over the new owner's newer one (the nemesis, seed 22: a window's changelog ended with a zombie's
+record of 31 orders, written 2 s after the owner's of 95; a worker recovering it lost 64).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any
 
 from pipeline.app import app, settings
 from pipeline.events import RevenueRecorded, money
+from tables import versions
 from tables.horizon import Horizon
 
 REVENUE_KEY = "revenue"
@@ -55,12 +61,16 @@ class Window:
     # ids of records dead-lettered here and not applied since: a replay applies only these
     pending: tuple[str, ...] = ()
     clock: int = 0  # the latest record time applied (tables.horizon)
+    # One more per change: a late changelog record with a lower one is not applied
+    # (tables.versions.apply_changelog_batch). Not part of what the window says.
+    version: int = field(default=0, compare=False)
 
     def to_value(self) -> dict[str, Any]:
         by_time: dict[int, list[str]] = {}
         for key, at in self.seen.items():
             by_time.setdefault(at, []).append(key)
         value: dict[str, Any] = {
+            versions.VERSION: self.version,
             "revenue": money(self.revenue), "orders": self.orders, "clock": self.clock,
             "ids": {str(at): "".join(keys) for at, keys in by_time.items()},
         }  # fmt: skip
@@ -88,6 +98,7 @@ class Window:
             seen,
             tuple(value.get("pending", ())),
             value.get("clock", 0),
+            value.get(versions.VERSION, 0),
         )
 
 
@@ -115,6 +126,7 @@ def apply_revenue(
             seen={**seen, key: h.now},
             pending=pending,
             clock=h.now,
+            version=window.version + 1,
         ),
         True,
     )
@@ -125,7 +137,7 @@ def set_aside(window: Window, record_id: str) -> Window:
     Bounded by the window's own life: windows expire."""
     if record_id in window.pending or digest(record_id) in window.seen:
         return window
-    return replace(window, pending=(*window.pending, record_id))
+    return replace(window, pending=(*window.pending, record_id), version=window.version + 1)
 
 
 revenue_table = (

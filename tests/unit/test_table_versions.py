@@ -16,8 +16,8 @@ from faust.types import TP
 from yarl import URL
 
 from pipeline.app import app
-from tables import versions
-from tables.customer_stats import CustomerStats, customer_stats_table
+from tables import horizon, versions
+from tables.customer_stats import CustomerStats, customer_stats_table, revenue_record
 
 _names = itertools.count()
 
@@ -80,6 +80,34 @@ def test_a_zombies_late_record_does_not_replace_the_new_owners_value(store: Any)
     versions.apply_changelog_batch(fresh, _records(fresh, *changelog), None, None)
     assert _stored(fresh)["order_count"] == 3
     assert fresh.persisted_offset(_tp(fresh)) == 3  # the skipped record counts as read
+
+
+def test_a_zombies_late_revenue_window_does_not_replace_the_owners() -> None:
+    # The nemesis (seed 22): a window's changelog ended with a frozen worker's record of 31
+    # orders, sent 2 s after the new owner's of 95; the worker that recovered it showed 31.
+    from tables.revenue import REVENUE_KEY, Window, apply_revenue, revenue_table
+    from tests.conftest import T0, order_created
+
+    table = revenue_table.table
+    store = faust_rocksdb.Store(
+        URL.build(scheme="rocksdb", path=f"versions-{next(_names)}"), app, table=table
+    )
+    h = horizon.Horizon(int(T0.timestamp()), 300, 86400)
+    window, values = Window(), []
+    for n in range(95):
+        record = revenue_record(order_created(total="1.00"), f"s0@{n}")
+        window, _ = apply_revenue(window, record, h)
+        values.append(app.serializers.dumps_value(None, window.to_value(), serializer="json"))
+    key = app.serializers.dumps_key(None, [REVENUE_KEY, [0.0, 9.9]], serializer="json")
+    tp = TP(table.changelog_topic.get_topic_name(), 0)
+    changelog = [values[30], values[94], values[30]]  # the zombie's 31 orders arrive last
+    records = [SimpleNamespace(message=_message(tp, n, key, v)) for n, v in enumerate(changelog)]
+    try:
+        versions.apply_changelog_batch(store, records, None, None)
+        stored = Window.from_value(json.loads(store._db_for_partition(0).get(key)))
+        assert (stored.orders, stored.version) == (95, 95)
+    finally:
+        store._dbs.clear()
 
 
 def test_records_across_batches_compare_with_the_store(store: Any) -> None:
