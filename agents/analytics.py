@@ -3,10 +3,10 @@
 revenue windows.
 
 Guarantees: each order event changes a customer's stats exactly once however often the
-pipeline delivers it within the dedupe horizon, and a replayed dead letter once whenever it
-comes (the dedupe state is in the stats value itself, ``tables.horizon``); its derived events
-have ids computed from the cause and are sent again on a redelivery, so a crash between the
-table write and the send loses nothing and consumers dedupe the repeat.
+pipeline delivers it within the dedupe horizon, and a replayed dead letter once whenever it comes
+(the dedupe state is in the stats value itself, ``pipeline.domain.horizon``); its derived events
+have ids computed from the cause and are sent again on a redelivery, so a crash between the table
+write and the send loses nothing and consumers dedupe the repeat.
 Assumes: events are keyed by customer id, so a customer's events share one partition and
 arrive in commit order. Concurrency stays 1 (faust #606: concurrency > 1 can commit an
 offset past an in-flight event).
@@ -17,19 +17,26 @@ from __future__ import annotations
 import faust
 
 from pipeline.app import app, settings
-from pipeline.consume import consume
-from pipeline.events import OrderCancelled, OrderCreated
-from pipeline.topics import agent_source, analytics_events_topic, analytics_revenue_topic, publish
-from tables import delivery
-from tables.customer_stats import (
+from pipeline.domain.customer_stats import (
     applied_at,
     apply_event,
     milestone_events,
+    revenue_record,
+    stats_updated_event,
+)
+from pipeline.domain.events import OrderCancelled, OrderCreated
+from pipeline.streaming import delivery
+from pipeline.streaming.consume import consume
+from pipeline.streaming.topics import (
+    agent_source,
+    analytics_events_topic,
+    analytics_revenue_topic,
+    publish,
+)
+from tables.customer_stats import (
     note_dead_letter,
     read_customer_stats,
     resend_customer_stats,
-    revenue_record,
-    stats_updated_event,
     write_customer_stats,
 )
 
@@ -42,7 +49,7 @@ async def update_customer_stats(event: OrderCreated | OrderCancelled) -> None:
     )  # fmt: skip
     if applied:
         await write_customer_stats(stats)
-    else:  # a redelivery: the changelog may not have it yet (tables.versions.resend)
+    else:  # a redelivery: the changelog may not have it yet (pipeline.streaming.versions.resend)
         await resend_customer_stats(stats.customer_id)
     at = delivery.cause_time()
     await publish(analytics_events_topic, stats.customer_id,

@@ -12,7 +12,7 @@ retry record whose routing headers are missing or garbled (an unknown agent, a p
 redelivery topic lacks, no due time) is dead-lettered as poison; a due time beyond the
 longest delay is cut to it.
 
-Index: the dead-letter topic is indexed into the database (``pipeline.dead_letters``), so
+Index: the dead-letter topic is indexed into the database (``pipeline.services.dead_letters``), so
 any worker can list and replay dead letters.
 
 Guarantees: a held record is acknowledged only after its redelivery was acknowledged by the
@@ -30,12 +30,12 @@ from typing import Any
 
 import faust
 
-from pipeline import errors
 from pipeline.app import app, settings
-from pipeline.consume import send_reliably, with_db_retries
-from pipeline.dead_letters import DeadLetter
-from pipeline.runtime import runtime
-from pipeline.topics import (
+from pipeline.bootstrap import runtime
+from pipeline.domain import failures
+from pipeline.domain.dead_letters import DeadLetter
+from pipeline.streaming.consume import send_reliably, with_db_retries
+from pipeline.streaming.topics import (
     AGENT_SOURCES,
     dead_letters_topic,
     redelivery_topic_name,
@@ -56,8 +56,8 @@ class BadRoute(ValueError):
 async def hold_until_due(stream: faust.StreamT[bytes]) -> None:
     async for record in stream.events():
         message = record.message
-        headers = errors.header_map(message.headers)
-        origin = errors.Origin.of(headers, message.topic, message.partition, message.offset,
+        headers = failures.header_map(message.headers)
+        origin = failures.Origin.of(headers, message.topic, message.partition, message.offset,
                                   message.timestamp)  # fmt: skip
         try:
             agent, partition, due_at = _route(headers)
@@ -68,7 +68,7 @@ async def hold_until_due(stream: faust.StreamT[bytes]) -> None:
         # Sleep in slices: a rebalance must not wait for the longest delay.
         while (wait := due_at - time.time()) > 0 and not app.rebalancing:  # noqa: ASYNC110
             await asyncio.sleep(min(wait, SLICE))
-        out = [(k, v) for k, v in headers.items() if k != errors.DUE_AT]
+        out = [(k, v) for k, v in headers.items() if k != failures.DUE_AT]
         # With the first delivery's timestamp, not this retry record's (they are the same
         # unless the retry record was written by something else than ``consume``).
         sent_at = origin.timestamp_ms
@@ -79,36 +79,36 @@ async def hold_until_due(stream: faust.StreamT[bytes]) -> None:
 def _route(headers: dict[str, bytes]) -> tuple[str, int, float]:
     """The agent a retry record goes back to, the partition (the one it first came from,
     which must exist in that agent's redelivery topic) and when, checked."""
-    agent = headers.get(errors.AGENT, b"").decode("utf-8", "replace")
+    agent = headers.get(failures.AGENT, b"").decode("utf-8", "replace")
     source = AGENT_SOURCES.get(agent)
     if source is None:
-        raise BadRoute(f"unknown agent {agent!r:.80} in {errors.AGENT}")
-    if errors.ORIGINAL_TOPIC not in headers:
-        raise BadRoute(f"no {errors.ORIGINAL_TOPIC}")
-    partition = errors.header_int(headers, errors.ORIGINAL_PARTITION)
+        raise BadRoute(f"unknown agent {agent!r:.80} in {failures.AGENT}")
+    if failures.ORIGINAL_TOPIC not in headers:
+        raise BadRoute(f"no {failures.ORIGINAL_TOPIC}")
+    partition = failures.header_int(headers, failures.ORIGINAL_PARTITION)
     partitions = source.partitions or settings.partitions
     if partition is None or partition >= partitions:
-        shown = headers.get(errors.ORIGINAL_PARTITION, b"")[:40]
+        shown = headers.get(failures.ORIGINAL_PARTITION, b"")[:40]
         raise BadRoute(f"partition {shown.decode('utf-8', 'replace')} is not one of the "
                        f"{partitions} of {agent!r}'s redelivery topic")  # fmt: skip
     try:
-        due_at = float(headers.get(errors.DUE_AT) or b"")
+        due_at = float(headers.get(failures.DUE_AT) or b"")
     except ValueError:
         due_at = math.nan
     if math.isnan(due_at):
-        raise BadRoute(f"{errors.DUE_AT} is not a due time")
+        raise BadRoute(f"{failures.DUE_AT} is not a due time")
     return agent, partition, due_at
 
 
 async def _dead_letter(
-    message: Any, headers: dict[str, bytes], origin: errors.Origin, exc: Exception
+    message: Any, headers: dict[str, bytes], origin: failures.Origin, exc: Exception
 ) -> None:
     log.error("retry record %s[%s]@%s has bad routing headers (%r); dead-lettering it",
               message.topic, message.partition, message.offset, exc)  # fmt: skip
-    raw_agent = headers.get(errors.AGENT, b"unknown").decode("utf-8", "replace")
-    now = errors.now_utc()
-    state = errors.Failure.of(raw_agent, headers, origin, now)
-    out = errors.dead_letter_headers(errors.original_headers(headers), state, errors.POISON,
+    raw_agent = headers.get(failures.AGENT, b"unknown").decode("utf-8", "replace")
+    now = failures.now_utc()
+    state = failures.Failure.of(raw_agent, headers, origin, now)
+    out = failures.dead_letter_headers(failures.original_headers(headers), state, failures.POISON,
                                      exc, now)  # fmt: skip
     await send_reliably(dead_letters_topic.get_topic_name(), message.key, message.value, out,
                         timestamp_ms=origin.timestamp_ms)  # fmt: skip

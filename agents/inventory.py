@@ -7,7 +7,7 @@ ids are computed from the order event, so a redelivery repeats them and the keep
 ``keep_stock`` applies commands to the SKU's stock (see ``tables.inventory``) and answers each
 line on ``inventory.events`` (keyed by order id). Guarantees: each line is reserved, rejected or
 released at most once whatever the number of deliveries within the dedupe horizon, and a
-replayed dead letter at most once whenever it comes (``tables.horizon``); a release that
+replayed dead letter at most once whenever it comes (``pipeline.domain.horizon``); a release that
 overtakes its reservation makes that reservation take nothing, so stock never leaks.
 Concurrency stays 1 (faust #606).
 """
@@ -17,8 +17,7 @@ from __future__ import annotations
 import faust
 
 from pipeline.app import app
-from pipeline.consume import consume
-from pipeline.events import (
+from pipeline.domain.events import (
     LineReleaseRequested,
     LineReservationRequested,
     LineSettled,
@@ -28,22 +27,16 @@ from pipeline.events import (
     StockSet,
     derived_event_id,
 )
-from pipeline.topics import (
+from pipeline.domain.stock import Stock, StockCommand, apply_command
+from pipeline.streaming import delivery
+from pipeline.streaming.consume import consume
+from pipeline.streaming.topics import (
     agent_source,
     inventory_commands_topic,
     inventory_events_topic,
     publish,
 )
-from tables import delivery
-from tables.inventory import (
-    Stock,
-    StockCommand,
-    apply_command,
-    note_dead_letter,
-    read_stock,
-    resend_stock,
-    write_stock,
-)
+from tables.inventory import note_dead_letter, read_stock, resend_stock, write_stock
 
 
 def line_commands(
@@ -84,7 +77,7 @@ def line_commands(
 
 
 async def send_line_commands(event: OrderEvent) -> None:
-    at = delivery.cause_time()  # the horizon runs on source time (tables.delivery)
+    at = delivery.cause_time()  # the horizon runs on source time (pipeline.streaming.delivery)
     # A retry or replay comes back into the partition the event first came from.
     for command in line_commands(event, str(delivery.current_message().partition)):
         await publish(inventory_commands_topic, command.sku, command, timestamp=at)
@@ -96,7 +89,7 @@ async def apply_stock_command(command: StockCommand) -> None:
                                      replayed=delivery.is_replay())  # fmt: skip
     if updated is not stock:
         await write_stock(updated)
-    else:  # a redelivery: the changelog may not have it yet (tables.versions.resend)
+    else:  # a redelivery: the changelog may not have it yet (pipeline.streaming.versions.resend)
         await resend_stock(command.sku)
     if outcome is not None:
         await publish(inventory_events_topic, outcome.order_id, outcome,

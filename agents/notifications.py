@@ -21,10 +21,10 @@ again (this same duplicate) or skip (a customer who may never hear of the order)
 message would wait for a broker acknowledgement first. A duplicate is the lesser harm.
 
 Zombies: a worker frozen past its session timeout goes on, when it runs again, with the
-decisions it had fetched, whose partition another worker owns by then and has notified. Right
-before it sends, the agent checks its lease (:mod:`pipeline.fencing`): no heartbeat answered
-within a session timeout, or a record from an older group generation, and it does not send;
-the decision is retried and set aside to a retry topic, and the owner finds it notified.
+decisions it had fetched, whose partition another worker owns by then and has notified. Right before
+it sends, the agent checks its lease (:mod:`pipeline.streaming.fencing`): no heartbeat answered
+within a session timeout, or a record from an older group generation, and it does not send; the
+decision is retried and set aside to a retry topic, and the owner finds it notified.
 
 Assumes: decisions are keyed by order id (the order-status agent publishes them so).
 Concurrency stays 1 (faust #606).
@@ -39,13 +39,14 @@ from functools import cached_property
 import faust
 from faust.streams import current_event
 
-from pipeline import fencing
+from pipeline.adapters.mail import MailboxSender, Message, Sender, SmtpSender
 from pipeline.app import app, settings
-from pipeline.consume import consume
-from pipeline.events import OrderConfirmed, OrderRejected
-from pipeline.senders import MailboxSender, Message, Sender, SmtpSender
-from pipeline.topics import agent_source
-from tables.notifications import NotificationSent, needs_notice, read_sent, resend_sent, write_sent
+from pipeline.domain.events import OrderConfirmed, OrderRejected
+from pipeline.domain.notifications import NotificationSent, needs_notice
+from pipeline.streaming import fencing
+from pipeline.streaming.consume import consume
+from pipeline.streaming.topics import agent_source
+from tables.notifications import read_sent, resend_sent, write_sent
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ async def notify(decision: OrderConfirmed | OrderRejected) -> None:
         if sent.event_id != decision.event_id:  # the database holds one decision per order
             log.warning("order %s was notified of %s already; %s not sent",
                         decision.order_id, sent.event_id, decision.event_id)  # fmt: skip
-        # A repeat: the changelog may not have the entry yet (tables.versions.resend).
+        # A repeat: the changelog may not have the entry yet (pipeline.streaming.versions.resend).
         await resend_sent(decision.order_id)
         return
     record = current_event()

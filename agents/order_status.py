@@ -15,22 +15,24 @@ from __future__ import annotations
 import faust
 
 from pipeline.app import app
-from pipeline.consume import consume
-from pipeline.events import InventoryRejected, InventoryReleased, InventoryReserved, utc_now
-from pipeline.runtime import runtime
-from pipeline.topics import agent_source, inventory_commands_topic, order_status_topic, publish
-from tables import delivery
-from tables.order_progress import (
+from pipeline.bootstrap import runtime
+from pipeline.domain.events import InventoryRejected, InventoryReleased, InventoryReserved, utc_now
+from pipeline.domain.order_progress import (
     apply_outcome,
     compensations,
     decision_event,
-    forget_progress,
-    read_progress,
-    resend_progress,
     settled,
     settlements,
-    write_progress,
 )
+from pipeline.streaming import delivery
+from pipeline.streaming.consume import consume
+from pipeline.streaming.topics import (
+    agent_source,
+    inventory_commands_topic,
+    order_status_topic,
+    publish,
+)
+from tables.order_progress import forget_progress, read_progress, resend_progress, write_progress
 
 
 async def record_outcome(
@@ -42,9 +44,9 @@ async def record_outcome(
     updated = apply_outcome(progress, outcome)
     if updated != progress:
         await write_progress(updated)
-    else:  # a redelivery: the changelog may not have it yet (tables.versions.resend)
+    else:  # a redelivery: the changelog may not have it yet (pipeline.streaming.versions.resend)
         await resend_progress(outcome.order_id)
-    at = delivery.cause_time()  # the horizon runs on source time (tables.delivery)
+    at = delivery.cause_time()  # the horizon runs on source time (pipeline.streaming.delivery)
     for release in compensations(updated):
         await publish(inventory_commands_topic, release.sku, release, timestamp=at)
     announcement = decision_event(updated)

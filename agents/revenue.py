@@ -14,21 +14,21 @@ import faust
 import faust.streams
 from faust.streams import current_event
 
-from pipeline import faust_fixes
 from pipeline.app import app
-from pipeline.consume import consume
-from pipeline.events import RevenueRecorded
-from pipeline.topics import agent_source
-from tables import delivery
-from tables.horizon import MAX_VALUE_BYTES, ValueTooLarge
-from tables.revenue import REVENUE_KEY, Window, apply_revenue, revenue_table, set_aside
+from pipeline.domain.events import RevenueRecorded
+from pipeline.domain.horizon import MAX_VALUE_BYTES, ValueTooLarge
+from pipeline.domain.revenue import REVENUE_KEY, Window, apply_revenue, set_aside
+from pipeline.streaming import delivery, faust_patches
+from pipeline.streaming.consume import consume
+from pipeline.streaming.topics import agent_source
+from tables.revenue import revenue_table
 
-# Write-behind, as ``tables.versions`` does for the other tables. The revenue windows have one
-# owner, and every revenue record changes the current window, whose value holds the ids of the
-# dedupe horizon: decoding and re-encoding it whole per record was most of this worker's time
-# at a hundred orders a second. The owner keeps its windows decoded here and writes each one
-# changed to the table (Faust's windowed path, as the record that last changed it) once per
-# offset commit, before Faust picks the offsets; a revoked partition drops them all.
+# Write-behind, as ``pipeline.streaming.versions`` does for the other tables. The revenue windows
+# have one owner, and every revenue record changes the current window, whose value holds the ids of
+# the dedupe horizon: decoding and re-encoding it whole per record was most of this worker's time at
+# a hundred orders a second. The owner keeps its windows decoded here and writes each one changed to
+# the table (Faust's windowed path, as the record that last changed it) once per offset commit,
+# before Faust picks the offsets; a revoked partition drops them all.
 KEPT_WINDOWS = 8
 _windows: dict[Any, tuple[Window, Any]] = {}  # window range -> (window, last event to change it)
 _dirty: set[Any] = set()
@@ -82,8 +82,8 @@ def forget(partitions: set[int]) -> None:
         _dirty.clear()
 
 
-faust_fixes.before_commit(flush)
-faust_fixes.on_revoked(forget)
+faust_patches.before_commit(flush)
+faust_patches.on_revoked(forget)
 
 
 async def add_to_window(record: RevenueRecorded) -> None:

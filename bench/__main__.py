@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import e2e, forwarder, kafka_tools, pipeline, recovery, report
-from pipeline.db import migrate
+from pipeline.adapters.db.schema import migrate
 from pipeline.local.kafka import LocalKafka
 from pipeline.local.postgres import LocalPostgres, default_data_dir
 from pipeline.settings import PROJECT_ROOT, load_settings

@@ -41,8 +41,9 @@ CUSTOMERS = 1000
 SKUS = [f"sku-{i:03d}" for i in range(50)]
 TOPICS = ["orders.events", "inventory.commands", "inventory.events", "orders.status",
           "analytics.events"]  # fmt: skip
-# The revenue windows are one table partition, fed by a one-partition topic (pipeline.topics);
-# Faust refuses a source topic whose partition count differs from its table's changelog.
+# The revenue windows are one table partition, fed by a one-partition topic
+# (pipeline.streaming.topics); Faust refuses a source topic whose partition count differs from its
+# table's changelog.
 SINGLE_PARTITION_TOPICS = ["analytics.revenue"]
 WORKER_ENV = {"PIPELINE_LOG_EVENTS": "false"}
 

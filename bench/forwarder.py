@@ -24,10 +24,11 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
-from pipeline.db import make_bookkeeping_engine
-from pipeline.events import OrderCreated, OrderLine, encode, utc_now
+from pipeline.adapters.db.outbox import NOTIFY_CHANNEL, OutboxStore
+from pipeline.adapters.db.schema import make_bookkeeping_engine
+from pipeline.domain.events import OrderCreated, OrderLine, encode, utc_now
 from pipeline.metrics import Metrics
-from pipeline.outbox import (
+from pipeline.services.outbox import (
     BatchResult,
     OutboxForwarder,
     OutboxPublisher,
@@ -35,7 +36,6 @@ from pipeline.outbox import (
     leadership_for,
     make_producer,
 )
-from pipeline.outbox_store import NOTIFY_CHANNEL, OutboxStore
 
 INSERT_ORDER = """INSERT INTO orders (order_id, customer_id, customer_email, status, total,
     created_at, updated_at) VALUES ($1, $2, $3, 'created', $4, $5, $5)"""

@@ -34,9 +34,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from rocksdict import Options, Rdict
 
-from pipeline.events import OrderCreated, OrderLine, decode_order_event, encode
-from pipeline.settings import PROJECT_ROOT
-from tables.customer_stats import (
+from pipeline.domain.customer_stats import (
     CustomerStats,
     applied_at,
     apply_event,
@@ -44,14 +42,16 @@ from tables.customer_stats import (
     revenue_record,
     stats_updated_event,
 )
-from tables.horizon import Horizon
+from pipeline.domain.events import OrderCreated, OrderLine, decode_order_event, encode
+from pipeline.domain.horizon import Horizon
+from pipeline.settings import PROJECT_ROOT
 from tests.integration.workers import create_topics, free_port, http_get
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def horizon(now: int) -> Horizon:
-    """The worker's default horizon (tables.horizon), at a record's time."""
+    """The worker's default horizon (pipeline.domain.horizon), at a record's time."""
     return Horizon(now, 300, 7 * 86400)
 
 

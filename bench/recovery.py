@@ -33,7 +33,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from bench import kafka_tools, profile
 from pipeline.app import ROCKSDB_OPTIONS
-from tables.customer_stats import CustomerStats
+from pipeline.domain.customer_stats import CustomerStats
 from tests.integration.workers import Worker, WorkerFactory, create_topics, http_get
 
 WORKER_ENV = {"PIPELINE_AGENTS": "analytics", "PIPELINE_FORWARDER_ENABLED": "false",

@@ -16,7 +16,7 @@ that load:
   again, same bytes and id, at 50%, after a newer ``PUT /inventory`` was applied; once the group
   has committed past it, ``available + reserved`` must still be the newer stock.
 
-The orders are placed in-process through :class:`pipeline.orders.OrderService` on the same
+The orders are placed in-process through :class:`pipeline.services.orders.OrderService` on the same
 database (the order, its items and the outbox row in one transaction, exactly what ``POST
 /orders`` does; the workers' forwarders, woken by NOTIFY, publish them). Measured here with
 the agents idle, both ways take about the same CPU per order (4-5 ms, client and workers
@@ -74,12 +74,19 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 
-from pipeline.db import dead_letters, make_engine, migrate, order_items, orders, outbox
-from pipeline.events import StockSet, encode, utc_now
+from pipeline.adapters.db.orders import OrderStore
+from pipeline.adapters.db.schema import (
+    dead_letters,
+    make_engine,
+    migrate,
+    order_items,
+    orders,
+    outbox,
+)
+from pipeline.domain.events import StockSet, encode, utc_now
 from pipeline.local.kafka import LocalKafka
 from pipeline.local.postgres import LocalPostgres, default_data_dir
-from pipeline.order_store import OrderStore
-from pipeline.orders import OrderService
+from pipeline.services.orders import OrderService
 from pipeline.settings import PROJECT_ROOT, load_settings
 from tests.integration.workers import Worker, WorkerFactory, create_topics, free_port
 
@@ -114,13 +121,13 @@ WORKER_ENV = {
     "PIPELINE_REVENUE_WINDOW_SECONDS": str(WINDOW_S),
     "PIPELINE_REVENUE_WINDOW_EXPIRES_SECONDS": "14400",
 }
-# The stated bound of one value per table (README, "Dedupe horizon and bounded state"). Stock
-# and stats grow with what their key sees within the dedupe horizon (and, for stock, the lines
-# in flight): what is stated for any rate is that a value over tables.horizon.MAX_VALUE_BYTES is
-# refused. An order's progress: ~200 bytes + ~30 per line, at most PIPELINE_MAX_ORDER_ITEMS
-# (100) lines; a revenue window grows with the records it receives within the horizon, and the
-# same refusal over tables.horizon.MAX_VALUE_BYTES applies;
-# a notification marker: 78 bytes, written once.
+# The stated bound of one value per table (README, "Dedupe horizon and bounded state"). Stock and
+# stats grow with what their key sees within the dedupe horizon (and, for stock, the lines in
+# flight): what is stated for any rate is that a value over pipeline.domain.horizon.MAX_VALUE_BYTES
+# is refused. An order's progress: ~200 bytes + ~30 per line, at most PIPELINE_MAX_ORDER_ITEMS (100)
+# lines; a revenue window grows with the records it receives within the horizon, and the same
+# refusal over pipeline.domain.horizon.MAX_VALUE_BYTES applies; a notification marker: 78 bytes,
+# written once.
 BOUNDS = {
     "customer_stats": 900_000,
     "notifications_sent": 78,

@@ -7,7 +7,7 @@ import sys
 
 def main() -> int:
     argv = sys.argv[1:]
-    from pipeline.cli import OUR_COMMANDS, build_parser, run
+    from pipeline.cli.main import OUR_COMMANDS, build_parser, run
 
     if argv and argv[0] in OUR_COMMANDS:
         return run(argv)
@@ -24,7 +24,7 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     # The web binding is checked where it takes effect, when the worker starts
-    # (pipeline.worker), not here: Faust accepts it in too many forms to read from argv.
+    # (pipeline.streaming.worker), not here: Faust accepts it in too many forms to read from argv.
     from pipeline.app import app
 
     app.main()

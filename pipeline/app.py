@@ -9,11 +9,11 @@ from typing import Any
 
 import faust
 
-from pipeline import faust_fixes, fencing
-from pipeline.kafka_security import faust_credentials
+from pipeline.adapters.kafka.security import faust_credentials
 from pipeline.settings import Settings, load_settings
+from pipeline.streaming import faust_patches, fencing
 
-faust_fixes.install()
+faust_patches.install()
 fencing.install()
 
 
@@ -53,15 +53,15 @@ def create_app(settings: Settings) -> faust.App:
             "agents.failures",
             *settings.extra_modules,
             "tables",
-            "pipeline.views",
-            "pipeline.dashboard",
+            "pipeline.web.views",
+            "pipeline.web.dashboard",
         ],
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
-        # Agents decode their own bytes (pipeline.events), so a bad record is ours to handle.
+        # Agents decode their own bytes (pipeline.domain.events), so a bad record is ours to handle.
         key_serializer="raw",
         value_serializer="raw",
-        Worker="pipeline.worker:Worker",
+        Worker="pipeline.streaming.worker:Worker",
         Table=Table,
         producer_acks=-1,
         broker_credentials=faust_credentials(settings),

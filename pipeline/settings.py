@@ -77,7 +77,8 @@ class Settings:
     log_level: str = "info"
     log_format: str = "json"
     log_events: bool = True
-    # How long table values remember settled facts (tables.horizon): repeats arrive within it.
+    # How long table values remember settled facts (pipeline.domain.horizon): repeats arrive within
+    # it.
     dedupe_horizon_seconds: int = 300
     # How old a dead letter may be and still be replayed (its id stays pending that long).
     replay_max_age_seconds: int = 6 * 86400
@@ -130,7 +131,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         # A retried record is judged against what its key remembers; it must come back
-        # before that is forgotten (tables.horizon).
+        # before that is forgotten (pipeline.domain.horizon).
         if self.dedupe_horizon_seconds < sum(self.retry_delays) + 5:
             raise SettingsError(
                 f"PIPELINE_DEDUPE_HORIZON_SECONDS={self.dedupe_horizon_seconds} must be at "
@@ -260,7 +261,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
     database_url = env.get("DATABASE_URL", "").strip()
     if not database_url:
-        database_url = f"sqlite+aiosqlite:///{data_dir / 'pipeline.db'}"
+        database_url = f"sqlite+aiosqlite:///{data_dir / 'pipeline.adapters.db.schema'}"
     database_url = normalize_database_url(database_url)
 
     store = env.get("PIPELINE_STORE", "rocksdb://").strip()

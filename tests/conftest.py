@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from pipeline.events import OrderCancelled, OrderCreated, OrderLine
+from pipeline.domain.events import OrderCancelled, OrderCreated, OrderLine
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 

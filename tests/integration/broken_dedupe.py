@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 import agents.analytics
-from tables.customer_stats import CustomerStats, apply_event
+from pipeline.domain.customer_stats import CustomerStats, apply_event
 
 
 def _forgetful(stats: CustomerStats | None, *args: Any, **kwargs: Any) -> Any:

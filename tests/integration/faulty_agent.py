@@ -18,10 +18,10 @@ from pathlib import Path
 import faust
 
 from pipeline.app import app, settings
-from pipeline.consume import consume
-from pipeline.errors import NonRetryableError
-from pipeline.events import OrderCreated
-from pipeline.topics import agent_source
+from pipeline.domain.events import OrderCreated
+from pipeline.domain.failures import NonRetryableError
+from pipeline.streaming.consume import consume
+from pipeline.streaming.topics import agent_source
 
 FAULTS = Path(os.environ.get("FAULTY_AGENT_DIR", "/nonexistent"))
 

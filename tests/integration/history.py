@@ -36,7 +36,14 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from sqlalchemy import select
 
-from pipeline.db import dead_letters, idempotency_keys, make_engine, order_items, orders, outbox
+from pipeline.adapters.db.schema import (
+    dead_letters,
+    idempotency_keys,
+    make_engine,
+    order_items,
+    orders,
+    outbox,
+)
 from tests.integration.workers import Worker
 
 CENT = Decimal("0.01")

@@ -26,8 +26,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from pipeline.db import migrate
-from pipeline.events import StockSet, encode
+from pipeline.adapters.db.schema import migrate
+from pipeline.domain.events import StockSet, encode
 from tests.integration.workers import Worker, WorkerFactory, create_topics, produce, wait_for
 
 HORIZON = 8  # seconds

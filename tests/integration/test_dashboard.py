@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 import pytest
 from sqlalchemy import select
 
-from pipeline.db import make_engine, migrate, orders
-from pipeline.events import money
+from pipeline.adapters.db.schema import make_engine, migrate, orders
+from pipeline.domain.events import money
 from pipeline.settings import PROJECT_ROOT
 from tests.integration.workers import Worker, WorkerFactory, create_topics, produce, wait_for
 

@@ -10,7 +10,7 @@ from decimal import Decimal
 
 from sqlalchemy import insert, inspect, select
 
-from pipeline.db import make_engine, migrate, order_items, orders, schema_revision
+from pipeline.adapters.db.schema import make_engine, migrate, order_items, orders, schema_revision
 from pipeline.settings import PROJECT_ROOT
 
 
@@ -76,11 +76,12 @@ def test_migrate_command_reports_the_revision(database_url: str) -> None:
 
 
 def test_the_migrations_build_exactly_the_declared_schema(database_url: str) -> None:
-    """``pipeline.db`` declares the schema the code uses; the migrations must build the same."""
+    """``pipeline.adapters.db.schema`` declares the schema the code uses; the migrations must build
+    the same."""
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    from pipeline.db import metadata
+    from pipeline.adapters.db.schema import metadata
 
     migrate(database_url)
 

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from pipeline.db import migrate
-from pipeline.events import encode
+from pipeline.adapters.db.schema import migrate
+from pipeline.domain.events import encode
 from pipeline.settings import PROJECT_ROOT
 from tests.conftest import order_created
 from tests.integration.workers import (
@@ -145,7 +145,7 @@ def test_a_permanent_failure_lands_in_the_dead_letter_topic_with_every_header(
     [listed] = wait_for(lambda: _dead_letters(worker, event_id=refused.event_id), 30,
                         "the dead letter to be indexed")  # fmt: skip
     assert listed["agent"] == "faulty" and listed["reason"] == "permanent"
-    assert listed["error_type"] == "pipeline.errors.NonRetryableError"
+    assert listed["error_type"] == "pipeline.domain.failures.NonRetryableError"
     assert listed["attempts"] == 1  # a permanent error is not retried
     assert listed["original"]["topic"] == factory.topic("faulty.in")
     assert "NonRetryableError" in listed["stacktrace"]
@@ -162,7 +162,7 @@ def test_a_permanent_failure_lands_in_the_dead_letter_topic_with_every_header(
     expected = {
         "x-agent": b"faulty",
         "x-dead-letter-reason": b"permanent",
-        "x-exception-type": b"pipeline.errors.NonRetryableError",
+        "x-exception-type": b"pipeline.domain.failures.NonRetryableError",
         "x-exception-message": f"event {refused.event_id} is refused for good".encode(),
         "x-original-topic": factory.topic("faulty.in").encode(),
         "x-original-partition": str(listed["original"]["partition"]).encode(),

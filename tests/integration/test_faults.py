@@ -21,7 +21,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from pipeline.db import migrate
+from pipeline.adapters.db.schema import migrate
 from pipeline.local.kafka import LocalKafka, broker_answers, new_cluster_id
 from pipeline.local.postgres import LocalPostgres
 from pipeline.settings import PROJECT_ROOT

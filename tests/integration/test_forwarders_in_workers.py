@@ -9,8 +9,8 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 
-from pipeline.db import migrate
-from pipeline.events import decode_order_event
+from pipeline.adapters.db.schema import migrate
+from pipeline.domain.events import decode_order_event
 from tests.integration.workers import (
     WorkerFactory,
     consume,

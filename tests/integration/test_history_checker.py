@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from pipeline.db import make_engine, migrate, outbox
+from pipeline.adapters.db.schema import make_engine, migrate, outbox
 from tests.integration.faults import Scenario, reconciled
 from tests.integration.history import check, read_topics
 from tests.integration.workers import WorkerFactory, produce, wait_for

@@ -24,7 +24,14 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from pipeline.db import idempotency_keys, make_engine, migrate, order_items, orders, outbox
+from pipeline.adapters.db.schema import (
+    idempotency_keys,
+    make_engine,
+    migrate,
+    order_items,
+    orders,
+    outbox,
+)
 from pipeline.local.postgres import LocalPostgres
 from tests.integration.workers import Worker, WorkerFactory, http_post
 
@@ -44,7 +51,7 @@ def api(
 ) -> Iterator[tuple[Worker, str]]:
     root = tmp_path_factory.mktemp("hostile")
     if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{root / 'pipeline.db'}"
+        url = f"sqlite+aiosqlite:///{root / 'pipeline.adapters.db.schema'}"
     else:
         assert postgres is not None
         url = postgres.create_database(f"hostile_{uuid.uuid4().hex[:12]}")

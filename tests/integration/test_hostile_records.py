@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from pipeline.db import migrate
-from pipeline.events import encode
+from pipeline.adapters.db.schema import migrate
+from pipeline.domain.events import encode
 from tests.conftest import order_created
 from tests.integration.workers import Worker, WorkerFactory, consume, wait_for
 
-# The agents that read orders.events through pipeline.consume: each sets a pill aside.
+# The agents that read orders.events through pipeline.streaming.consume: each sets a pill aside.
 READERS = ("analytics", "inventory-requests")
 
 
@@ -106,7 +106,7 @@ def test_hostile_records_are_dead_lettered_with_context_and_the_partition_flows(
                 "x-original-topic": topic.encode(),
                 "x-original-partition": str(meta.partition).encode(),
                 "x-original-offset": str(meta.offset).encode(),
-                "x-exception-type": b"pipeline.events.InvalidEvent",
+                "x-exception-type": b"pipeline.domain.events.InvalidEvent",
             }
             assert {k: headers.get(k) for k in expected} == expected, name
             assert cause in headers["x-exception-message"].decode(), name
@@ -120,4 +120,4 @@ def test_hostile_records_are_dead_lettered_with_context_and_the_partition_flows(
     assert status == 200, body
     indexed = [d for d in body["dead_letters"] if d["key"] == customer]
     assert len(indexed) == len(pills) * len(READERS)
-    assert {d["error_type"] for d in indexed} == {"pipeline.events.InvalidEvent"}
+    assert {d["error_type"] for d in indexed} == {"pipeline.domain.events.InvalidEvent"}

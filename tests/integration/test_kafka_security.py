@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.db import migrate
+from pipeline.adapters.db.schema import migrate
 from pipeline.local.kafka import LocalKafka, broker_answers
 from pipeline.settings import PROJECT_ROOT
 from tests.integration.workers import WorkerFactory, free_port, wait_for

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.db import migrate
+from pipeline.adapters.db.schema import migrate
 from pipeline.local.kafka import LocalKafka
 from pipeline.local.postgres import LocalPostgres
 from pipeline.settings import PROJECT_ROOT

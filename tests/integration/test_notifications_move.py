@@ -21,19 +21,19 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient
 from aiosmtpd.controller import Controller
 
-from pipeline.db import migrate
-from pipeline.events import OrderConfirmed, OrderRejected, derived_event_id, encode
+from pipeline.adapters.db.schema import migrate
+from pipeline.domain.events import OrderConfirmed, OrderRejected, derived_event_id, encode
 from tests.integration.workers import WorkerFactory, consume, free_port, produce, wait_for
 
 ORDERS = 24  # decided while A owns the partitions, mailed by A, handed to B again
-# Decisions decided and committed before A's second run (none here, see below). Faust
-# dropped records at the end of a recovery that read changelog data: the fetcher, running since
-# the changelogs were read, hands stream records to the agents' queues while the stream
-# partitions are sought to their committed offsets, and ``app.flow_control.resume()`` then
-# cleared those queues; the records counted as read and nothing later was acknowledged, so the
-# partition stalled until the next rebalance. The seek is slow for a group that never committed
-# (every partition goes back to its beginning), which made the stall certain: WARM_UP = 0 (no
-# commit before the takeover) keeps that case under test (fixed in pipeline.faust_fixes._resume).
+# Decisions decided and committed before A's second run (none here, see below). Faust dropped
+# records at the end of a recovery that read changelog data: the fetcher, running since the
+# changelogs were read, hands stream records to the agents' queues while the stream partitions are
+# sought to their committed offsets, and ``app.flow_control.resume()`` then cleared those queues;
+# the records counted as read and nothing later was acknowledged, so the partition stalled until the
+# next rebalance. The seek is slow for a group that never committed (every partition goes back to
+# its beginning), which made the stall certain: WARM_UP = 0 (no commit before the takeover) keeps
+# that case under test (fixed in pipeline.streaming.faust_patches._resume).
 WARM_UP = 0
 # Failover within seconds; worker A's second run commits no offset before it is killed (its
 # interval is a minute, the longest the settings allow), so B is handed every decision again.

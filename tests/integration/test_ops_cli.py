@@ -18,10 +18,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from sqlalchemy import func, select
 
-from pipeline.db import make_engine, migrate, orders, outbox
-from pipeline.events import utc_now
-from pipeline.order_generator import OrderGenerator
-from pipeline.outbox_store import OutboxStore, add_event
+from pipeline.adapters.db.outbox import OutboxStore, add_event
+from pipeline.adapters.db.schema import make_engine, migrate, orders, outbox
+from pipeline.cli.order_generator import OrderGenerator
+from pipeline.domain.events import utc_now
 from pipeline.settings import PROJECT_ROOT
 from tests.conftest import order_created
 from tests.integration.workers import WorkerFactory, free_port, wait_for
@@ -291,7 +291,7 @@ def test_topics_create_makes_every_topic_once(
 
 
 def test_unreachable_services_and_bad_arguments_exit_2_with_what_to_do(tmp_path: Path) -> None:
-    missing = tmp_path / "none" / "pipeline.db"
+    missing = tmp_path / "none" / "pipeline.adapters.db.schema"
     env = bare_env(
         tmp_path,
         KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from pipeline.db import make_engine, migrate, order_items, orders, outbox
+from pipeline.adapters.db.schema import make_engine, migrate, order_items, orders, outbox
 from pipeline.local.postgres import LocalPostgres
 from tests.integration.workers import Worker, WorkerFactory, http_post
 
@@ -35,7 +35,7 @@ def api(
 ) -> Iterator[tuple[Worker, str]]:
     root = tmp_path_factory.mktemp("api")
     if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{root / 'pipeline.db'}"
+        url = f"sqlite+aiosqlite:///{root / 'pipeline.adapters.db.schema'}"
     else:
         assert postgres is not None
         url = postgres.create_database(f"api_{uuid.uuid4().hex[:12]}")

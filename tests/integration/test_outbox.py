@@ -20,18 +20,18 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pipeline.db import make_engine, migrate, order_items, orders, outbox
-from pipeline.events import OrderCreated, OrderLine, decode_order_event, utc_now
+from pipeline.adapters.db.orders import OrderStore
+from pipeline.adapters.db.outbox import OutboxStore, add_event
+from pipeline.adapters.db.schema import make_engine, migrate, order_items, orders, outbox
+from pipeline.domain.events import OrderCreated, OrderLine, decode_order_event, utc_now
 from pipeline.metrics import Metrics
-from pipeline.order_store import OrderStore
-from pipeline.orders import OrderService
-from pipeline.outbox import (
+from pipeline.services.orders import OrderService
+from pipeline.services.outbox import (
     OutboxForwarder,
     OutboxPublisher,
     leadership_for,
     make_producer,
 )
-from pipeline.outbox_store import OutboxStore, add_event
 from tests.integration.workers import consume, create_topics
 
 

@@ -14,7 +14,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from pipeline.db import migrate
+from pipeline.adapters.db.schema import migrate
 from pipeline.settings import PROJECT_ROOT
 from tests.integration.workers import free_port, http_get, http_post, http_put, metric, wait_for
 

@@ -16,10 +16,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from pipeline.db import make_engine, migrate, order_items, orders
-from pipeline.events import derived_event_id, money
+from pipeline.adapters.db.schema import make_engine, migrate, order_items, orders
+from pipeline.domain.events import derived_event_id, money
+from pipeline.domain.horizon import Horizon
 from pipeline.settings import PROJECT_ROOT
-from tables.horizon import Horizon
 from tests.integration.workers import (
     Worker,
     WorkerFactory,
@@ -213,7 +213,7 @@ def _orders(url: str) -> list[Any]:
 def _order(customer: str, n: int) -> Any:
     from datetime import UTC, datetime
 
-    from pipeline.events import OrderCreated, OrderLine
+    from pipeline.domain.events import OrderCreated, OrderLine
 
     line = OrderLine("sku-a", 1, Decimal("10.00"))
     return OrderCreated(
@@ -235,9 +235,9 @@ def test_a_redelivered_event_puts_its_effect_back_into_the_changelog(
     from aiokafka.partitioner import DefaultPartitioner
     from rocksdict import Options, Rdict
 
-    from pipeline.events import encode
-    from tables import versions
-    from tables.customer_stats import CustomerStats, apply_event
+    from pipeline.domain.customer_stats import CustomerStats, apply_event
+    from pipeline.domain.events import encode
+    from pipeline.streaming import versions
     from tests.integration.workers import metric
 
     migrate(sqlite_url)

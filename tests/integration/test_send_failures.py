@@ -20,7 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.structs import TopicPartition
 
-from pipeline.events import derived_event_id, encode
+from pipeline.domain.events import derived_event_id, encode
 from tests.conftest import order_created
 from tests.integration.workers import Worker, WorkerFactory, consume, create_topics, wait_for
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from pipeline.senders import Message, SmtpSender
+from pipeline.adapters.mail import Message, SmtpSender
 from tests.integration.workers import free_port
 
 

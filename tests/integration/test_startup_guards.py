@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.db import migrate
+from pipeline.adapters.db.schema import migrate
 from pipeline.settings import PROJECT_ROOT
 from tests.integration.workers import WorkerFactory, free_port, http_get, wait_for
 

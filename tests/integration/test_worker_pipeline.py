@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rocksdict import AccessType, Options, Rdict
 
-from pipeline.events import decode_stats_updated, derived_event_id, encode
+from pipeline.domain.events import decode_stats_updated, derived_event_id, encode
 from pipeline.settings import PROJECT_ROOT
 from tests.conftest import order_cancelled, order_created
 from tests.integration.workers import WorkerFactory, consume, create_topics, produce, wait_for

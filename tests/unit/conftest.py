@@ -13,9 +13,10 @@ os.environ.setdefault("PIPELINE_DATA_DIR", tempfile.mkdtemp(prefix="pipeline-uni
 
 @pytest.fixture(autouse=True)
 def _fresh_table_values() -> None:
-    """Values staged or cached by one test's agents are not another's (``tables.versions``)."""
+    """Values staged or cached by one test's agents are not another's
+    (``pipeline.streaming.versions``)."""
     from agents import revenue
-    from tables import versions
+    from pipeline.streaming import versions
 
     versions.reset()
     revenue.forget({0})

@@ -9,10 +9,9 @@ from typing import Any
 import pytest
 
 import agents.analytics as analytics
-from pipeline import consume
 from pipeline.app import app
-from pipeline.events import CustomerStatsUpdated, encode
-from tables import versions
+from pipeline.domain.events import CustomerStatsUpdated, encode
+from pipeline.streaming import consume, versions
 from tables.customer_stats import read_customer_stats
 from tests.conftest import order_cancelled, order_created
 
@@ -79,10 +78,10 @@ async def test_agent_applies_each_event_once_and_republishes_duplicates(
     assert len(published) == 4
     assert ids[0] == ids[1] and len(set(ids)) == 3
     assert published[-1].total_spent == Decimal("8.00")
-    # Nothing reaches the changelog before the commit's flush, then one record for the three
-    # changes (tables.versions: write-behind); a duplicate handled after that flush sends the
+    # Nothing reaches the changelog before the commit's flush, then one record for the three changes
+    # (pipeline.streaming.versions: write-behind); a duplicate handled after that flush sends the
     # stored value again (its record may never have reached the changelog before a crash:
-    # tables.versions.resend).
+    # pipeline.streaming.versions.resend).
     assert changelog == []
     await versions.flush()
     async with analytics.customer_analytics.test_context() as agent:
@@ -101,7 +100,7 @@ async def test_agent_applies_each_event_once_and_republishes_duplicates(
 async def test_a_dead_lettered_event_is_pending_and_its_replay_applies_once(
     published: list[CustomerStatsUpdated], set_aside: SetAside, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipeline.errors import NonRetryableError
+    from pipeline.domain.failures import NonRetryableError
 
     lost = order_created("cust-p", total="4.00")
     real_read = analytics.read_customer_stats

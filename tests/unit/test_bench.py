@@ -41,7 +41,7 @@ from bench.soak import (
     stock_failures,
     window_start,
 )
-from tables.horizon import MAX_VALUE_BYTES
+from pipeline.domain.horizon import MAX_VALUE_BYTES
 
 PRODUCER_OUT = """\
 100000 records sent, 20000.0 records/sec (5.72 MB/sec), 12.3 ms avg latency, 300.0 ms max latency.

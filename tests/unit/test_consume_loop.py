@@ -1,4 +1,4 @@
-"""The agents' loop (pipeline.consume) holds no reference to an event once it is handled;
+"""The agents' loop (pipeline.streaming.consume) holds no reference to an event once it is handled;
 its send path keeps what it is given."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from aiokafka.errors import InvalidTimestampError, KafkaTimeoutError
 
-from pipeline import consume
-from pipeline.events import encode
+from pipeline.domain.events import encode
+from pipeline.streaming import consume
 from tests.conftest import order_created
 
 

@@ -3,8 +3,13 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import Decimal
 
-from tables.customer_stats import CustomerStats, apply_event, set_aside, stats_updated_event
-from tables.horizon import Horizon
+from pipeline.domain.customer_stats import (
+    CustomerStats,
+    apply_event,
+    set_aside,
+    stats_updated_event,
+)
+from pipeline.domain.horizon import Horizon
 from tests.conftest import T0, order_cancelled, order_created
 
 NOW = int(T0.timestamp())

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.dashboard_merge import (
+from pipeline.domain.customer_stats import CustomerStats
+from pipeline.domain.dashboard import (
     CounterHistory,
     CustomerFigures,
     Lag,
@@ -18,7 +19,7 @@ from pipeline.dashboard_merge import (
     merge,
     top_customers,
 )
-from tables.customer_stats import CustomerStats, read_figures
+from tables.customer_stats import read_figures
 
 W1, W2 = "http://127.0.0.1:7001", "http://127.0.0.1:7002"
 
@@ -138,7 +139,7 @@ def test_read_figures_skips_the_dedupe_ids_and_agrees_with_the_public_view() -> 
 
 
 def test_the_page_loads_nothing_from_elsewhere_and_its_csp_admits_its_own_code() -> None:
-    from pipeline.dashboard import CONTENT_SECURITY_POLICY, PAGE
+    from pipeline.web.dashboard import CONTENT_SECURITY_POLICY, PAGE
 
     links = re.findall(r"\b(?:src|href)\s*=\s*\"([^\"]*)\"", PAGE)
     assert all(link.startswith("data:") for link in links), links

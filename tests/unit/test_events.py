@@ -5,8 +5,8 @@ from decimal import Decimal
 
 import pytest
 
-from pipeline import events
-from pipeline.events import (
+from pipeline.domain import events
+from pipeline.domain.events import (
     InvalidEvent,
     OrderCancelled,
     OrderCreated,
@@ -68,7 +68,7 @@ def test_a_bad_field_is_named(field: str, value: object, reason: str) -> None:
 def test_derived_ids_are_uuid5_of_cause_and_type() -> None:
     import uuid
 
-    from pipeline.events import DERIVED_EVENT_NAMESPACE
+    from pipeline.domain.events import DERIVED_EVENT_NAMESPACE
 
     for cause in ("e1", "0b6f5c8e-1111-4a4a-9c9c-000000000000", "ünïcode"):
         assert derived_event_id(cause, "X") == str(

@@ -15,15 +15,16 @@ from typing import Any
 import pytest
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from pipeline import consume, errors
-from pipeline.dead_letters import (
+from pipeline.domain import failures
+from pipeline.domain.dead_letters import (
     BadFilter,
     DeadLetter,
     parse_filter,
     parse_replay_request,
     replay_headers,
 )
-from pipeline.events import InvalidEvent, OrderCreated, encode
+from pipeline.domain.events import InvalidEvent, OrderCreated, encode
+from pipeline.streaming import consume
 from tests.conftest import order_created
 
 
@@ -31,12 +32,12 @@ def test_errors_are_classified_by_their_most_specific_listed_type() -> None:
     policy = consume.policy_for("analytics")
     assert policy.is_transient(TimeoutError())
     assert policy.is_transient(ConnectionRefusedError())
-    assert policy.is_transient(errors.RetryableError("try later"))
+    assert policy.is_transient(failures.RetryableError("try later"))
     assert policy.is_transient(OperationalError("select", {}, Exception("server closed")))
     assert not policy.is_transient(IntegrityError("insert", {}, Exception("duplicate")))
     assert not policy.is_transient(InvalidEvent("bad"))
     assert not policy.is_transient(ValueError("bad"))
-    assert not policy.is_transient(errors.NonRetryableError("never"))
+    assert not policy.is_transient(failures.NonRetryableError("never"))
     # Unknown errors are retried, then dead-lettered: retrying a bug costs a minute at most.
     assert policy.is_transient(RuntimeError("who knows"))
 
@@ -45,7 +46,7 @@ def test_classification_is_configurable_per_agent() -> None:
     class QuotaExceeded(ValueError):
         pass
 
-    strict = consume.policy_for("notifications", retryable=(*errors.TRANSIENT, QuotaExceeded))
+    strict = consume.policy_for("notifications", retryable=(*failures.TRANSIENT, QuotaExceeded))
     assert strict.is_transient(QuotaExceeded())
     assert not consume.policy_for("analytics").is_transient(QuotaExceeded())
     with pytest.raises(ValueError, match="retry topics exist"):
@@ -55,31 +56,31 @@ def test_classification_is_configurable_per_agent() -> None:
 def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
     rng = random.Random(7)
     for attempt, ceiling in [(1, 0.1), (2, 0.2), (3, 0.4), (10, 5.0)]:
-        delays = [errors.backoff(attempt, 0.1, rng=rng) for _ in range(50)]
+        delays = [failures.backoff(attempt, 0.1, rng=rng) for _ in range(50)]
         assert all(ceiling / 2 <= d <= ceiling for d in delays)
         assert len(set(delays)) > 1
 
 
-def _failure(tier: int) -> errors.Failure:
-    origin = errors.Origin("orders.events", 2, 41, 1_700_000_000.5)
-    return errors.Failure("analytics", origin, 3, tier, 0, datetime(2026, 11, 26, tzinfo=UTC))
+def _failure(tier: int) -> failures.Failure:
+    origin = failures.Origin("orders.events", 2, 41, 1_700_000_000.5)
+    return failures.Failure("analytics", origin, 3, tier, 0, datetime(2026, 11, 26, tzinfo=UTC))
 
 
 def test_transient_failures_walk_the_retry_topics_then_dead_letter() -> None:
-    policy = errors.FailurePolicy("analytics", retry_delays=(1.0, 10.0))
-    assert errors.route(policy, _failure(0), TimeoutError()) == (errors.RETRY, 0)
-    assert errors.route(policy, _failure(1), TimeoutError()) == (errors.RETRY, 1)
-    assert errors.route(policy, _failure(2), TimeoutError()) == (errors.RETRIES_EXHAUSTED, -1)
-    assert errors.route(policy, _failure(0), ValueError()) == (errors.PERMANENT_ERROR, -1)
+    policy = failures.FailurePolicy("analytics", retry_delays=(1.0, 10.0))
+    assert failures.route(policy, _failure(0), TimeoutError()) == (failures.RETRY, 0)
+    assert failures.route(policy, _failure(1), TimeoutError()) == (failures.RETRY, 1)
+    assert failures.route(policy, _failure(2), TimeoutError()) == (failures.RETRIES_EXHAUSTED, -1)
+    assert failures.route(policy, _failure(0), ValueError()) == (failures.PERMANENT_ERROR, -1)
 
 
 def test_failure_state_survives_the_trip_through_headers() -> None:
     state = _failure(1)
-    headers = errors.header_map(state.headers())
-    origin = errors.Origin.of(headers, "redeliver.analytics", 0, 7, None)
+    headers = failures.header_map(state.headers())
+    origin = failures.Origin.of(headers, "redeliver.analytics", 0, 7, None)
     assert origin == state.origin  # the first position, not the redelivery topic's
     now = datetime(2027, 1, 1, tzinfo=UTC)
-    assert errors.Failure.of("analytics", headers, origin, now) == state
+    assert failures.Failure.of("analytics", headers, origin, now) == state
 
 
 @dataclass
@@ -104,6 +105,10 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, bytes]]]:
     return out
 
 
+def _origin(h: dict[str, bytes]) -> tuple[bytes, bytes, bytes]:
+    return h[failures.ORIGINAL_TOPIC], h[failures.ORIGINAL_PARTITION], h[failures.ORIGINAL_OFFSET]
+
+
 def _flaky(failures: int, exc: BaseException) -> tuple[Any, list[OrderCreated]]:
     applied: list[OrderCreated] = []
     left = [failures]
@@ -117,11 +122,11 @@ def _flaky(failures: int, exc: BaseException) -> tuple[Any, list[OrderCreated]]:
     return handle, applied
 
 
-def _run(message: Message, handle: Any, policy: errors.FailurePolicy) -> None:
+def _run(message: Message, handle: Any, policy: failures.FailurePolicy) -> None:
     asyncio.run(consume.handle_record(message, policy, handle, (OrderCreated,)))
 
 
-FAST = errors.FailurePolicy("analytics", in_place_attempts=3, in_place_backoff=0.001,
+FAST = failures.FailurePolicy("analytics", in_place_attempts=3, in_place_backoff=0.001,
                             retry_delays=(1.0, 10.0))  # fmt: skip
 
 
@@ -140,38 +145,40 @@ def test_a_longer_transient_failure_goes_to_the_first_retry_topic(sent: list[Any
     [(topic, headers)] = sent
     assert topic.endswith("retry.1")
     assert headers["event_id"] == event.event_id.encode()
-    assert headers[errors.RETRY_TIER] == b"1" and headers[errors.ATTEMPTS] == b"3"
-    assert headers[errors.ORIGINAL_TOPIC] == b"orders.events"
-    assert headers[errors.ORIGINAL_PARTITION] == b"1" and headers[errors.ORIGINAL_OFFSET] == b"99"
-    assert float(headers[errors.DUE_AT]) > 1_700_000_000
-    assert headers[errors.EXCEPTION_TYPE] == b"ConnectionError"
+    assert headers[failures.RETRY_TIER] == b"1" and headers[failures.ATTEMPTS] == b"3"
+    assert headers[failures.ORIGINAL_TOPIC] == b"orders.events"
+    assert (
+        headers[failures.ORIGINAL_PARTITION] == b"1" and headers[failures.ORIGINAL_OFFSET] == b"99"
+    )
+    assert float(headers[failures.DUE_AT]) > 1_700_000_000
+    assert headers[failures.EXCEPTION_TYPE] == b"ConnectionError"
 
 
 def test_a_permanent_failure_is_dead_lettered_at_once_with_its_context(sent: list[Any]) -> None:
     event = order_created("cust-a")
-    handle, applied = _flaky(1, errors.NonRetryableError("customer is blocked"))
+    handle, applied = _flaky(1, failures.NonRetryableError("customer is blocked"))
     _run(Message(encode(event), headers=[("event_id", event.event_id.encode())]), handle, FAST)
     assert applied == []
     [(topic, headers)] = sent
     assert topic.endswith("dead-letters")
-    assert headers[errors.REASON] == b"permanent"
-    assert headers[errors.ATTEMPTS] == b"1"
-    assert headers[errors.EXCEPTION_TYPE] == b"pipeline.errors.NonRetryableError"
-    assert headers[errors.EXCEPTION_MESSAGE] == b"customer is blocked"
-    assert b"NonRetryableError" in headers[errors.STACKTRACE]
-    assert headers[errors.ORIGINAL_TIMESTAMP] == b"1700000000.0"
+    assert headers[failures.REASON] == b"permanent"
+    assert headers[failures.ATTEMPTS] == b"1"
+    assert headers[failures.EXCEPTION_TYPE] == b"pipeline.domain.failures.NonRetryableError"
+    assert headers[failures.EXCEPTION_MESSAGE] == b"customer is blocked"
+    assert b"NonRetryableError" in headers[failures.STACKTRACE]
+    assert headers[failures.ORIGINAL_TIMESTAMP] == b"1700000000.0"
 
 
 def test_the_last_retry_topic_leads_to_the_dead_letter_topic(sent: list[Any]) -> None:
     event = order_created("cust-a")
     handle, _ = _flaky(99, TimeoutError("still down"))
-    previous = errors.header_map(_failure(2).headers())
+    previous = failures.header_map(_failure(2).headers())
     _run(Message(encode(event), topic="redeliver.analytics", headers=previous), handle, FAST)
     [(topic, headers)] = sent
     assert topic.endswith("dead-letters")
-    assert headers[errors.REASON] == b"retries-exhausted"
-    assert headers[errors.ATTEMPTS] == b"6"  # 3 before, 3 in place now
-    assert headers[errors.ORIGINAL_TOPIC] == b"orders.events"  # not the redelivery topic
+    assert headers[failures.REASON] == b"retries-exhausted"
+    assert headers[failures.ATTEMPTS] == b"6"  # 3 before, 3 in place now
+    assert headers[failures.ORIGINAL_TOPIC] == b"orders.events"  # not the redelivery topic
 
 
 def test_a_poison_pill_is_dead_lettered_without_calling_the_handler(sent: list[Any]) -> None:
@@ -179,14 +186,14 @@ def test_a_poison_pill_is_dead_lettered_without_calling_the_handler(sent: list[A
     _run(Message(b"\xff\xfe not json"), handle, FAST)
     _run(Message(b'{"event_type": "Unheard", "event_id": "x"}'), handle, FAST)
     assert applied == []
-    assert [h[errors.REASON] for _, h in sent] == [b"poison", b"poison"]
+    assert [h[failures.REASON] for _, h in sent] == [b"poison", b"poison"]
 
 
 def test_a_dead_letter_record_is_indexed_and_replayed_with_its_original_bytes() -> None:
     event = order_created("cust-a")
     original = [("event_id", event.event_id.encode()), ("event_type", b"OrderCreated")]
     state = _failure(3)
-    headers = errors.dead_letter_headers(original, state, "retries-exhausted", TimeoutError("t"),
+    headers = failures.dead_letter_headers(original, state, "retries-exhausted", TimeoutError("t"),
                                          datetime(2026, 11, 26, 1, tzinfo=UTC))  # fmt: skip
     letter = DeadLetter.from_record(0, 12, b"cust-a", encode(event), headers, 1.0)
     assert letter.id == "0-12" and letter.agent == "analytics"
@@ -196,8 +203,8 @@ def test_a_dead_letter_record_is_indexed_and_replayed_with_its_original_bytes() 
     assert letter.error_type == "TimeoutError" and letter.reason == "retries-exhausted"
     replay = dict(replay_headers(letter, 2))
     assert replay["event_id"] == event.event_id.encode()
-    assert replay[errors.REPLAYS] == b"2" and replay[errors.RETRY_TIER] == b"0"
-    assert errors.REASON not in replay and errors.STACKTRACE not in replay
+    assert replay[failures.REPLAYS] == b"2" and replay[failures.RETRY_TIER] == b"0"
+    assert failures.REASON not in replay and failures.STACKTRACE not in replay
     body = letter.to_json(full=True)
     assert body["value"] == encode(event).decode()
     poison = DeadLetter.from_record(1, 5, None, b"\xff", original, 1.0)
@@ -280,22 +287,21 @@ def test_a_record_the_decoder_chokes_on_is_poison_with_its_context(
     [letter] = sends
     assert letter.topic.endswith("dead-letters") and letter.value == value
     h = letter.headers
-    assert h[errors.REASON] == b"poison" and h[errors.AGENT] == b"analytics"
-    assert (h[errors.ORIGINAL_TOPIC], h[errors.ORIGINAL_PARTITION], h[errors.ORIGINAL_OFFSET]) == (
-        b"orders.events", b"3", b"1234")  # fmt: skip
-    assert h[errors.EXCEPTION_TYPE] == b"pipeline.events.InvalidEvent"
-    assert cause in h[errors.EXCEPTION_MESSAGE].decode()
+    assert h[failures.REASON] == b"poison" and h[failures.AGENT] == b"analytics"
+    assert _origin(h) == (b"orders.events", b"3", b"1234")
+    assert h[failures.EXCEPTION_TYPE] == b"pipeline.domain.events.InvalidEvent"
+    assert cause in h[failures.EXCEPTION_MESSAGE].decode()
 
 
 HOSTILE_HEADERS = [
-    (errors.ORIGINAL_TOPIC, b"elsewhere"),
-    (errors.ORIGINAL_PARTITION, b"not a number"),
-    (errors.ORIGINAL_OFFSET, b"9" * 5000),
-    (errors.ORIGINAL_TIMESTAMP, b"nan"),
-    (errors.ATTEMPTS, b"-7"),
-    (errors.RETRY_TIER, b"99"),
-    (errors.REPLAYS, b"\xff"),
-    (errors.FIRST_FAILURE_AT, b"0001-01-01T00:00:00+14:00"),
+    (failures.ORIGINAL_TOPIC, b"elsewhere"),
+    (failures.ORIGINAL_PARTITION, b"not a number"),
+    (failures.ORIGINAL_OFFSET, b"9" * 5000),
+    (failures.ORIGINAL_TIMESTAMP, b"nan"),
+    (failures.ATTEMPTS, b"-7"),
+    (failures.RETRY_TIER, b"99"),
+    (failures.REPLAYS, b"\xff"),
+    (failures.FIRST_FAILURE_AT, b"0001-01-01T00:00:00+14:00"),
     ("event_id", b"\x00\xff"),
 ]
 
@@ -311,12 +317,11 @@ def test_a_fresh_record_is_its_own_origin_whatever_its_headers_claim(sends: list
     assert retry.topic.endswith("retry.1")
     for sent in (retry, poison):
         h = sent.headers
-        assert (h[errors.ORIGINAL_TOPIC], h[errors.ORIGINAL_PARTITION], h[errors.ORIGINAL_OFFSET]) \
-            == (b"orders.events", b"1", b"99")  # fmt: skip
-        assert h[errors.ORIGINAL_TIMESTAMP] == b"1700000000.0"
+        assert _origin(h) == (b"orders.events", b"1", b"99")
+        assert h[failures.ORIGINAL_TIMESTAMP] == b"1700000000.0"
         assert h["event_id"] == b"\x00\xff"  # the record's own headers travel unchanged
-    assert retry.headers[errors.ATTEMPTS] == b"3" and retry.headers[errors.RETRY_TIER] == b"1"
-    assert retry.headers[errors.REPLAYS] == b"0"
+    assert retry.headers[failures.ATTEMPTS] == b"3" and retry.headers[failures.RETRY_TIER] == b"1"
+    assert retry.headers[failures.REPLAYS] == b"0"
 
 
 def test_garbled_failure_headers_on_a_redelivery_fall_back_instead_of_crashing(
@@ -326,11 +331,10 @@ def test_garbled_failure_headers_on_a_redelivery_fall_back_instead_of_crashing(
     _run(Message(b"poison", topic="redeliver.analytics", headers=HOSTILE_HEADERS), handle, FAST)
     [letter] = sends
     h = letter.headers
-    assert h[errors.REASON] == b"poison"
-    assert (h[errors.ORIGINAL_TOPIC], h[errors.ORIGINAL_PARTITION], h[errors.ORIGINAL_OFFSET]) == (
-        b"redeliver.analytics", b"1", b"99")  # fmt: skip
+    assert h[failures.REASON] == b"poison"
+    assert _origin(h) == (b"redeliver.analytics", b"1", b"99")
     assert letter.timestamp_ms == 1_700_000_000_000
-    first = datetime.fromisoformat(h[errors.FIRST_FAILURE_AT].decode())
+    first = datetime.fromisoformat(h[failures.FIRST_FAILURE_AT].decode())
     assert first.tzinfo is not None and first.year >= 2026
 
 
@@ -351,10 +355,10 @@ def test_a_redelivered_record_keeps_the_first_timestamp_not_the_redelivery_s(
     sends: list[Sent],
 ) -> None:
     event = order_created("cust-a")
-    first = errors.Origin("orders.events", 2, 41, MS / 1000)
-    earlier = errors.Failure("analytics", first, 3, 1, 0, datetime(2026, 11, 26, tzinfo=UTC))
-    headers = errors.header_map(earlier.headers())
-    for fault in (TimeoutError("still down"), errors.NonRetryableError("no")):
+    first = failures.Origin("orders.events", 2, 41, MS / 1000)
+    earlier = failures.Failure("analytics", first, 3, 1, 0, datetime(2026, 11, 26, tzinfo=UTC))
+    headers = failures.header_map(earlier.headers())
+    for fault in (TimeoutError("still down"), failures.NonRetryableError("no")):
         handle, _ = _flaky(99, fault)
         _run(Message(encode(event), topic="redeliver.analytics", timestamp=1_800_000_000.0,
                      headers=headers), handle, FAST)  # fmt: skip
@@ -364,7 +368,7 @@ def test_a_redelivered_record_keeps_the_first_timestamp_not_the_redelivery_s(
     assert retry.topic.endswith("retry.2")
     assert permanent.topic.endswith("dead-letters") and poison.topic.endswith("dead-letters")
     assert [s.timestamp_ms for s in sends] == [MS, MS, MS]
-    assert all(s.headers[errors.ORIGINAL_TIMESTAMP] == repr(MS / 1000).encode() for s in sends)
+    assert all(s.headers[failures.ORIGINAL_TIMESTAMP] == repr(MS / 1000).encode() for s in sends)
 
 
 def test_a_record_without_a_timestamp_is_sent_without_one(sends: list[Sent]) -> None:
@@ -386,61 +390,61 @@ class Records:
 
 
 def _held(due_at: float, **changes: bytes) -> list[tuple[str, bytes]]:
-    first = errors.Origin("orders.events", 2, 41, MS / 1000)
-    state = errors.Failure("analytics", first, 3, 1, 0, datetime(2026, 11, 26, tzinfo=UTC))
-    held = errors.retry_headers([("event_id", b"e-1")], state, due_at, TimeoutError("down"))
+    first = failures.Origin("orders.events", 2, 41, MS / 1000)
+    state = failures.Failure("analytics", first, 3, 1, 0, datetime(2026, 11, 26, tzinfo=UTC))
+    held = failures.retry_headers([("event_id", b"e-1")], state, due_at, TimeoutError("down"))
     return list({**dict(held), **changes}.items())
 
 
 def _hold(*messages: Message) -> None:
-    from agents import failures
+    from agents import failures as holders
 
-    asyncio.run(failures.hold_until_due(Records(*messages)))  # type: ignore[arg-type]
+    asyncio.run(holders.hold_until_due(Records(*messages)))  # type: ignore[arg-type]
 
 
 def test_a_due_record_goes_back_with_the_original_timestamp_not_the_retry_record_s(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from agents import failures
+    from agents import failures as holders
 
     sends: list[Sent] = []
     collect = _collector(sends)
-    monkeypatch.setattr(failures, "send_reliably", collect)
+    monkeypatch.setattr(holders, "send_reliably", collect)
     retry = Message(b"{}", topic="retry.1", offset=5, timestamp=1_800_000_000.0,
                     headers=_held(time.time() - 1))  # fmt: skip
     _hold(retry)
     [back] = sends
     assert back.topic.endswith("redeliver.analytics") and back.partition == 2
     assert back.timestamp_ms == MS
-    assert errors.DUE_AT not in back.headers and back.headers["event_id"] == b"e-1"
+    assert failures.DUE_AT not in back.headers and back.headers["event_id"] == b"e-1"
 
 
 @pytest.mark.parametrize(
     ("changes", "cause"),
     [
-        ({errors.AGENT: b"nobody"}, "unknown agent"),
-        ({errors.AGENT: b"\xff"}, "unknown agent"),
-        ({errors.ORIGINAL_PARTITION: b"999"}, "partition 999"),
-        ({errors.ORIGINAL_PARTITION: b"-1"}, "partition"),
-        ({errors.DUE_AT: b"nan"}, "due"),
-        ({errors.DUE_AT: b"\x00"}, "due"),
+        ({failures.AGENT: b"nobody"}, "unknown agent"),
+        ({failures.AGENT: b"\xff"}, "unknown agent"),
+        ({failures.ORIGINAL_PARTITION: b"999"}, "partition 999"),
+        ({failures.ORIGINAL_PARTITION: b"-1"}, "partition"),
+        ({failures.DUE_AT: b"nan"}, "due"),
+        ({failures.DUE_AT: b"\x00"}, "due"),
     ],
 )
 def test_a_retry_record_with_hostile_routing_headers_is_dead_lettered(
     monkeypatch: pytest.MonkeyPatch, changes: dict[str, bytes], cause: str
 ) -> None:
-    from agents import failures
+    from agents import failures as holders
 
     sends: list[Sent] = []
     collect = _collector(sends)
-    monkeypatch.setattr(failures, "send_reliably", collect)
+    monkeypatch.setattr(holders, "send_reliably", collect)
     retry = Message(b"{}", topic="retry.1", partition=0, offset=5, timestamp=1_800_000_000.0,
                     headers=_held(time.time() - 1, **changes))  # fmt: skip
     _hold(retry)
     [letter] = sends
     assert letter.topic.endswith("dead-letters") and letter.partition is None
     h = letter.headers
-    assert h[errors.REASON] == b"poison" and cause in h[errors.EXCEPTION_MESSAGE].decode()
+    assert h[failures.REASON] == b"poison" and cause in h[failures.EXCEPTION_MESSAGE].decode()
     assert h["event_id"] == b"e-1"
     # Indexable: the index reads it back without raising, whatever was garbled.
     DeadLetter.from_record(0, 1, letter.key, letter.value, list(h.items()), 1.0)
@@ -449,29 +453,29 @@ def test_a_retry_record_with_hostile_routing_headers_is_dead_lettered(
 def test_a_due_time_beyond_the_longest_delay_does_not_hold_the_retry_topic(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from agents import failures
+    from agents import failures as holders
 
     sends: list[str] = []
 
     async def collect(topic: str, *_: Any, **__: Any) -> None:
         sends.append(topic)
 
-    monkeypatch.setattr(failures, "send_reliably", collect)
-    monkeypatch.setattr(failures, "LONGEST_DELAY", 0.05)
+    monkeypatch.setattr(holders, "send_reliably", collect)
+    monkeypatch.setattr(holders, "LONGEST_DELAY", 0.05)
     for due in (b"inf", b"1e300", repr(time.time() + 3600).encode()):
-        _hold(Message(b"{}", topic="retry.1", headers=_held(0, **{errors.DUE_AT: due})))
+        _hold(Message(b"{}", topic="retry.1", headers=_held(0, **{failures.DUE_AT: due})))
     assert [t.rsplit(".", 1)[-1] for t in sends] == ["analytics"] * 3
 
 
 def test_a_replay_is_sent_with_the_original_timestamp(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.runtime import runtime
+    from pipeline.bootstrap import runtime
 
     sends: list[Sent] = []
     collect = _collector(sends)
     monkeypatch.setattr(consume, "send_reliably", collect)
-    first = errors.Origin("orders.events", 2, 41, MS / 1000)
-    state = errors.Failure("analytics", first, 6, 2, 0, datetime(2026, 11, 26, tzinfo=UTC))
-    headers = errors.dead_letter_headers([], state, "retries-exhausted", TimeoutError("t"),
+    first = failures.Origin("orders.events", 2, 41, MS / 1000)
+    state = failures.Failure("analytics", first, 6, 2, 0, datetime(2026, 11, 26, tzinfo=UTC))
+    headers = failures.dead_letter_headers([], state, "retries-exhausted", TimeoutError("t"),
                                          datetime(2026, 11, 27, tzinfo=UTC))  # fmt: skip
     # The dead-letter record itself was stamped later: the index keeps the header's time.
     letter = DeadLetter.from_record(0, 12, b"cust-a", b"{}", headers, 1_800_000_000.0)
@@ -486,16 +490,20 @@ def test_a_replay_is_sent_with_the_original_timestamp(monkeypatch: pytest.Monkey
 @pytest.mark.parametrize(
     "changes",
     [
-        {errors.ORIGINAL_PARTITION: b"abc", errors.ORIGINAL_OFFSET: b"9" * 5000},
-        {errors.ORIGINAL_PARTITION: b"-1", errors.ORIGINAL_OFFSET: b"-5"},
-        {errors.ATTEMPTS: b"9" * 30, errors.RETRY_TIER: b"1.5"},
-        {errors.ORIGINAL_TIMESTAMP: b"nan", errors.REPLAYS: b"\xff"},
-        {errors.ORIGINAL_TIMESTAMP: b"1e400", errors.FAILED_AT: b"0001-01-01T00:00:00+14:00"},
-        {errors.FAILED_AT: b"2026-01-01T00:00:00", errors.FIRST_FAILURE_AT: b"\xff"},
-        {errors.FIRST_FAILURE_AT: b"9999-12-31T23:59:59-14:00", errors.AGENT: b"a" * 1000},
-        {errors.AGENT: b"\x00", errors.REASON: b"r" * 100, errors.EXCEPTION_TYPE: b"T" * 1000},
-        {errors.ORIGINAL_TOPIC: b"\x00" * 1000, errors.EXCEPTION_MESSAGE: b"nul \x00 here"},
-        {"event_id": b"\x00" * 10, "event_type": b"x" * 100, errors.STACKTRACE: b"\x00"},
+        {failures.ORIGINAL_PARTITION: b"abc", failures.ORIGINAL_OFFSET: b"9" * 5000},
+        {failures.ORIGINAL_PARTITION: b"-1", failures.ORIGINAL_OFFSET: b"-5"},
+        {failures.ATTEMPTS: b"9" * 30, failures.RETRY_TIER: b"1.5"},
+        {failures.ORIGINAL_TIMESTAMP: b"nan", failures.REPLAYS: b"\xff"},
+        {failures.ORIGINAL_TIMESTAMP: b"1e400", failures.FAILED_AT: b"0001-01-01T00:00:00+14:00"},
+        {failures.FAILED_AT: b"2026-01-01T00:00:00", failures.FIRST_FAILURE_AT: b"\xff"},
+        {failures.FIRST_FAILURE_AT: b"9999-12-31T23:59:59-14:00", failures.AGENT: b"a" * 1000},
+        {
+            failures.AGENT: b"\x00",
+            failures.REASON: b"r" * 100,
+            failures.EXCEPTION_TYPE: b"T" * 1000,
+        },
+        {failures.ORIGINAL_TOPIC: b"\x00" * 1000, failures.EXCEPTION_MESSAGE: b"nul \x00 here"},
+        {"event_id": b"\x00" * 10, "event_type": b"x" * 100, failures.STACKTRACE: b"\x00"},
         {"event_id": b"e" * 100},
     ],
 )
@@ -503,7 +511,7 @@ def test_the_index_takes_any_dead_letter_record_and_keeps_it_storable(
     changes: dict[str, bytes],
 ) -> None:
     state = _failure(3)
-    clean = errors.dead_letter_headers([("event_id", b"e-1")], state, "poison", ValueError("v"),
+    clean = failures.dead_letter_headers([("event_id", b"e-1")], state, "poison", ValueError("v"),
                                        datetime(2026, 11, 26, 1, tzinfo=UTC))  # fmt: skip
     headers = list({**dict(clean), **changes}.items())
     for value in (HOSTILE_VALUES, b"[" * 100_000, b'{"event_id": "\\ud800\\u0000"}', None):
@@ -539,10 +547,10 @@ def test_a_dead_letter_past_the_replay_age_is_refused_saying_why() -> None:
     import dataclasses as dc
     import time as clock
 
-    from pipeline.dead_letters import DeadLetters
+    from pipeline.services.dead_letters import DeadLetters
 
     event = order_created("cust-a")
-    headers = errors.dead_letter_headers(
+    headers = failures.dead_letter_headers(
         [("event_id", event.event_id.encode())], _failure(3), "permanent", ValueError("v"),
         datetime(2026, 11, 26, 1, tzinfo=UTC),
     )  # fmt: skip

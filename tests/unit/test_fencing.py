@@ -1,5 +1,5 @@
-"""The lease a worker holds on its partitions (pipeline.fencing): a record is acted on only
-while the last answered heartbeat was sent less than a session timeout ago, and only if it was
+"""The lease a worker holds on its partitions (pipeline.streaming.fencing): a record is acted on
+only while the last answered heartbeat was sent less than a session timeout ago, and only if it was
 fetched in the current group generation."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pipeline import fencing
+from pipeline.streaming import fencing
 
 APP = SimpleNamespace(consumer_generation_id=7)
 

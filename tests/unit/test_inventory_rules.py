@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
-from pipeline.events import (
+from pipeline.domain.events import (
     InventoryRejected,
     InventoryReleased,
     InventoryReserved,
@@ -14,8 +14,8 @@ from pipeline.events import (
     LineSettled,
     StockSet,
 )
-from tables.horizon import Horizon
-from tables.inventory import (
+from pipeline.domain.horizon import Horizon
+from pipeline.domain.stock import (
     RESERVED,
     Stock,
     apply_command,

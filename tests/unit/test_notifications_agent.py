@@ -17,24 +17,18 @@ from typing import Any
 import pytest
 
 import agents.notifications as notifications
-from pipeline import consume
+from pipeline.adapters.mail import Message
 from pipeline.app import app
-from pipeline.events import (
+from pipeline.domain.events import (
     OrderConfirmed,
     OrderRejected,
     derived_event_id,
     encode,
 )
-from pipeline.senders import Message
+from pipeline.domain.notifications import NotificationSent, needs_notice
 from pipeline.settings import load_settings
-from tables import versions
-from tables.notifications import (
-    NotificationSent,
-    kept_seconds,
-    needs_notice,
-    notifications_sent_table,
-    read_sent,
-)
+from pipeline.streaming import consume, versions
+from tables.notifications import kept_seconds, notifications_sent_table, read_sent
 
 Changelog = list[tuple[str, bytes, bytes]]
 
@@ -180,8 +174,8 @@ async def test_each_order_is_notified_once_however_often_its_decision_comes(
     ]  # fmt: skip
     sent = read_sent(first)
     assert sent is not None and sent.event_id == confirmed(first).event_id
-    # One entry per order, and each repeat sends the stored entry to the changelog again (its
-    # record may never have reached the changelog before a crash: tables.versions.resend).
+    # One entry per order, and each repeat sends the stored entry to the changelog again (its record
+    # may never have reached the changelog before a crash: pipeline.streaming.versions.resend).
     keys = [key.decode() for name, key, _ in changelog if name == "notifications_sent"]
     assert keys == [first, first, second, first]
     assert {versions.version_of(raw) for _, _, raw in changelog} == {1}

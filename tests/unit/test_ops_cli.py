@@ -12,12 +12,13 @@ from typing import Any
 
 import pytest
 
-from pipeline.cli import build_parser, run
-from pipeline.load_cli import LoadSummary, ProgressReport, TransportError, drive, percentile
-from pipeline.ops_cli import CommandError, worker_url
-from pipeline.order_generator import OrderGenerator, PlannedOrder
+from pipeline.adapters.kafka.admin import TopicSpec, compare
+from pipeline.cli.load import LoadSummary, ProgressReport, TransportError, drive, percentile
+from pipeline.cli.main import build_parser, run
+from pipeline.cli.ops import CommandError, worker_url
+from pipeline.cli.order_generator import OrderGenerator, PlannedOrder
 from pipeline.settings import SettingsError, load_settings
-from pipeline.topics_cli import TopicSpec, compare, topic_plan
+from pipeline.streaming.topics import topic_plan
 
 # -- arguments -------------------------------------------------------------------------------
 
@@ -72,7 +73,7 @@ def test_stock_show_without_skus_says_why(capsys: pytest.CaptureFixture[str]) ->
 def test_outbox_status_on_a_missing_database_creates_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    missing = tmp_path / "nowhere" / "pipeline.db"
+    missing = tmp_path / "nowhere" / "pipeline.adapters.db.schema"
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{missing}")
     assert run(["outbox", "status"]) == 2
     assert "no database at" in capsys.readouterr().err

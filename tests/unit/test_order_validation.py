@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.orders import (
+from pipeline.domain.orders import (
     MAX_QUANTITY,
     MAX_TOTAL,
     MAX_UNIT_PRICE,

@@ -12,7 +12,9 @@ from pathlib import Path
 
 from agents.inventory import line_commands
 from agents.notifications import compose
-from pipeline.events import (
+from pipeline.adapters.mail import MailboxSender
+from pipeline.domain.customer_stats import apply_event, milestone_events, revenue_record
+from pipeline.domain.events import (
     InventoryRejected,
     InventoryReserved,
     LineReleaseRequested,
@@ -21,10 +23,8 @@ from pipeline.events import (
     OrderLine,
     OrderRejected,
 )
-from pipeline.senders import MailboxSender
-from tables.customer_stats import apply_event, milestone_events, revenue_record
-from tables.horizon import Horizon
-from tables.order_progress import (
+from pipeline.domain.horizon import Horizon
+from pipeline.domain.order_progress import (
     CONFIRMED,
     REJECTED,
     apply_outcome,
@@ -32,7 +32,7 @@ from tables.order_progress import (
     decision_event,
     settled,
 )
-from tables.revenue import Window, apply_revenue, set_aside
+from pipeline.domain.revenue import Window, apply_revenue, set_aside
 from tests.conftest import T0, order_cancelled, order_created
 
 H = Horizon(int(T0.timestamp()), 300, 86400)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from pipeline.reconcile import CustomerTruth, Facts, compare
+from pipeline.domain.reconcile import CustomerTruth, Facts, compare
 
 
 def _facts() -> Facts:

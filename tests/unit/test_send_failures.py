@@ -22,10 +22,9 @@ from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.structs import RecordMetadata, TopicPartition
 from faust.types import TP
 
-from pipeline import faust_fixes
 from pipeline.app import app
-from pipeline.topics import analytics_events_topic, publish
-from tables import versions
+from pipeline.streaming import faust_patches, versions
+from pipeline.streaming.topics import analytics_events_topic, publish
 from tables.customer_stats import customer_stats_table
 from tests.conftest import order_created
 
@@ -74,8 +73,8 @@ async def kafka(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[KafkaClient]:
     """The app's Kafka client replaced by :class:`KafkaClient`, and the delivery bookkeeping
     fresh for the test. (Async: the app's producer is built inside the test's loop, not
     outside it, where mode would set a loop of its own for later tests to trip on.)"""
-    monkeypatch.setattr(faust_fixes, "_unsettled", {}, raising=False)
-    monkeypatch.setattr(faust_fixes, "_failures", [], raising=False)
+    monkeypatch.setattr(faust_patches, "_unsettled", {}, raising=False)
+    monkeypatch.setattr(faust_patches, "_failures", [], raising=False)
     client = KafkaClient()
     producer: Any = app.producer
     monkeypatch.setattr(producer, "_producer", client)
@@ -170,7 +169,7 @@ async def test_a_derived_event_the_broker_refuses_is_never_committed_over(
     # No turn of the loop in between: the failure is known to the commit, not to a callback.
     assert await consumer.commit_offsets({SOURCE: 11}) is False
     assert consumer.committed == []
-    assert isinstance(consumer.crashed, faust_fixes.DeliveryFailed)
+    assert isinstance(consumer.crashed, faust_patches.DeliveryFailed)
     assert analytics_events_topic.get_topic_name() in str(consumer.crashed)
     assert "MessageSizeTooLargeError" in str(consumer.crashed)
     # Every later commit is refused too, e.g. the one Faust makes as the worker stops.
@@ -186,7 +185,7 @@ async def test_a_changelog_record_the_broker_refuses_is_never_committed_over(
 ) -> None:
     with handling(offset=20):
         await versions.write(customer_stats_table, b"alice", 1, {"customer_id": "alice"})
-    assert not kafka.sent  # staged until the commit (tables.versions)
+    assert not kafka.sent  # staged until the commit (pipeline.streaming.versions)
     await versions.flush()
     changelog = customer_stats_table.changelog_topic.get_topic_name()
     kafka.fail(changelog, MessageSizeTooLargeError())
@@ -265,7 +264,7 @@ async def test_a_record_the_producer_refuses_to_send_leaves_the_table_as_it_was(
     consumer = Consumer()
     assert await consumer.commit_tps({SOURCE: 51}) is False
     assert consumer.committed == []
-    assert isinstance(consumer.crashed, faust_fixes.DeliveryFailed)
+    assert isinstance(consumer.crashed, faust_patches.DeliveryFailed)
     with handling(offset=50):
         assert versions.stored(customer_stats_table, b"dave") is None
     with handling(offset=50), pytest.raises(MessageSizeTooLargeError):
@@ -291,7 +290,7 @@ async def test_a_record_fausts_buffer_cannot_hand_over_fails_its_future() -> Non
     async def publish_message(fut: Any, wait: bool = False) -> None:
         raise MessageSizeTooLargeError()
 
-    buffer = faust_fixes.DrainingProducerBuffer()
+    buffer = faust_patches.DrainingProducerBuffer()
     record: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     record.message = SimpleNamespace(  # type: ignore[attr-defined]
         channel=SimpleNamespace(publish_message=publish_message)
@@ -305,10 +304,10 @@ async def test_a_record_fausts_buffer_cannot_hand_over_fails_its_future() -> Non
 async def test_a_value_over_the_bound_is_refused_before_anything_is_sent(
     kafka: KafkaClient,
 ) -> None:
-    """A value past ``tables.horizon.MAX_VALUE_BYTES`` is a permanent error raised before the
-    send: the event is dead-lettered saying why, instead of the broker refusing the changelog
+    """A value past ``pipeline.domain.horizon.MAX_VALUE_BYTES`` is a permanent error raised before
+    the send: the event is dead-lettered saying why, instead of the broker refusing the changelog
     record and the worker stopping on it."""
-    from tables.horizon import MAX_VALUE_BYTES, ValueTooLarge
+    from pipeline.domain.horizon import MAX_VALUE_BYTES, ValueTooLarge
 
     huge = {"customer_id": "erin", "seen": "x" * MAX_VALUE_BYTES}
     with handling(offset=51), pytest.raises(ValueTooLarge, match="PIPELINE_DEDUPE_HORIZON"):

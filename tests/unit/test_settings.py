@@ -11,7 +11,7 @@ def test_defaults_run_locally_on_embedded_storage(tmp_path: Path) -> None:
     s = load_settings({"PIPELINE_DATA_DIR": str(tmp_path)})
     assert s.kafka_bootstrap_servers == "127.0.0.1:9092"
     assert not s.kafka_external
-    assert s.database_url == f"sqlite+aiosqlite:///{tmp_path / 'pipeline.db'}"
+    assert s.database_url == f"sqlite+aiosqlite:///{tmp_path / 'pipeline.adapters.db.schema'}"
     assert s.store == "rocksdb://"
     assert s.web_host == "127.0.0.1" and s.web_is_loopback
     assert s.kafka_data_dir == tmp_path / "kafka"
@@ -87,7 +87,7 @@ def test_no_secret_shows_in_the_settings_repr(url: str, password: str) -> None:
 
 
 def test_kafka_sasl_and_tls_settings_reach_every_client(tmp_path: Path) -> None:
-    from pipeline.kafka_security import client_options, faust_credentials
+    from pipeline.adapters.kafka.security import client_options, faust_credentials
 
     s = load_settings({
         "KAFKA_SECURITY_PROTOCOL": "sasl_ssl", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",

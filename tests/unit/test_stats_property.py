@@ -13,10 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import consume, errors
-from pipeline.events import OrderCancelled, OrderCreated, encode
-from tables.customer_stats import CustomerStats, apply_event
-from tables.horizon import Horizon
+from pipeline.domain import failures
+from pipeline.domain.customer_stats import CustomerStats, apply_event
+from pipeline.domain.events import OrderCancelled, OrderCreated, encode
+from pipeline.domain.horizon import Horizon
+from pipeline.streaming import consume
 from tests.conftest import order_cancelled, order_created
 
 CUSTOMERS = ["c1", "c2", "c3"]
@@ -52,7 +53,7 @@ def streams(draw: Any) -> list[bytes]:
 
 def model(stream: list[bytes]) -> dict[str, tuple[int, int, Decimal]]:
     """The contract, computed the simple way from the distinct valid events."""
-    from pipeline.events import InvalidEvent, decode_order_event
+    from pipeline.domain.events import InvalidEvent, decode_order_event
 
     seen: dict[str, Any] = {}
     for raw in stream:
@@ -85,7 +86,7 @@ def test_stats_match_the_model_for_any_stream(stream: list[bytes]) -> None:
     async def collect(topic: str, key: Any, value: Any, headers: Any, **_: Any) -> None:
         set_aside.append(dict(headers))
 
-    policy = errors.FailurePolicy("analytics", in_place_attempts=1, retry_delays=())
+    policy = failures.FailurePolicy("analytics", in_place_attempts=1, retry_delays=())
     original = consume.send_reliably
     consume.send_reliably = collect  # type: ignore[assignment]
     try:
@@ -99,12 +100,12 @@ def test_stats_match_the_model_for_any_stream(stream: list[bytes]) -> None:
     expected = {c: figures for c, figures in model(stream).items() if figures[:2] != (0, 0)}
     assert got == expected
     assert len(set_aside) == sum(raw in POISON for raw in stream)
-    assert all(h[errors.REASON] == b"poison" for h in set_aside)
+    assert all(h[failures.REASON] == b"poison" for h in set_aside)
 
 
 @pytest.mark.parametrize("raw", POISON)
 def test_each_poison_record_is_rejected_by_the_decoder(raw: bytes) -> None:
-    from pipeline.events import InvalidEvent, decode_order_event
+    from pipeline.domain.events import InvalidEvent, decode_order_event
 
     with pytest.raises(InvalidEvent):
         decode_order_event(raw)

@@ -16,8 +16,10 @@ from faust.types import TP
 from yarl import URL
 
 from pipeline.app import app
-from tables import horizon, versions
-from tables.customer_stats import CustomerStats, customer_stats_table, revenue_record
+from pipeline.domain import horizon
+from pipeline.domain.customer_stats import CustomerStats, revenue_record
+from pipeline.streaming import versions
+from tables.customer_stats import customer_stats_table
 
 _names = itertools.count()
 
@@ -85,7 +87,8 @@ def test_a_zombies_late_record_does_not_replace_the_new_owners_value(store: Any)
 def test_a_zombies_late_revenue_window_does_not_replace_the_owners() -> None:
     # The nemesis (seed 22): a window's changelog ended with a frozen worker's record of 31
     # orders, sent 2 s after the new owner's of 95; the worker that recovered it showed 31.
-    from tables.revenue import REVENUE_KEY, Window, apply_revenue, revenue_table
+    from pipeline.domain.revenue import REVENUE_KEY, Window, apply_revenue
+    from tables.revenue import revenue_table
     from tests.conftest import T0, order_created
 
     table = revenue_table.table
@@ -160,7 +163,7 @@ async def test_an_acknowledged_changelog_write_moves_the_recovery_mark_a_failed_
     store: Any,
 ) -> None:
     """``versions.write`` sends the changelog record itself; its acknowledgement moves the
-    recovery mark as Faust's ``_on_changelog_sent`` (with faust_fixes' fix) did."""
+    recovery mark as Faust's ``_on_changelog_sent`` (with faust_patches' fix) did."""
     import asyncio
 
     table = SimpleNamespace(name="customer_stats", app=app, data=store)
@@ -216,12 +219,8 @@ async def test_an_orders_write_and_deletion_acknowledged_together_move_the_mark_
     below a record this worker wrote (each restart would read the changelog again from it)."""
     import asyncio
 
-    from tables.order_progress import (
-        OrderProgress,
-        forget_progress,
-        order_progress_table,
-        write_progress,
-    )
+    from pipeline.domain.order_progress import OrderProgress
+    from tables.order_progress import forget_progress, order_progress_table, write_progress
     from tests.unit.test_send_failures import KafkaClient, handling
 
     url = URL.build(scheme="rocksdb", path=f"versions-{next(_names)}")
@@ -269,7 +268,8 @@ async def test_values_are_staged_until_the_flush_and_read_back_as_written(
 ) -> None:
     """Write-behind: a hot key's value is encoded, stored and sent once per commit, however
     many events change it; its reads in between get the written object itself."""
-    from tables.inventory import Stock, read_stock, stock_table, write_stock
+    from pipeline.domain.stock import Stock
+    from tables.inventory import read_stock, stock_table, write_stock
     from tests.unit.test_send_failures import KafkaClient, handling
 
     kafka = KafkaClient()
@@ -300,8 +300,9 @@ async def test_a_value_growing_past_the_bound_is_refused_at_the_write_that_grows
     """Sizes are estimated from the last exact encoding and the value's weight; near the
     bound the value is encoded at the write, so the event that makes it too large is the one
     refused (dead-lettered), not the flush."""
-    from tables.horizon import ValueTooLarge
-    from tables.inventory import Stock, write_stock
+    from pipeline.domain.horizon import ValueTooLarge
+    from pipeline.domain.stock import Stock
+    from tables.inventory import write_stock
     from tests.unit.test_send_failures import KafkaClient, handling
 
     monkeypatch.setattr(app.producer, "_producer", KafkaClient())
@@ -320,6 +321,6 @@ async def test_a_value_growing_past_the_bound_is_refused_at_the_write_that_grows
 
 
 def horizon_module() -> Any:
-    from tables import horizon
+    from pipeline.domain import horizon
 
     return horizon

@@ -14,8 +14,8 @@ from aiohttp.streams import StreamReader
 from aiohttp.test_utils import make_mocked_request
 
 from pipeline.app import app
-from pipeline.http import HttpError, parse_json, read_json
-from pipeline.views import CustomerStatsView, Inventory, Revenue
+from pipeline.web.http import HttpError, parse_json, read_json
+from pipeline.web.views import CustomerStatsView, Inventory, Revenue
 
 
 @pytest.fixture

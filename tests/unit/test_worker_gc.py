@@ -1,4 +1,5 @@
-"""The worker's garbage-collector tuning (pipeline.worker): thresholds and the start-up freeze."""
+"""The worker's garbage-collector tuning (pipeline.streaming.worker): thresholds and the start-up
+freeze."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from pipeline.settings import SettingsError, load_settings
-from pipeline.worker import Worker, freeze_startup, tune_gc
+from pipeline.streaming.worker import Worker, freeze_startup, tune_gc
 
 
 @pytest.fixture

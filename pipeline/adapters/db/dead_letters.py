@@ -1,0 +1,96 @@
+"""The dead-letter index's SQL, SQLite and PostgreSQL alike: a row per dead-letter record
+(indexing twice changes nothing) and a row per replay."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from pipeline.adapters.db.schema import dead_letter_replays, dead_letters
+from pipeline.domain.dead_letters import REPLAYED, DeadLetter, Filter
+
+
+class DeadLetterStore:
+    """The index's SQL (SQLite and PostgreSQL alike)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def add(self, letter: DeadLetter) -> bool:
+        """Index ``letter``; False when it was indexed already."""
+        values = {name: getattr(letter, name) for name in dead_letters.c.keys()}  # noqa: SIM118
+        values["headers"] = json.dumps(
+            [[k, base64.b64encode(v).decode()] for k, v in letter.headers]
+        )
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(dead_letters).values(**values))
+        except IntegrityError:
+            return False
+        return True
+
+    async def find(self, where: Filter) -> list[DeadLetter]:
+        c = dead_letters.c
+        query = select(dead_letters).order_by(c.dead_lettered_at, c.id).limit(where.limit)
+        conditions = [
+            (where.agent, c.agent),
+            (where.error_type, c.error_type),
+            (where.reason, c.reason),
+            (where.status, c.status),
+            (where.event_id, c.event_id),
+        ]
+        for value, column in conditions:
+            if value is not None:
+                query = query.where(column == value)
+        if where.since is not None:
+            query = query.where(c.dead_lettered_at >= where.since)
+        if where.until is not None:
+            query = query.where(c.dead_lettered_at < where.until)
+        if where.ids:
+            query = query.where(c.id.in_(where.ids))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_letter(r._mapping) for r in rows]
+
+    async def counts(self) -> list[tuple[str, str, int]]:
+        """How many dead letters there are, as ``(reason, status, count)`` rows."""
+        c = dead_letters.c
+        query = select(c.reason, c.status, func.count()).group_by(c.reason, c.status)
+        async with self.engine.connect() as conn:
+            return [(r, s, int(n)) for r, s, n in (await conn.execute(query)).all()]
+
+    async def replay_count(self, agent: str, event_key: str) -> int:
+        r = dead_letter_replays.c
+        query = select(func.count()).where(r.agent == agent, r.event_key == event_key)
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    async def record_replay(self, letter: DeadLetter, at: datetime, requested_by: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(dead_letter_replays).values(
+                    dead_letter_id=letter.id, agent=letter.agent, event_key=letter.event_key,
+                    replayed_at=at, requested_by=requested_by,
+                )
+            )  # fmt: skip
+            await conn.execute(
+                update(dead_letters).where(dead_letters.c.id == letter.id).values(status=REPLAYED)
+            )
+
+    async def replays(self, dead_letter_id: str) -> list[dict[str, Any]]:
+        r = dead_letter_replays.c
+        query = select(r.replayed_at, r.requested_by).where(r.dead_letter_id == dead_letter_id)
+        async with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in (await conn.execute(query.order_by(r.id)))]
+
+
+def _letter(row: Any) -> DeadLetter:
+    values = dict(row)
+    values["headers"] = [(k, base64.b64decode(v)) for k, v in json.loads(values["headers"])]
+    return DeadLetter(**values)

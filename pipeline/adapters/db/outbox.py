@@ -1,0 +1,173 @@
+"""The outbox table's SQL: rows written with their order, read and marked by the forwarder.
+
+Rows are claimed by status, not by ``id > last seen``: an id is taken before its transaction
+commits, so a transaction that commits late leaves a lower id behind rows already read, and a
+high-water-mark poller would skip it forever. A ``pending`` row stays visible until it is
+marked ``published`` (after Kafka acknowledged it) or ``parked`` (it can never be published).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from pipeline.adapters.db.schema import outbox
+from pipeline.domain.events import SCHEMA_VERSION, OrderCancelled, OrderCreated, encode
+
+NOTIFY_CHANNEL = "pipeline_outbox"
+PENDING, PUBLISHED, PARKED = "pending", "published", "parked"
+MAX_ERROR_LENGTH = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRow:
+    id: int
+    event_id: str
+    partition_key: str
+    event_type: str
+    schema_version: int
+    payload: bytes
+    created_at: datetime
+
+
+async def add_event(conn: AsyncConnection, event: OrderCreated | OrderCancelled) -> None:
+    """Write ``event``'s outbox row inside the caller's transaction, and (on PostgreSQL) a
+    NOTIFY that is delivered when, and only if, that transaction commits."""
+    created_at = event.created_at if isinstance(event, OrderCreated) else event.cancelled_at
+    await conn.execute(
+        insert(outbox).values(
+            event_id=event.event_id,
+            aggregate_type="order",
+            aggregate_id=event.order_id,
+            partition_key=event.customer_id,
+            event_type=event.event_type,
+            schema_version=SCHEMA_VERSION,
+            payload=encode(event).decode(),
+            created_at=created_at,
+            status=PENDING,
+            attempts=0,
+        )
+    )
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
+
+
+class OutboxStore:
+    """The forwarder's queries. Give it ``make_bookkeeping_engine``'s engine: the marks are
+    idempotent and need neither one transaction nor a synchronous commit."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def pending(self, limit: int) -> list[PendingRow]:
+        """The oldest unpublished rows, in id order (per customer, the commit order)."""
+        query = (
+            select(
+                outbox.c.id,
+                outbox.c.event_id,
+                outbox.c.partition_key,
+                outbox.c.event_type,
+                outbox.c.schema_version,
+                outbox.c.payload,
+                outbox.c.created_at,
+            )
+            .where(outbox.c.status == PENDING)
+            .order_by(outbox.c.id)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            PendingRow(
+                r.id,
+                r.event_id,
+                r.partition_key,
+                r.event_type,
+                r.schema_version,
+                r.payload.encode(),
+                r.created_at,
+            )
+            for r in rows
+        ]
+
+    async def record(
+        self, published: list[int], parked: list[tuple[int, str]], at: datetime
+    ) -> None:
+        """Mark rows Kafka acknowledged as published and unpublishable rows as parked."""
+        if not published and not parked:
+            return
+        async with self.engine.begin() as conn:
+            if published:
+                await conn.execute(
+                    update(outbox)
+                    .where(outbox.c.id.in_(published))
+                    .values(status=PUBLISHED, published_at=at, attempts=outbox.c.attempts + 1)
+                )
+            for row_id, error in parked:
+                await conn.execute(
+                    update(outbox)
+                    .where(outbox.c.id == row_id)
+                    .values(
+                        status=PARKED,
+                        attempts=outbox.c.attempts + 1,
+                        last_error=error[:MAX_ERROR_LENGTH],
+                    )
+                )
+
+    async def backlog(self) -> tuple[int, datetime | None]:
+        """How many rows wait, and when the oldest of them was written."""
+        query = select(func.count(), func.min(outbox.c.created_at)).where(
+            outbox.c.status == PENDING
+        )
+        async with self.engine.connect() as conn:
+            count, oldest = (await conn.execute(query)).one()
+        return int(count), oldest
+
+    async def counts(self) -> dict[str, int]:
+        query = select(outbox.c.status, func.count()).group_by(outbox.c.status)
+        async with self.engine.connect() as conn:
+            return {status: int(n) for status, n in (await conn.execute(query)).all()}
+
+    async def published_since(self, cutoff: datetime) -> int:
+        """Rows published at or after ``cutoff`` (older ones are the purge's)."""
+        c = outbox.c
+        query = select(func.count()).where(c.status == PUBLISHED, c.published_at >= cutoff)
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    async def parked(self, limit: int = 100) -> list[dict[str, Any]]:
+        query = (
+            select(
+                outbox.c.id,
+                outbox.c.event_id,
+                outbox.c.event_type,
+                outbox.c.partition_key,
+                outbox.c.last_error,
+                outbox.c.created_at,
+            )
+            .where(outbox.c.status == PARKED)
+            .order_by(outbox.c.id)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in (await conn.execute(query)).all()]
+
+    async def purge_published(self, older_than: datetime, chunk: int = 5000) -> int:
+        """Delete published rows older than the retention cutoff, a chunk at a time."""
+        removed = 0
+        while True:
+            ids = (
+                select(outbox.c.id)
+                .where(outbox.c.status == PUBLISHED, outbox.c.published_at < older_than)
+                .limit(chunk)
+                .scalar_subquery()
+            )
+            async with self.engine.begin() as conn:
+                result = await conn.execute(delete(outbox).where(outbox.c.id.in_(ids)))
+            removed += result.rowcount or 0
+            if (result.rowcount or 0) < chunk:
+                return removed

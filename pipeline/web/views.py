@@ -1,0 +1,303 @@
+"""HTTP views served by every worker.
+
+Reads of table state are routed to the worker that owns the key (``table_route``), so any
+worker answers any read. Errors are ``{"error": "<code>", "detail": ...}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC
+from typing import Any
+
+from faust.web import Request, Response, View
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from pipeline.app import app, settings
+from pipeline.bootstrap import runtime
+from pipeline.domain.dead_letters import BadFilter, Filter, parse_filter, parse_replay_request
+from pipeline.domain.events import StockSet, utc_now
+from pipeline.domain.orders import ValidationFailed
+from pipeline.domain.revenue import REVENUE_KEY
+from pipeline.services.orders import Reply
+from pipeline.streaming.topics import inventory_commands_topic, publish
+from pipeline.web.http import HttpError, error, read_json, require_token
+from tables.customer_stats import customer_stats_table, read_customer_stats
+from tables.inventory import read_stock, stock_table
+from tables.revenue import recent_windows, revenue_table
+
+log = logging.getLogger(__name__)
+DB_DOWN = HttpError(503, "database_unavailable", "the database is unavailable; retry shortly",
+                    {"Retry-After": "2"})  # fmt: skip
+
+
+Handler = Callable[..., Awaitable[Response]]
+
+
+def unavailable_while_rebalancing(handler: Handler) -> Handler:
+    """Answer 503 with a retry hint while partitions move: ownership, and so routing, is in
+    flux and a table may still be recovering. Applied outside ``table_route``."""
+
+    @functools.wraps(handler)
+    async def guarded(view: View, request: Request, **kwargs: Any) -> Response:
+        if app.rebalancing:
+            return HttpError(503, "rebalancing", "partitions are being reassigned; retry shortly",
+                             {"Retry-After": "1"}).response(view)  # fmt: skip
+        return await handler(view, request, **kwargs)
+
+    return guarded
+
+
+def within_calendar(where: Filter) -> Filter:
+    """``where`` if its times can be compared with stored ones, else :class:`BadFilter`: a time
+    whose UTC form falls before year 1 or after 9999 (``0001-01-01T00:00:00+14:00``) raises
+    ``OverflowError`` when it is bound to a column."""
+    problems: list[dict[str, str]] = []
+    for name in ("since", "until"):
+        when = getattr(where, name)
+        try:
+            if when is not None:
+                when.astimezone(UTC)
+        except OverflowError:
+            problems.append({"field": name, "message": "must fall within years 1 to 9999 in UTC"})
+    if problems:
+        raise BadFilter(problems)
+    return where
+
+
+def _reply(view: View, reply: Reply) -> Response:
+    headers = {"Idempotent-Replayed": "true"} if reply.replayed else None
+    return view.json(reply.body, status=reply.status, headers=headers)
+
+
+@app.page("/healthz")
+class Health(View):
+    """Liveness: the process is up and its event loop answers."""
+
+    async def get(self, request: Request) -> Response:
+        return self.json({"status": "ok"})
+
+
+@app.page("/readyz")
+class Ready(View):
+    """Readiness: partitions assigned, tables recovered and the worker's own services (topics,
+    forwarder) started, so requests and reads are answered here."""
+
+    async def get(self, request: Request) -> Response:
+        recovered = app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
+        if app.rebalancing or not recovered or not runtime.ready:
+            return self.json(
+                {
+                    "status": "starting",
+                    "rebalancing": app.rebalancing,
+                    "recovered": recovered,
+                    "services": runtime.ready,
+                },
+                status=503,
+                headers={"Retry-After": "1"},
+            )
+        return self.json({"status": "ready"})
+
+
+@app.page("/metrics")
+class MetricsView(View):
+    async def get(self, request: Request) -> Response:
+        with contextlib.suppress(Exception):  # no assignment yet (starting, rebalancing)
+            runtime.metrics.set_lag(runtime.consumer_lag())
+        return self.bytes(runtime.metrics.render(), content_type="text/plain; version=0.0.4")
+
+
+@app.page("/orders")
+class Orders(View):
+    """``POST /orders``: the order, its items and its event commit together, or nothing."""
+
+    async def post(self, request: Request) -> Response:
+        try:
+            require_token(request, settings)
+            body = await read_json(request, settings.max_body_bytes)
+            reply = await runtime.orders.place_order(body, request.headers.get("Idempotency-Key"))
+        except HttpError as exc:
+            runtime.metrics.http_rejected.labels(exc.code).inc()
+            return exc.response(self)
+        except ValidationFailed as exc:
+            runtime.metrics.http_rejected.labels("validation_failed").inc()
+            return error(self, 422, "validation_failed", [e.to_dict() for e in exc.errors])
+        except (OperationalError, DBAPIError, OSError) as exc:
+            log.warning("POST /orders: database unavailable: %s", type(exc).__name__)
+            runtime.metrics.http_rejected.labels("database_unavailable").inc()
+            return DB_DOWN.response(self)
+        if reply.status == 201 and not reply.replayed:
+            runtime.metrics.orders_created.inc()
+        return _reply(self, reply)
+
+
+@app.page("/orders/{order_id}/cancel")
+class CancelOrder(View):
+    """``POST /orders/{order_id}/cancel``: 200, 404 unknown, 409 already cancelled."""
+
+    async def post(self, request: Request, order_id: str) -> Response:
+        try:
+            require_token(request, settings)
+            reply = await runtime.orders.cancel_order(order_id)
+        except HttpError as exc:
+            return exc.response(self)
+        except (OperationalError, DBAPIError, OSError):
+            return DB_DOWN.response(self)
+        if reply.status == 200:
+            runtime.metrics.orders_cancelled.inc()
+        return _reply(self, reply)
+
+
+@app.page("/orders/{order_id}")
+class OrderDetail(View):
+    """``GET /orders/{order_id}``: the order, its items and its status (it shows the
+    customer's email: it takes the token when one is set)."""
+
+    async def get(self, request: Request, order_id: str) -> Response:
+        try:
+            require_token(request, settings)
+            order = await runtime.order_store.get_order(order_id)
+        except HttpError as exc:
+            return exc.response(self)
+        except (OperationalError, DBAPIError, OSError):
+            return DB_DOWN.response(self)
+        if order is None:
+            return error(self, 404, "not_found", f"no order {order_id!r}")
+        return self.json(order)
+
+
+@app.page("/customers/{customer_id}/stats")
+class CustomerStatsView(View):
+    """``GET /customers/{customer_id}/stats``: answered by the worker owning the customer
+    (it shows what the customer spent: it takes the token when one is set, and the routed
+    request carries it to the owner)."""
+
+    # Faust types view handlers without path parameters; aiohttp passes them as kwargs.
+    @unavailable_while_rebalancing
+    @app.table_route(table=customer_stats_table, match_info="customer_id")  # type: ignore[arg-type]
+    async def get(self, request: Request, customer_id: str) -> Response:
+        try:
+            require_token(request, settings)
+        except HttpError as exc:
+            return exc.response(self)
+        stats = read_customer_stats(customer_id)
+        if stats is None:
+            return error(self, 404, "not_found", f"no orders seen for customer {customer_id!r}")
+        return self.json(stats.public())
+
+
+@app.page("/inventory/{sku}")
+class Inventory(View):
+    """``GET /inventory/{sku}`` (routed to the SKU's owner) and ``PUT /inventory/{sku}``."""
+
+    @unavailable_while_rebalancing
+    @app.table_route(table=stock_table, match_info="sku")  # type: ignore[arg-type]
+    async def get(self, request: Request, sku: str) -> Response:
+        stock = read_stock(sku)
+        if stock is None:
+            return error(self, 404, "not_found", f"no stock known for SKU {sku!r}")
+        return self.json(stock.public())
+
+    async def put(self, request: Request, sku: str) -> Response:
+        """Set the units available; applied by the SKU's owner in order with reservations."""
+        try:
+            require_token(request, settings)
+            body = await read_json(request, settings.max_body_bytes)
+        except HttpError as exc:
+            return exc.response(self)
+        available = body.get("available") if isinstance(body, dict) else None
+        problems = []
+        if not isinstance(body, dict):
+            problems.append({"field": "body", "message": "must be a JSON object"})
+        elif isinstance(available, bool) or not isinstance(available, int):
+            problems.append({"field": "available", "message": "must be an integer"})
+        elif not 0 <= available <= 1_000_000_000:
+            problems.append({"field": "available", "message": "must be between 0 and 1e9"})
+        elif set(body) - {"available"}:
+            problems.extend({"field": k, "message": "unknown field"}
+                            for k in sorted(set(body) - {"available"}))  # fmt: skip
+        if not 1 <= len(sku) <= 64:
+            problems.append({"field": "sku", "message": "must be 1 to 64 characters"})
+        if problems:
+            return error(self, 422, "validation_failed", problems)
+        assert isinstance(available, int)
+        command = StockSet(str(uuid.uuid4()), sku, available, utc_now())
+        await publish(inventory_commands_topic, sku, command)
+        return self.json({"sku": sku, "available": available, "status": "accepted"}, status=202)
+
+
+@app.page("/analytics/revenue")
+class Revenue(View):
+    """``GET /analytics/revenue``: recent windows, newest first, from the windows' owner (the
+    shop's revenue: it takes the token when one is set)."""
+
+    @unavailable_while_rebalancing
+    @app.table_route(table=revenue_table.table, exact_key=REVENUE_KEY)  # type: ignore[arg-type]
+    async def get(self, request: Request) -> Response:
+        try:
+            require_token(request, settings)
+        except HttpError as exc:
+            return exc.response(self)
+        return self.json({"windows": recent_windows()})
+
+
+@app.page("/dead-letters")
+class DeadLettersView(View):
+    """``GET /dead-letters``: dead letters, oldest first, filtered by ``agent``, ``error_type``,
+    ``reason``, ``status``, ``event_id``, ``since``, ``until`` and ``limit`` (an admin read:
+    it shows event payloads, so it takes the token when one is set)."""
+
+    async def get(self, request: Request) -> Response:
+        try:
+            require_token(request, settings)
+            where = within_calendar(parse_filter(dict(request.query)))
+            letters = await runtime.dead_letters.list(where)
+        except HttpError as exc:
+            return exc.response(self)
+        except BadFilter as exc:
+            return error(self, 422, "validation_failed", exc.problems)
+        except (OperationalError, DBAPIError, OSError):
+            return DB_DOWN.response(self)
+        return self.json({"dead_letters": [d.to_json(full=True) for d in letters]})
+
+
+@app.page("/dead-letters/replay")
+class ReplayDeadLetters(View):
+    """``POST /dead-letters/replay``: send dead letters back through the agent that failed
+    them — by ``ids``, by ``event_id``, by filter, or ``{"all": true}``."""
+
+    async def post(self, request: Request) -> Response:
+        try:
+            require_token(request, settings)
+            body = await read_json(request, settings.max_body_bytes)
+            where = within_calendar(parse_replay_request(body))
+            result = await runtime.dead_letters.replay(where, requested_by="http")
+        except HttpError as exc:
+            return exc.response(self)
+        except BadFilter as exc:
+            return error(self, 422, "validation_failed", exc.problems)
+        except (OperationalError, DBAPIError, OSError):
+            return DB_DOWN.response(self)
+        return self.json(result.to_json())
+
+
+@app.page("/admin/reconcile")
+class Reconcile(View):
+    """``GET /admin/reconcile``: the database against the tables, the outbox and Kafka (see
+    ``pipeline.services.reconcile``); ``?kafka=false`` skips scanning ``orders.events``."""
+
+    async def get(self, request: Request) -> Response:
+        try:
+            require_token(request, settings)
+        except HttpError as exc:
+            return exc.response(self)
+        scan = request.query.get("kafka", "true").lower() not in ("false", "0", "no")
+        try:
+            report = await runtime.reconcile(scan_kafka=scan)
+        except (OperationalError, DBAPIError, OSError):
+            return DB_DOWN.response(self)
+        return self.json(report.to_json())
