@@ -261,7 +261,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
     database_url = env.get("DATABASE_URL", "").strip()
     if not database_url:
-        database_url = f"sqlite+aiosqlite:///{data_dir / 'pipeline.adapters.db.schema'}"
+        database_url = f"sqlite+aiosqlite:///{data_dir / 'pipeline.db'}"
     database_url = normalize_database_url(database_url)
 
     store = env.get("PIPELINE_STORE", "rocksdb://").strip()

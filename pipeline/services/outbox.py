@@ -148,7 +148,7 @@ def leadership_for(database_url: str, poll_interval: float, wake: Callable[[], N
     if url.get_backend_name() == "postgresql":
         dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
         return PostgresLeadership(dsn, poll_interval, wake)
-    database = url.database or "pipeline.adapters.db.schema"
+    database = url.database or "pipeline.db"
     return FileLeadership(Path(database + ".forwarder.lock"), poll_interval)
 
 

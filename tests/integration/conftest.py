@@ -74,7 +74,7 @@ def postgres_url(postgres: LocalPostgres | None) -> str:
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path / 'pipeline.adapters.db.schema'}"
+    return f"sqlite+aiosqlite:///{tmp_path / 'pipeline.db'}"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -291,7 +291,7 @@ def test_topics_create_makes_every_topic_once(
 
 
 def test_unreachable_services_and_bad_arguments_exit_2_with_what_to_do(tmp_path: Path) -> None:
-    missing = tmp_path / "none" / "pipeline.adapters.db.schema"
+    missing = tmp_path / "none" / "pipeline.db"
     env = bare_env(
         tmp_path,
         KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",

@@ -35,7 +35,7 @@ def api(
 ) -> Iterator[tuple[Worker, str]]:
     root = tmp_path_factory.mktemp("api")
     if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{root / 'pipeline.adapters.db.schema'}"
+        url = f"sqlite+aiosqlite:///{root / 'pipeline.db'}"
     else:
         assert postgres is not None
         url = postgres.create_database(f"api_{uuid.uuid4().hex[:12]}")

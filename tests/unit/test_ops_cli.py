@@ -73,7 +73,7 @@ def test_stock_show_without_skus_says_why(capsys: pytest.CaptureFixture[str]) ->
 def test_outbox_status_on_a_missing_database_creates_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    missing = tmp_path / "nowhere" / "pipeline.adapters.db.schema"
+    missing = tmp_path / "nowhere" / "pipeline.db"
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{missing}")
     assert run(["outbox", "status"]) == 2
     assert "no database at" in capsys.readouterr().err

@@ -11,7 +11,7 @@ def test_defaults_run_locally_on_embedded_storage(tmp_path: Path) -> None:
     s = load_settings({"PIPELINE_DATA_DIR": str(tmp_path)})
     assert s.kafka_bootstrap_servers == "127.0.0.1:9092"
     assert not s.kafka_external
-    assert s.database_url == f"sqlite+aiosqlite:///{tmp_path / 'pipeline.adapters.db.schema'}"
+    assert s.database_url == f"sqlite+aiosqlite:///{tmp_path / 'pipeline.db'}"
     assert s.store == "rocksdb://"
     assert s.web_host == "127.0.0.1" and s.web_is_loopback
     assert s.kafka_data_dir == tmp_path / "kafka"
