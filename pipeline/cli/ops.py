@@ -227,6 +227,8 @@ def cmd_outbox(settings: Settings, args: argparse.Namespace) -> int:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import DBAPIError
 
+    from pipeline.domain.failures import Unavailable
+
     url = make_url(settings.database_url)
     shown = url.render_as_string(hide_password=True)
     if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
@@ -238,8 +240,9 @@ def cmd_outbox(settings: Settings, args: argparse.Namespace) -> int:
         status = asyncio.run(
             outbox_status(settings.database_url, settings.outbox_retention_seconds)
         )
-    except (DBAPIError, OSError) as exc:
-        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    except (Unavailable, DBAPIError, OSError) as exc:
+        cause = exc.__cause__ or exc  # the driver's error behind Unavailable
+        reason = str(getattr(cause, "orig", None) or cause).splitlines()[0]
         raise CommandError(
             f"cannot read the outbox at {shown} ({reason}); check DATABASE_URL, and run "
             "`python -m pipeline migrate` if the schema is missing"

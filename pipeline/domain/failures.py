@@ -53,6 +53,10 @@ class RetryableError(Exception):
     """Raise from a handler for a failure that may pass by itself (a dependency is down)."""
 
 
+class Unavailable(RetryableError):
+    """A dependency (the database) could not answer; the same request may succeed later."""
+
+
 class NonRetryableError(Exception):
     """Raise from a handler for a failure that no retry can fix (the event itself is wrong)."""
 

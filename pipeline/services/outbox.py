@@ -46,6 +46,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from pipeline.adapters.db.outbox import NOTIFY_CHANNEL, OutboxStore, PendingRow
 from pipeline.adapters.kafka.security import client_options
 from pipeline.domain.events import utc_now
+from pipeline.domain.failures import Unavailable
 from pipeline.metrics import Metrics
 from pipeline.settings import Settings
 
@@ -291,7 +292,7 @@ class OutboxForwarder:
                         await self._housekeeping()
                         if settled < self.batch_size:
                             await self._idle()
-            except (KafkaError, OperationalError, DBAPIError, OSError) as exc:
+            except (KafkaError, Unavailable, OperationalError, DBAPIError, OSError) as exc:
                 log.warning("outbox forwarder: %s: %s; retrying in %.1fs",
                             type(exc).__name__, exc, backoff)  # fmt: skip
             except Exception:  # a dead forwarder would strand every later order

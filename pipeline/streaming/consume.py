@@ -26,7 +26,7 @@ from pipeline import logs
 from pipeline.app import settings
 from pipeline.domain import failures
 from pipeline.domain.events import InvalidEvent, decode
-from pipeline.domain.failures import Failure, FailurePolicy, Headers, Origin
+from pipeline.domain.failures import Failure, FailurePolicy, Headers, Origin, Unavailable
 from pipeline.metrics import Metrics
 from pipeline.streaming.topics import (
     dead_letters_topic,
@@ -41,8 +41,10 @@ trace = logging.getLogger("pipeline.trace")
 
 Handler = Callable[[Any], Awaitable[None]]
 
-# A database that is down or restarting raises these; they are worth retrying.
-DATABASE_TRANSIENT = (OperationalError, DBAPIError)
+# A database that is down or restarting: the stores raise Unavailable (a RetryableError,
+# pipeline.adapters.db.errors); a handler of an extra module that uses an engine directly
+# raises the driver's errors, classed the same way (IntegrityError stays permanent).
+DATABASE_TRANSIENT = (Unavailable, OperationalError, DBAPIError)
 
 
 def policy_for(agent: str, **overrides: Any) -> FailurePolicy:

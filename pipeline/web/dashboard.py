@@ -39,7 +39,6 @@ from typing import Any
 import aiohttp
 from faust.web import Request, Response, View
 from prometheus_client import Counter
-from sqlalchemy.exc import DBAPIError, OperationalError
 from yarl import URL
 
 from pipeline.app import app, settings
@@ -54,6 +53,7 @@ from pipeline.domain.dashboard import (
     top_customers,
 )
 from pipeline.domain.events import utc_now
+from pipeline.domain.failures import Unavailable
 from pipeline.web.http import HttpError, require_token
 from tables.customer_stats import customer_stats_table, read_figures
 from tables.revenue import recent_windows, revenue_table
@@ -186,7 +186,7 @@ async def _database_figures() -> dict[str, Any]:
     try:
         backlog, oldest = await runtime.outbox_store.backlog()
         dead = await runtime.dead_letter_store.counts()
-    except (OperationalError, DBAPIError, OSError) as exc:
+    except (Unavailable, OSError) as exc:
         return {"outbox": None, "dead_letters": None, "database_error": type(exc).__name__}
     age = 0.0 if oldest is None else max(0.0, (utc_now() - oldest).total_seconds())
     return {

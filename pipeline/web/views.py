@@ -15,12 +15,12 @@ from datetime import UTC
 from typing import Any
 
 from faust.web import Request, Response, View
-from sqlalchemy.exc import DBAPIError, OperationalError
 
 from pipeline.app import app, settings
 from pipeline.bootstrap import runtime
 from pipeline.domain.dead_letters import BadFilter, Filter, parse_filter, parse_replay_request
 from pipeline.domain.events import StockSet, utc_now
+from pipeline.domain.failures import Unavailable
 from pipeline.domain.orders import ValidationFailed
 from pipeline.domain.revenue import REVENUE_KEY
 from pipeline.services.orders import Reply
@@ -126,7 +126,7 @@ class Orders(View):
         except ValidationFailed as exc:
             runtime.metrics.http_rejected.labels("validation_failed").inc()
             return error(self, 422, "validation_failed", [e.to_dict() for e in exc.errors])
-        except (OperationalError, DBAPIError, OSError) as exc:
+        except Unavailable as exc:
             log.warning("POST /orders: database unavailable: %s", type(exc).__name__)
             runtime.metrics.http_rejected.labels("database_unavailable").inc()
             return DB_DOWN.response(self)
@@ -145,7 +145,7 @@ class CancelOrder(View):
             reply = await runtime.orders.cancel_order(order_id)
         except HttpError as exc:
             return exc.response(self)
-        except (OperationalError, DBAPIError, OSError):
+        except Unavailable:
             return DB_DOWN.response(self)
         if reply.status == 200:
             runtime.metrics.orders_cancelled.inc()
@@ -163,7 +163,7 @@ class OrderDetail(View):
             order = await runtime.order_store.get_order(order_id)
         except HttpError as exc:
             return exc.response(self)
-        except (OperationalError, DBAPIError, OSError):
+        except Unavailable:
             return DB_DOWN.response(self)
         if order is None:
             return error(self, 404, "not_found", f"no order {order_id!r}")
@@ -260,7 +260,7 @@ class DeadLettersView(View):
             return exc.response(self)
         except BadFilter as exc:
             return error(self, 422, "validation_failed", exc.problems)
-        except (OperationalError, DBAPIError, OSError):
+        except Unavailable:
             return DB_DOWN.response(self)
         return self.json({"dead_letters": [d.to_json(full=True) for d in letters]})
 
@@ -280,7 +280,7 @@ class ReplayDeadLetters(View):
             return exc.response(self)
         except BadFilter as exc:
             return error(self, 422, "validation_failed", exc.problems)
-        except (OperationalError, DBAPIError, OSError):
+        except (Unavailable, OSError):
             return DB_DOWN.response(self)
         return self.json(result.to_json())
 
@@ -298,6 +298,6 @@ class Reconcile(View):
         scan = request.query.get("kafka", "true").lower() not in ("false", "0", "no")
         try:
             report = await runtime.reconcile(scan_kafka=scan)
-        except (OperationalError, DBAPIError, OSError):
+        except (Unavailable, OSError):
             return DB_DOWN.response(self)
         return self.json(report.to_json())

@@ -12,10 +12,12 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from pipeline.adapters.db.errors import translated
 from pipeline.adapters.db.schema import dead_letter_replays, dead_letters
 from pipeline.domain.dead_letters import REPLAYED, DeadLetter, Filter
 
 
+@translated
 class DeadLetterStore:
     """The index's SQL (SQLite and PostgreSQL alike)."""
 

@@ -15,6 +15,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from pipeline.adapters.db.errors import translated
 from pipeline.adapters.db.outbox import add_event
 from pipeline.adapters.db.schema import idempotency_keys, order_items, orders
 from pipeline.domain.events import OrderCancelled, OrderCreated, OrderLine, money, utc_now
@@ -51,6 +52,7 @@ class OrderRow:
 Idempotency = tuple[str, str, int, dict[str, Any]]
 
 
+@translated
 class OrderStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine

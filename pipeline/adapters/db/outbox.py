@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from pipeline.adapters.db.errors import translated
 from pipeline.adapters.db.schema import outbox
 from pipeline.domain.events import SCHEMA_VERSION, OrderCancelled, OrderCreated, encode
 
@@ -56,6 +57,7 @@ async def add_event(conn: AsyncConnection, event: OrderCreated | OrderCancelled)
         await conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
 
 
+@translated
 class OutboxStore:
     """The forwarder's queries. Give it ``make_bookkeeping_engine``'s engine: the marks are
     idempotent and need neither one transaction nor a synchronous commit."""

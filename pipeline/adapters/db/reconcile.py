@@ -11,10 +11,12 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from pipeline.adapters.db.errors import translated
 from pipeline.adapters.db.schema import dead_letters, order_items, orders, outbox
 from pipeline.domain.reconcile import CustomerTruth, Facts, dead_lettered_by_customer
 
 
+@translated
 class ReconcileStore:
     """The database side of reconcile."""
 
