@@ -88,6 +88,7 @@ from pipeline.local.kafka import LocalKafka
 from pipeline.local.postgres import LocalPostgres, default_data_dir
 from pipeline.services.orders import OrderService
 from pipeline.settings import PROJECT_ROOT, load_settings
+from pipeline.web.answers import answer
 from tests.integration.workers import Worker, WorkerFactory, create_topics, free_port
 
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
@@ -584,14 +585,14 @@ class Driver:
 
     async def place(self, body: dict[str, Any]) -> tuple[int, Any]:
         if self.session is None:
-            reply = await self.service.place_order(body)
-            return reply.status, reply.body
+            status, answered, _ = answer(await self.service.place_order(body))
+            return status, answered
         return await self._post("/orders", body)
 
     async def cancel(self, order_id: str) -> tuple[int, Any]:
         if self.session is None:
-            reply = await self.service.cancel_order(order_id)
-            return reply.status, reply.body
+            status, answered, _ = answer(await self.service.cancel_order(order_id))
+            return status, answered
         return await self._post(f"/orders/{order_id}/cancel", {})
 
     async def _post(self, path: str, body: Any) -> tuple[int, Any]:

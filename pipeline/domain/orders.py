@@ -3,6 +3,7 @@ field (a 422 lists them all), and the bounds the database and the pipeline can h
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import re
@@ -197,3 +198,37 @@ def request_fingerprint(body: Any) -> str:
     """Same body, same fingerprint, whatever the whitespace or key order."""
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# -- what the order store answers (pipeline.services.ports.OrderRepository) --------------------
+
+CANCELLABLE = ("created", "confirmed")
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before with a different request."""
+
+
+class CancelOutcome(enum.Enum):
+    CANCELLED = "cancelled"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    status_code: int
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRow:
+    order_id: str
+    customer_id: str
+    status: str
+    total: Decimal
+    items: tuple[OrderLine, ...] = ()
+
+
+# (key, request fingerprint, status code, response body) to remember with the order.
+Idempotency = tuple[str, str, int, dict[str, Any]]

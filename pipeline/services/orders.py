@@ -13,36 +13,79 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from pipeline import logs
-from pipeline.adapters.db.orders import (
-    CancelOutcome,
-    IdempotencyConflict,
-    OrderRow,
-    OrderStore,
-    StoredResponse,
-)
 from pipeline.domain.events import OrderCancelled, OrderCreated, money, utc_now
 from pipeline.domain.orders import (
     CONTROL_CHARS,
     MAX_IDEMPOTENCY_KEY_LENGTH,
+    CancelOutcome,
     FieldError,
+    IdempotencyConflict,
+    OrderRow,
+    StoredResponse,
     ValidationFailed,
     is_unicode,
     request_fingerprint,
     validate_order,
 )
+from pipeline.services.ports import OrderRepository
 
 # The order's life starts here; agents log the rest on the same logger (PIPELINE_LOG_EVENTS).
 trace = logging.getLogger("pipeline.trace")
 
 
+# -- what the service answers; the web maps each to its status code (pipeline.web.views) -----
+
+
 @dataclass(frozen=True, slots=True)
-class Reply:
-    status: int
-    body: dict[str, Any]
-    replayed: bool = False
+class Created:
+    order_id: str
+    total: Decimal
+
+    def body(self) -> dict[str, Any]:
+        return {"order_id": self.order_id, "status": "created", "total": money(self.total)}
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    """The Idempotency-Key was used for this same request: its first answer, again."""
+
+    answer: StoredResponse
+
+
+@dataclass(frozen=True, slots=True)
+class KeyConflict:
+    """The Idempotency-Key was used for a different request."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    order_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class NotFound:
+    order_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class NotCancellable:
+    """The order is past cancelling: already cancelled, or rejected."""
+
+    order_id: str
+    status: str
+
+
+Placed = Created | Replayed | KeyConflict
+CancelResult = Cancelled | NotFound | NotCancellable
+
+# The status remembered with an Idempotency-Key, so that a replay answers as the first did.
+CREATED_STATUS = 201
 
 
 class OrderService:
@@ -50,7 +93,7 @@ class OrderService:
 
     def __init__(
         self,
-        store: OrderStore,
+        store: OrderRepository,
         *,
         max_items: int,
         on_committed: Callable[[], None] = lambda: None,
@@ -61,7 +104,9 @@ class OrderService:
         self.on_committed = on_committed
         self.clock = clock
 
-    async def place_order(self, body: Any, idempotency_key: str | None = None) -> Reply:
+    async def place_order(self, body: Any, idempotency_key: str | None = None) -> Placed:
+        """Validate ``body`` (:class:`ValidationFailed` lists every fault) and commit the order
+        with its ``OrderCreated`` outbox row."""
         if idempotency_key is not None:
             self._check_key(idempotency_key)
         order = validate_order(body, max_items=self.max_items)
@@ -75,33 +120,26 @@ class OrderService:
             total=order.total,
             created_at=now,
         )
-        reply = {"order_id": event.order_id, "status": "created", "total": money(event.total)}
+        created = Created(event.order_id, event.total)
+        remembered = (
+            None
+            if idempotency_key is None
+            else (idempotency_key, request_fingerprint(body), CREATED_STATUS, created.body())
+        )
         try:
-            stored = await self.store.create_order(
-                event,
-                idempotency=(
-                    None
-                    if idempotency_key is None
-                    else (idempotency_key, request_fingerprint(body), 201, reply)
-                ),
-            )
+            stored = await self.store.create_order(event, idempotency=remembered)
         except IdempotencyConflict:
-            return Reply(
-                409,
-                {
-                    "error": "idempotency_key_reused",
-                    "detail": "this Idempotency-Key was used with a different request body",
-                },
-            )
-        if isinstance(stored, StoredResponse):
-            return Reply(stored.status_code, stored.body, replayed=True)
+            assert idempotency_key is not None
+            return KeyConflict(idempotency_key)
+        if stored is not None:
+            return Replayed(stored)
         self.on_committed()
         with logs.bound(order_id=event.order_id, event_id=event.event_id):
             trace.info("order created for %s: %d lines, total %s", event.customer_id,
                        len(event.items), money(event.total))  # fmt: skip
-        return Reply(201, reply)
+        return created
 
-    async def cancel_order(self, order_id: str) -> Reply:
+    async def cancel_order(self, order_id: str) -> CancelResult:
         made: list[OrderCancelled] = []
 
         def cancelled(order: OrderRow) -> OrderCancelled:
@@ -110,17 +148,14 @@ class OrderService:
 
         outcome, order = await self.store.cancel_order(order_id, cancelled)
         if outcome is CancelOutcome.NOT_FOUND:
-            return Reply(404, {"error": "not_found", "detail": f"no order {order_id!r}"})
+            return NotFound(order_id)
         if outcome is CancelOutcome.CONFLICT:
             assert order is not None
-            return Reply(
-                409,
-                {"error": "conflict", "detail": f"order {order_id} is already {order.status}"},
-            )
+            return NotCancellable(order_id, order.status)
         self.on_committed()
         with logs.bound(order_id=order_id, event_id=made[-1].event_id if made else None):
             trace.info("order cancelled")
-        return Reply(200, {"order_id": order_id, "status": "cancelled"})
+        return Cancelled(order_id)
 
     def _cancelled_event(self, order: OrderRow) -> OrderCancelled:
         return OrderCancelled(

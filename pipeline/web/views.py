@@ -23,8 +23,14 @@ from pipeline.domain.events import StockSet, utc_now
 from pipeline.domain.failures import Unavailable
 from pipeline.domain.orders import ValidationFailed
 from pipeline.domain.revenue import REVENUE_KEY
-from pipeline.services.orders import Reply
+from pipeline.services.orders import (
+    Cancelled,
+    CancelResult,
+    Created,
+    Placed,
+)
 from pipeline.streaming.topics import inventory_commands_topic, publish
+from pipeline.web.answers import answer
 from pipeline.web.http import HttpError, error, read_json, require_token
 from tables.customer_stats import customer_stats_table, read_customer_stats
 from tables.inventory import read_stock, stock_table
@@ -69,9 +75,9 @@ def within_calendar(where: Filter) -> Filter:
     return where
 
 
-def _reply(view: View, reply: Reply) -> Response:
-    headers = {"Idempotent-Replayed": "true"} if reply.replayed else None
-    return view.json(reply.body, status=reply.status, headers=headers)
+def _answer(view: View, outcome: Placed | CancelResult) -> Response:
+    status, body, headers = answer(outcome)
+    return view.json(body, status=status, headers=headers or None)
 
 
 @app.page("/healthz")
@@ -119,7 +125,7 @@ class Orders(View):
         try:
             require_token(request, settings)
             body = await read_json(request, settings.max_body_bytes)
-            reply = await runtime.orders.place_order(body, request.headers.get("Idempotency-Key"))
+            placed = await runtime.orders.place_order(body, request.headers.get("Idempotency-Key"))
         except HttpError as exc:
             runtime.metrics.http_rejected.labels(exc.code).inc()
             return exc.response(self)
@@ -130,9 +136,9 @@ class Orders(View):
             log.warning("POST /orders: database unavailable: %s", type(exc).__name__)
             runtime.metrics.http_rejected.labels("database_unavailable").inc()
             return DB_DOWN.response(self)
-        if reply.status == 201 and not reply.replayed:
+        if isinstance(placed, Created):
             runtime.metrics.orders_created.inc()
-        return _reply(self, reply)
+        return _answer(self, placed)
 
 
 @app.page("/orders/{order_id}/cancel")
@@ -142,14 +148,14 @@ class CancelOrder(View):
     async def post(self, request: Request, order_id: str) -> Response:
         try:
             require_token(request, settings)
-            reply = await runtime.orders.cancel_order(order_id)
+            result = await runtime.orders.cancel_order(order_id)
         except HttpError as exc:
             return exc.response(self)
         except Unavailable:
             return DB_DOWN.response(self)
-        if reply.status == 200:
+        if isinstance(result, Cancelled):
             runtime.metrics.orders_cancelled.inc()
-        return _reply(self, reply)
+        return _answer(self, result)
 
 
 @app.page("/orders/{order_id}")

@@ -25,7 +25,15 @@ from pipeline.adapters.db.outbox import OutboxStore, add_event
 from pipeline.adapters.db.schema import make_engine, migrate, order_items, orders, outbox
 from pipeline.domain.events import OrderCreated, OrderLine, decode_order_event, utc_now
 from pipeline.metrics import Metrics
-from pipeline.services.orders import OrderService
+from pipeline.services.orders import (
+    Cancelled,
+    Created,
+    KeyConflict,
+    NotCancellable,
+    NotFound,
+    OrderService,
+    Replayed,
+)
 from pipeline.services.outbox import (
     OutboxForwarder,
     OutboxPublisher,
@@ -123,9 +131,9 @@ async def stop(forwarder: OutboxForwarder, task: asyncio.Task[None], close: Any)
 
 
 async def test_order_items_and_outbox_row_commit_together(harness: Harness) -> None:
-    reply = await harness.service.place_order(order_body("alice", n=2, price="4.20"))
-    assert reply.status == 201 and reply.body["total"] == "8.40"
-    order_id = reply.body["order_id"]
+    created = await harness.service.place_order(order_body("alice", n=2, price="4.20"))
+    assert isinstance(created, Created) and created.total == Decimal("8.40")
+    order_id = created.order_id
     async with harness.engine.connect() as conn:
         assert (await conn.execute(select(orders.c.total).where(orders.c.order_id == order_id))
                 ).scalar_one() == Decimal("8.40")  # fmt: skip
@@ -139,6 +147,7 @@ async def test_order_items_and_outbox_row_commit_together(harness: Harness) -> N
 
 async def test_a_failed_transaction_writes_nothing(harness: Harness) -> None:
     first = await harness.service.place_order(order_body("bob"))
+    assert isinstance(first, Created)
     async with harness.engine.connect() as conn:
         taken = (await conn.execute(select(outbox.c.event_id))).scalar_one()
     # Same event id as an existing outbox row: the outbox insert fails after the order and
@@ -155,7 +164,7 @@ async def test_a_failed_transaction_writes_nothing(harness: Harness) -> None:
         ids = set((await conn.execute(select(orders.c.order_id))).scalars())
         items = (await conn.execute(select(func.count()).select_from(order_items))).scalar_one()
         rows = (await conn.execute(select(func.count()).select_from(outbox))).scalar_one()
-    assert ids == {first.body["order_id"]}
+    assert ids == {first.order_id}
     assert (items, rows) == (1, 1)
 
 
@@ -164,9 +173,9 @@ async def test_idempotency_key_replays_and_conflicts(harness: Harness) -> None:
     first = await harness.service.place_order(body, "key-1")
     again = await harness.service.place_order(json.loads(json.dumps(body)), "key-1")
     other = await harness.service.place_order(order_body("carol", n=2), "key-1")
-    assert first.status == again.status == 201
-    assert again.body == first.body and again.replayed
-    assert other.status == 409 and other.body["error"] == "idempotency_key_reused"
+    assert isinstance(first, Created) and isinstance(again, Replayed)
+    assert again.answer.status_code == 201 and again.answer.body == first.body()
+    assert other == KeyConflict("key-1")
     async with harness.engine.connect() as conn:
         assert (await conn.execute(select(func.count()).select_from(orders))).scalar_one() == 1
         assert (await conn.execute(select(func.count()).select_from(outbox))).scalar_one() == 1
@@ -177,19 +186,21 @@ async def test_concurrent_requests_with_one_key_create_one_order(harness: Harnes
     replies = await asyncio.gather(
         *(harness.service.place_order(body, "same-key") for _ in range(8))
     )
-    assert {r.status for r in replies} == {201}
-    assert len({r.body["order_id"] for r in replies}) == 1
+    [created] = [r for r in replies if isinstance(r, Created)]
+    again = [r for r in replies if isinstance(r, Replayed)]
+    assert len(again) == 7 and {r.answer.body["order_id"] for r in again} == {created.order_id}
     async with harness.engine.connect() as conn:
         assert (await conn.execute(select(func.count()).select_from(orders))).scalar_one() == 1
 
 
 async def test_cancel_writes_its_event_and_refuses_twice(harness: Harness) -> None:
     created = await harness.service.place_order(order_body("erin", price="5.00"))
-    order_id = created.body["order_id"]
-    assert (await harness.service.cancel_order(order_id)).status == 200
-    again = await harness.service.cancel_order(order_id)
-    assert again.status == 409 and "already cancelled" in again.body["detail"]
-    assert (await harness.service.cancel_order(str(uuid.uuid4()))).status == 404
+    assert isinstance(created, Created)
+    order_id = created.order_id
+    assert await harness.service.cancel_order(order_id) == Cancelled(order_id)
+    assert await harness.service.cancel_order(order_id) == NotCancellable(order_id, "cancelled")
+    unknown = str(uuid.uuid4())
+    assert await harness.service.cancel_order(unknown) == NotFound(unknown)
     async with harness.engine.connect() as conn:
         types = (await conn.execute(select(outbox.c.event_type).order_by(outbox.c.id))).scalars()
         assert list(types) == ["OrderCreated", "OrderCancelled"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 
 from pipeline.adapters.db.dead_letters import DeadLetterStore
 from pipeline.adapters.db.errors import is_unavailable, translated
@@ -47,4 +47,5 @@ async def test_a_refused_constraint_is_not_unavailability() -> None:
     with pytest.raises(Unavailable):
         await Store().read()
     assert not is_unavailable(refused) and not is_unavailable(ValueError("bug"))
+    assert not is_unavailable(DataError("INSERT ...", {}, Exception("value too long")))
     assert is_unavailable(OperationalError("SELECT 1", {}, Exception("server closed")))

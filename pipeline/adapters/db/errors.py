@@ -2,9 +2,10 @@
 
 Every store's coroutine methods raise :class:`pipeline.domain.failures.Unavailable` when the
 database cannot answer: a connection refused or dropped, a server restarting, a pool that
-cannot connect (a driver error other than a refused constraint). A refused constraint
-(``IntegrityError``) is not unavailability: the same write is refused again, so it goes up as
-it is — the agents dead-letter it, the web answers 500. Callers above the adapters catch
+cannot connect (a driver error other than a refused write). A refused constraint
+(``IntegrityError``) or value (``DataError``: too long for its column, say) is not
+unavailability: the same write is refused again, so it goes up as it is — the agents
+dead-letter it, the web answers 500. Callers above the adapters catch
 ``Unavailable`` only (the web: 503 with ``Retry-After``; the agents: a transient failure,
 retried), never a driver's exception.
 """
@@ -16,7 +17,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from pipeline.domain.failures import Unavailable
 
@@ -27,7 +28,7 @@ def is_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` says the database could not answer (rather than refused the request)."""
     if isinstance(exc, Unavailable | OSError):
         return True
-    return isinstance(exc, DBAPIError) and not isinstance(exc, IntegrityError)
+    return isinstance(exc, DBAPIError) and not isinstance(exc, IntegrityError | DataError)
 
 
 def translated(cls: type[T]) -> type[T]:

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import enum
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
@@ -19,37 +16,14 @@ from pipeline.adapters.db.errors import translated
 from pipeline.adapters.db.outbox import add_event
 from pipeline.adapters.db.schema import idempotency_keys, order_items, orders
 from pipeline.domain.events import OrderCancelled, OrderCreated, OrderLine, money, utc_now
-
-CANCELLABLE = ("created", "confirmed")
-
-
-class IdempotencyConflict(Exception):
-    """The Idempotency-Key was used before with a different request."""
-
-
-class CancelOutcome(enum.Enum):
-    CANCELLED = "cancelled"
-    NOT_FOUND = "not_found"
-    CONFLICT = "conflict"
-
-
-@dataclass(frozen=True, slots=True)
-class StoredResponse:
-    status_code: int
-    body: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class OrderRow:
-    order_id: str
-    customer_id: str
-    status: str
-    total: Decimal
-    items: tuple[OrderLine, ...] = ()
-
-
-# (key, request fingerprint, status code, response body) to remember with the order.
-Idempotency = tuple[str, str, int, dict[str, Any]]
+from pipeline.domain.orders import (
+    CANCELLABLE,
+    CancelOutcome,
+    Idempotency,
+    IdempotencyConflict,
+    OrderRow,
+    StoredResponse,
+)
 
 
 @translated

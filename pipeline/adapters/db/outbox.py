@@ -8,7 +8,6 @@ marked ``published`` (after Kafka acknowledged it) or ``parked`` (it can never b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -18,21 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from pipeline.adapters.db.errors import translated
 from pipeline.adapters.db.schema import outbox
 from pipeline.domain.events import SCHEMA_VERSION, OrderCancelled, OrderCreated, encode
+from pipeline.domain.outbox import MAX_ERROR_LENGTH, PARKED, PENDING, PUBLISHED, PendingRow
 
 NOTIFY_CHANNEL = "pipeline_outbox"
-PENDING, PUBLISHED, PARKED = "pending", "published", "parked"
-MAX_ERROR_LENGTH = 2000
-
-
-@dataclass(frozen=True, slots=True)
-class PendingRow:
-    id: int
-    event_id: str
-    partition_key: str
-    event_type: str
-    schema_version: int
-    payload: bytes
-    created_at: datetime
 
 
 async def add_event(conn: AsyncConnection, event: OrderCreated | OrderCancelled) -> None:

@@ -1,0 +1,197 @@
+"""The stores in memory, for tests and tools that need no database: the same protocols as the
+SQL stores (:mod:`pipeline.services.ports`), held to the same contract
+(``tests/repository_contract.py``). One :class:`MemoryDatabase` is shared by the order and
+outbox stores, as one database is: an order and its outbox row appear together or not at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pipeline.domain.events import (
+    SCHEMA_VERSION,
+    OrderCancelled,
+    OrderCreated,
+    encode,
+    money,
+    utc_now,
+)
+from pipeline.domain.orders import (
+    CANCELLABLE,
+    CancelOutcome,
+    Idempotency,
+    IdempotencyConflict,
+    OrderRow,
+    StoredResponse,
+)
+from pipeline.domain.outbox import MAX_ERROR_LENGTH, PARKED, PENDING, PUBLISHED, PendingRow
+
+
+@dataclass(slots=True)
+class _Order:
+    event: OrderCreated
+    status: str
+    updated_at: datetime
+
+
+@dataclass(slots=True)
+class _OutboxRow:
+    row: PendingRow
+    status: str = PENDING
+    attempts: int = 0
+    published_at: datetime | None = None
+    last_error: str | None = None
+
+
+@dataclass(slots=True)
+class MemoryDatabase:
+    orders: dict[str, _Order] = field(default_factory=dict)
+    outbox: dict[int, _OutboxRow] = field(default_factory=dict)
+    keys: dict[str, tuple[str, StoredResponse, datetime]] = field(default_factory=dict)
+    ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def add_event(self, event: OrderCreated | OrderCancelled) -> None:
+        at = event.created_at if isinstance(event, OrderCreated) else event.cancelled_at
+        row_id = next(self.ids)
+        self.outbox[row_id] = _OutboxRow(
+            PendingRow(
+                row_id,
+                event.event_id,
+                event.customer_id,
+                event.event_type,
+                SCHEMA_VERSION,
+                encode(event),
+                at,
+            )
+        )
+
+
+class MemoryOrderStore:
+    def __init__(self, db: MemoryDatabase) -> None:
+        self.db = db
+
+    async def create_order(
+        self, event: OrderCreated, idempotency: Idempotency | None = None
+    ) -> StoredResponse | None:
+        if idempotency is not None:
+            key, fingerprint, status_code, body = idempotency
+            existing = self.db.keys.get(key)
+            if existing is not None:
+                if existing[0] != fingerprint:
+                    raise IdempotencyConflict(key)
+                return existing[1]
+            # a copy, as the database's JSON column keeps the body as it was
+            stored = StoredResponse(status_code, json.loads(json.dumps(body)))
+            self.db.keys[key] = (fingerprint, stored, event.created_at)
+        self.db.orders[event.order_id] = _Order(event, "created", event.created_at)
+        self.db.add_event(event)
+        return None
+
+    async def cancel_order(
+        self, order_id: str, make_event: Callable[[OrderRow], OrderCancelled]
+    ) -> tuple[CancelOutcome, OrderRow | None]:
+        order = self.db.orders.get(order_id)
+        if order is None:
+            return CancelOutcome.NOT_FOUND, None
+        e = order.event
+        row = OrderRow(e.order_id, e.customer_id, order.status, e.total)
+        if order.status not in CANCELLABLE:
+            return CancelOutcome.CONFLICT, row
+        row = dataclasses.replace(row, items=tuple(e.items))
+        event = make_event(row)
+        order.status, order.updated_at = "cancelled", event.cancelled_at
+        self.db.add_event(event)
+        return CancelOutcome.CANCELLED, row
+
+    async def decide_order(self, order_id: str, decision: str, at: datetime) -> str | None:
+        order = self.db.orders.get(order_id)
+        if order is None:
+            return None
+        if order.status == "created":
+            order.status, order.updated_at = decision, at
+        return order.status
+
+    async def get_order(self, order_id: str) -> dict[str, Any] | None:
+        order = self.db.orders.get(order_id)
+        if order is None:
+            return None
+        e = order.event
+        return {
+            "order_id": e.order_id,
+            "customer_id": e.customer_id,
+            "customer_email": e.customer_email,
+            "status": order.status,
+            "total": money(e.total),
+            "created_at": e.created_at.isoformat(),
+            "updated_at": order.updated_at.isoformat(),
+            "items": [
+                {"sku": i.sku, "quantity": i.quantity, "unit_price": money(i.unit_price)}
+                for i in e.items
+            ],
+        }
+
+    async def purge_idempotency_keys(self, older_than: datetime | None = None) -> int:
+        cutoff = older_than or utc_now()
+        old = [k for k, (_, _, at) in self.db.keys.items() if at < cutoff]
+        for key in old:
+            del self.db.keys[key]
+        return len(old)
+
+
+class MemoryOutboxStore:
+    def __init__(self, db: MemoryDatabase) -> None:
+        self.db = db
+
+    async def pending(self, limit: int) -> list[PendingRow]:
+        return [r.row for r in self._rows(PENDING)][:limit]
+
+    async def record(
+        self, published: list[int], parked: list[tuple[int, str]], at: datetime
+    ) -> None:
+        for row_id in published:
+            if (row := self.db.outbox.get(row_id)) is not None:
+                row.status, row.published_at, row.attempts = PUBLISHED, at, row.attempts + 1
+        for row_id, error in parked:
+            if (row := self.db.outbox.get(row_id)) is not None:
+                row.status, row.attempts = PARKED, row.attempts + 1
+                row.last_error = error[:MAX_ERROR_LENGTH]
+
+    async def backlog(self) -> tuple[int, datetime | None]:
+        rows = self._rows(PENDING)
+        return len(rows), min((r.row.created_at for r in rows), default=None)
+
+    async def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for row in self.db.outbox.values():
+            out[row.status] = out.get(row.status, 0) + 1
+        return out
+
+    async def published_since(self, cutoff: datetime) -> int:
+        return sum(1 for r in self._rows(PUBLISHED) if r.published_at and r.published_at >= cutoff)
+
+    async def parked(self, limit: int = 100) -> list[dict[str, Any]]:
+        return [
+            {"id": r.row.id, "event_id": r.row.event_id, "event_type": r.row.event_type,
+             "partition_key": r.row.partition_key, "last_error": r.last_error,
+             "created_at": r.row.created_at}
+            for r in self._rows(PARKED)[:limit]
+        ]  # fmt: skip
+
+    async def purge_published(self, older_than: datetime, chunk: int = 5000) -> int:
+        old = [
+            row_id
+            for row_id, r in self.db.outbox.items()
+            if r.status == PUBLISHED and r.published_at and r.published_at < older_than
+        ]
+        for row_id in old:
+            del self.db.outbox[row_id]
+        return len(old)
+
+    def _rows(self, status: str) -> list[_OutboxRow]:
+        return [r for _, r in sorted(self.db.outbox.items()) if r.status == status]

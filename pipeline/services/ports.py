@@ -1,0 +1,62 @@
+"""What the services need from storage, as protocols: the SQL stores
+(:mod:`pipeline.adapters.db`) and the in-memory ones (:mod:`pipeline.adapters.memory`) both
+provide them, and one contract test suite (``tests/repository_contract.py``) holds them to the
+same behaviour on memory, SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Protocol
+
+from pipeline.domain.events import OrderCancelled, OrderCreated
+from pipeline.domain.orders import CancelOutcome, Idempotency, OrderRow, StoredResponse
+from pipeline.domain.outbox import PendingRow
+
+
+class OrderRepository(Protocol):
+    """Orders, with their outbox rows and idempotency keys, each write one transaction."""
+
+    async def create_order(
+        self, event: OrderCreated, idempotency: Idempotency | None = None
+    ) -> StoredResponse | None:
+        """Commit the order, its items, its ``OrderCreated`` outbox row and its idempotency
+        key at once. The stored response instead when the key was used for the same request;
+        :class:`pipeline.domain.orders.IdempotencyConflict` when used for another."""
+        ...
+
+    async def cancel_order(
+        self, order_id: str, make_event: Callable[[OrderRow], OrderCancelled]
+    ) -> tuple[CancelOutcome, OrderRow | None]:
+        """Cancel a ``created`` or ``confirmed`` order and write ``make_event(order)``'s
+        outbox row in the same transaction."""
+        ...
+
+    async def decide_order(self, order_id: str, decision: str, at: datetime) -> str | None:
+        """Move a ``created`` order to ``decision``; the status it has now (None: no order)."""
+        ...
+
+    async def get_order(self, order_id: str) -> dict[str, Any] | None: ...
+
+    async def purge_idempotency_keys(self, older_than: datetime | None = None) -> int: ...
+
+
+class OutboxRepository(Protocol):
+    """The forwarder's view of the outbox: pending rows in commit order, and their marks."""
+
+    async def pending(self, limit: int) -> list[PendingRow]: ...
+
+    async def record(
+        self, published: list[int], parked: list[tuple[int, str]], at: datetime
+    ) -> None: ...
+
+    async def backlog(self) -> tuple[int, datetime | None]: ...
+
+    async def counts(self) -> dict[str, int]: ...
+
+    async def published_since(self, cutoff: datetime) -> int: ...
+
+    async def parked(self, limit: int = 100) -> list[dict[str, Any]]: ...
+
+    async def purge_published(self, older_than: datetime, chunk: int = 5000) -> int: ...

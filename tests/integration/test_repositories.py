@@ -1,0 +1,29 @@
+"""The SQL repositories keep the contract (tests/repository_contract.py), on SQLite and on
+PostgreSQL, with the schema the migrations build."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from pipeline.adapters.db.orders import OrderStore
+from pipeline.adapters.db.outbox import OutboxStore
+from pipeline.adapters.db.schema import make_engine, migrate
+from tests.repository_contract import Repos, RepositoryContract
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def migrated(database_url: str) -> str:
+    migrate(database_url)  # Alembic runs its own loop: outside the test's
+    return database_url
+
+
+class TestSqlRepositories(RepositoryContract):
+    @pytest.fixture
+    async def repos(self, migrated: str) -> AsyncIterator[Repos]:
+        engine = make_engine(migrated)
+        yield OrderStore(engine), OutboxStore(engine)
+        await engine.dispose()
