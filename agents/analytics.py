@@ -33,24 +33,17 @@ from pipeline.streaming.topics import (
     analytics_revenue_topic,
     publish,
 )
-from tables.customer_stats import (
-    note_dead_letter,
-    read_customer_stats,
-    resend_customer_stats,
-    write_customer_stats,
-)
+from tables.customer_stats import customer_stats, note_dead_letter
 
 
 async def update_customer_stats(event: OrderCreated | OrderCancelled) -> None:
+    before = customer_stats.get(event.customer_id)
     stats, applied = apply_event(
-        read_customer_stats(event.customer_id), event, delivery.horizon(),
+        before, event, delivery.horizon(),
         settings.lifetime_value_milestone, replayed=delivery.is_replay(),
         position=delivery.position(),
     )  # fmt: skip
-    if applied:
-        await write_customer_stats(stats)
-    else:  # a redelivery: the changelog may not have it yet (pipeline.streaming.versions.resend)
-        await resend_customer_stats(stats.customer_id)
+    await customer_stats.save(before, stats if applied else before)
     at = delivery.cause_time()
     await publish(analytics_events_topic, stats.customer_id,
                   stats_updated_event(stats, event.event_id), timestamp=at)  # fmt: skip

@@ -36,7 +36,7 @@ from pipeline.streaming.topics import (
     inventory_events_topic,
     publish,
 )
-from tables.inventory import note_dead_letter, read_stock, resend_stock, write_stock
+from tables.inventory import note_dead_letter, stock
 
 
 def line_commands(
@@ -84,13 +84,11 @@ async def send_line_commands(event: OrderEvent) -> None:
 
 
 async def apply_stock_command(command: StockCommand) -> None:
-    stock = read_stock(command.sku) or Stock(command.sku)
-    updated, outcome = apply_command(stock, command, delivery.horizon(),
+    before = stock.get(command.sku)
+    current = before or Stock(command.sku)
+    updated, outcome = apply_command(current, command, delivery.horizon(),
                                      replayed=delivery.is_replay())  # fmt: skip
-    if updated is not stock:
-        await write_stock(updated)
-    else:  # a redelivery: the changelog may not have it yet (pipeline.streaming.versions.resend)
-        await resend_stock(command.sku)
+    await stock.save(before, before if updated is current else updated)
     if outcome is not None:
         await publish(inventory_events_topic, outcome.order_id, outcome,
                       timestamp=delivery.cause_time())  # fmt: skip

@@ -39,26 +39,16 @@ from functools import cached_property
 import faust
 from faust.streams import current_event
 
-from pipeline.adapters.mail import MailboxSender, Message, Sender, SmtpSender
+from pipeline.adapters.mail import MailboxSender, Sender, SmtpSender
 from pipeline.app import app, settings
 from pipeline.domain.events import OrderConfirmed, OrderRejected
-from pipeline.domain.notifications import NotificationSent, needs_notice
+from pipeline.domain.notifications import NotificationSent, compose, needs_notice
 from pipeline.streaming import fencing
 from pipeline.streaming.consume import consume
 from pipeline.streaming.topics import agent_source
-from tables.notifications import read_sent, resend_sent, write_sent
+from tables.notifications import notifications_sent
 
 log = logging.getLogger(__name__)
-
-
-def compose(decision: OrderConfirmed | OrderRejected) -> Message:
-    if isinstance(decision, OrderConfirmed):
-        subject = f"Your order {decision.order_id} is confirmed"
-        body = "Thank you for your order. Every item is reserved for you."
-    else:
-        subject = f"Your order {decision.order_id} could not be fulfilled"
-        body = f"We are sorry: your order was not accepted ({decision.reason})."
-    return Message(decision.event_id, decision.customer_email, subject, body)
 
 
 class _Senders:
@@ -74,20 +64,21 @@ senders = _Senders()
 
 
 async def notify(decision: OrderConfirmed | OrderRejected) -> None:
-    sent = read_sent(decision.order_id)
+    sent = notifications_sent.get(decision.order_id)
     if not needs_notice(sent):
         assert sent is not None
         if sent.event_id != decision.event_id:  # the database holds one decision per order
             log.warning("order %s was notified of %s already; %s not sent",
                         decision.order_id, sent.event_id, decision.event_id)  # fmt: skip
-        # A repeat: the changelog may not have the entry yet (pipeline.streaming.versions.resend).
-        await resend_sent(decision.order_id)
+        await notifications_sent.save(sent, sent)  # a repeat: the changelog may lack it
         return
     record = current_event()
     if record is not None:  # a worker that lost the partition (a zombie) must not send
         fencing.check(record.message, app, settings.session_timeout_seconds)
     await senders.current.send(compose(decision))
-    await write_sent(NotificationSent(decision.order_id, decision.event_id, int(time.time())))
+    await notifications_sent.save(
+        sent, NotificationSent(decision.order_id, decision.event_id, int(time.time()))
+    )
 
 
 @app.agent(agent_source("notifications"), concurrency=1)

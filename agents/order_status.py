@@ -32,7 +32,7 @@ from pipeline.streaming.topics import (
     order_status_topic,
     publish,
 )
-from tables.order_progress import forget_progress, read_progress, resend_progress, write_progress
+from tables.order_progress import order_progress
 
 
 async def record_outcome(
@@ -40,12 +40,9 @@ async def record_outcome(
 ) -> None:
     if isinstance(outcome, InventoryReleased):
         return
-    progress = read_progress(outcome.order_id)
+    progress = order_progress.get(outcome.order_id)
     updated = apply_outcome(progress, outcome)
-    if updated != progress:
-        await write_progress(updated)
-    else:  # a redelivery: the changelog may not have it yet (pipeline.streaming.versions.resend)
-        await resend_progress(outcome.order_id)
+    await order_progress.save(progress, updated)
     at = delivery.cause_time()  # the horizon runs on source time (pipeline.streaming.delivery)
     for release in compensations(updated):
         await publish(inventory_commands_topic, release.sku, release, timestamp=at)
@@ -65,7 +62,7 @@ async def record_outcome(
         await publish(order_status_topic, updated.order_id, announcement, timestamp=at)
     if settled(updated):
         # Only now: a crash before this line leaves the entry for the redelivery to redo.
-        await forget_progress(updated.order_id)
+        await order_progress.delete(updated.order_id)
 
 
 @app.agent(agent_source("order-status"), concurrency=1)

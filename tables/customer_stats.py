@@ -10,7 +10,8 @@ from typing import Any
 from pipeline.app import app, settings
 from pipeline.domain.customer_stats import CustomerStats, set_aside
 from pipeline.domain.horizon import ValueTooLarge
-from pipeline.streaming import delivery, versions
+from pipeline.streaming import delivery
+from pipeline.streaming.versioned_table import VersionedTable
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +26,10 @@ customer_stats_table = app.Table(
 )
 
 
-def read_customer_stats(customer_id: str) -> CustomerStats | None:
-    stats: CustomerStats | None = versions.read(customer_stats_table, customer_id.encode(), _decode)
-    return stats
-
-
-def _decode(raw: bytes) -> CustomerStats:
-    return CustomerStats.from_value(json.loads(raw))
+customer_stats: VersionedTable[CustomerStats] = VersionedTable(
+    customer_stats_table, lambda _key, fields: CustomerStats.from_value(fields),
+    lambda stats: stats.customer_id,
+)  # fmt: skip
 
 
 def read_figures(raw: bytes) -> dict[str, Any]:
@@ -46,10 +44,6 @@ def read_figures(raw: bytes) -> dict[str, Any]:
     return dict(json.loads(raw))
 
 
-async def write_customer_stats(stats: CustomerStats) -> None:
-    await versions.write(customer_stats_table, stats.customer_id.encode(), stats.version + 1, stats)
-
-
 async def note_dead_letter(message: Any) -> None:
     """The analytics agent dead-lettered ``message``: its customer's stats note the event as
     pending, so a replay applies it once, however late (:mod:`pipeline.domain.horizon`)."""
@@ -57,16 +51,10 @@ async def note_dead_letter(message: Any) -> None:
     if not message.key or event_id is None:
         return  # no customer or no id: its replay can be deduped by nothing; nothing to note
     customer_id = bytes(message.key).decode(errors="replace")
-    stats = read_customer_stats(customer_id) or CustomerStats(customer_id)
+    stats = customer_stats.get(customer_id) or CustomerStats(customer_id)
     noted = set_aside(stats, event_id, delivery.horizon(message).now)
     if noted is not stats:
         try:
-            await write_customer_stats(noted)
+            await customer_stats.save(stats, noted)
         except ValueTooLarge as exc:  # the dead letter is out; its replay will be refused
             log.error("not noting %s as pending: %s", event_id, exc)
-
-
-async def resend_customer_stats(customer_id: str) -> None:
-    """The stored stats to the changelog again, for an event they already count
-    (:func:`pipeline.streaming.versions.resend`)."""
-    await versions.resend(customer_stats_table, customer_id.encode())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -15,7 +14,8 @@ from pipeline.domain.events import (
 )
 from pipeline.domain.horizon import ValueTooLarge
 from pipeline.domain.stock import Stock, set_aside
-from pipeline.streaming import delivery, versions
+from pipeline.streaming import delivery
+from pipeline.streaming.versioned_table import VersionedTable
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +31,9 @@ stock_table = app.Table(
 )
 
 
-def read_stock(sku: str) -> Stock | None:
-    stock: Stock | None = versions.read(stock_table, sku.encode(), _decode)
-    return stock
-
-
-def _decode(raw: bytes) -> Stock:
-    return Stock.from_value(json.loads(raw))
-
-
-async def write_stock(stock: Stock) -> None:
-    await versions.write(stock_table, stock.sku.encode(), stock.version + 1, stock)
+stock: VersionedTable[Stock] = VersionedTable(
+    stock_table, lambda _key, fields: Stock.from_value(fields), lambda value: value.sku
+)
 
 
 async def note_dead_letter(message: Any) -> None:
@@ -59,16 +51,10 @@ async def note_dead_letter(message: Any) -> None:
     except InvalidEvent:
         pass  # a poison pill, or a stock set or settlement
     sku = bytes(message.key).decode(errors="replace")
-    stock = read_stock(sku) or Stock(sku)
-    noted = set_aside(stock, command_id, delivery.horizon(message).now, line)
-    if noted is not stock:
+    current = stock.get(sku) or Stock(sku)
+    noted = set_aside(current, command_id, delivery.horizon(message).now, line)
+    if noted is not current:
         try:
-            await write_stock(noted)
+            await stock.save(current, noted)
         except ValueTooLarge as exc:  # the dead letter is out; its replay will change nothing
             log.error("not noting %s as pending: %s", command_id, exc)
-
-
-async def resend_stock(sku: str) -> None:
-    """The stored stock to the changelog again, for a command it already reflects
-    (:func:`pipeline.streaming.versions.resend`)."""
-    await versions.resend(stock_table, sku.encode())

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 from pipeline.app import app, settings
 from pipeline.domain.notifications import DAY, NotificationSent
 from pipeline.settings import Settings
-from pipeline.streaming import versions
+from pipeline.streaming.versioned_table import VersionedTable
 
 
 def kept_seconds(s: Settings) -> int:
@@ -32,24 +30,9 @@ notifications_sent_table = app.Table(
 )
 
 
-def read_sent(order_id: str) -> NotificationSent | None:
-    sent: NotificationSent | None = versions.read(
-        notifications_sent_table,
-        order_id.encode(),
-        lambda raw: NotificationSent.from_value(order_id, json.loads(raw)),
-    )
-    return sent
-
-
-async def write_sent(sent: NotificationSent) -> None:
-    # Sent at once, not at the next commit: the email went out, and a worker that dies before
-    # its next commit must not leave the next owner without the mark (a second email).
-    await versions.write(
-        notifications_sent_table, sent.order_id.encode(), sent.version + 1, sent, at_once=True
-    )
-
-
-async def resend_sent(order_id: str) -> None:
-    """The stored entry to the changelog again, for a decision already mailed
-    (:func:`pipeline.streaming.versions.resend`)."""
-    await versions.resend(notifications_sent_table, order_id.encode())
+# Written at once, not at the next commit: the email went out, and a worker that dies before
+# its next commit must not leave the next owner without the mark (a second email).
+notifications_sent: VersionedTable[NotificationSent] = VersionedTable(
+    notifications_sent_table, NotificationSent.from_value, lambda sent: sent.order_id,
+    at_once=True,
+)  # fmt: skip

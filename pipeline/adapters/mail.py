@@ -22,18 +22,11 @@ from __future__ import annotations
 import asyncio
 import os
 import smtplib
-from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Protocol
 
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    idempotency_key: str  # the event id
-    to: str
-    subject: str
-    body: str
+from pipeline.domain.notifications import Message
 
 
 class Sender(Protocol):

@@ -39,6 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.domain.events import OrderConfirmed, OrderRejected
 from pipeline.domain.values import VERSION
 
 DAY = 86400
@@ -69,3 +70,21 @@ class NotificationSent:
 def needs_notice(sent: NotificationSent | None) -> bool:
     """Whether a decision for the order is to be mailed: only if none was before."""
     return sent is None
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    idempotency_key: str  # the event id
+    to: str
+    subject: str
+    body: str
+
+
+def compose(decision: OrderConfirmed | OrderRejected) -> Message:
+    if isinstance(decision, OrderConfirmed):
+        subject = f"Your order {decision.order_id} is confirmed"
+        body = "Thank you for your order. Every item is reserved for you."
+    else:
+        subject = f"Your order {decision.order_id} could not be fulfilled"
+        body = f"We are sorry: your order was not accepted ({decision.reason})."
+    return Message(decision.event_id, decision.customer_email, subject, body)

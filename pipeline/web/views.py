@@ -32,8 +32,8 @@ from pipeline.services.orders import (
 from pipeline.streaming.topics import inventory_commands_topic, publish
 from pipeline.web.answers import answer
 from pipeline.web.http import HttpError, error, read_json, require_token
-from tables.customer_stats import customer_stats_table, read_customer_stats
-from tables.inventory import read_stock, stock_table
+from tables.customer_stats import customer_stats, customer_stats_table
+from tables.inventory import stock, stock_table
 from tables.revenue import recent_windows, revenue_table
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ class CustomerStatsView(View):
             require_token(request, settings)
         except HttpError as exc:
             return exc.response(self)
-        stats = read_customer_stats(customer_id)
+        stats = customer_stats.get(customer_id)
         if stats is None:
             return error(self, 404, "not_found", f"no orders seen for customer {customer_id!r}")
         return self.json(stats.public())
@@ -203,10 +203,10 @@ class Inventory(View):
     @unavailable_while_rebalancing
     @app.table_route(table=stock_table, match_info="sku")  # type: ignore[arg-type]
     async def get(self, request: Request, sku: str) -> Response:
-        stock = read_stock(sku)
-        if stock is None:
+        value = stock.get(sku)
+        if value is None:
             return error(self, 404, "not_found", f"no stock known for SKU {sku!r}")
-        return self.json(stock.public())
+        return self.json(value.public())
 
     async def put(self, request: Request, sku: str) -> Response:
         """Set the units available; applied by the SKU's owner in order with reservations."""

@@ -9,7 +9,8 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from pipeline.adapters.mail import Message, SmtpSender
+from pipeline.adapters.mail import SmtpSender
+from pipeline.domain.notifications import Message
 from tests.integration.workers import free_port
 
 

@@ -12,7 +12,7 @@ import agents.analytics as analytics
 from pipeline.app import app
 from pipeline.domain.events import CustomerStatsUpdated, encode
 from pipeline.streaming import consume, versions
-from tables.customer_stats import read_customer_stats
+from tables.customer_stats import customer_stats
 from tests.conftest import order_cancelled, order_created
 
 SetAside = list[tuple[str, bytes | None, bytes | None, dict[str, bytes]]]
@@ -69,7 +69,7 @@ async def test_agent_applies_each_event_once_and_republishes_duplicates(
             await agent.put(encode(event), key=b"cust-a")
         await agent.put(b"not json at all", key=b"cust-a")
 
-    stats = read_customer_stats("cust-a")
+    stats = customer_stats.get("cust-a")
     assert stats is not None
     assert (stats.order_count, stats.cancelled_count) == (2, 1)
     assert stats.total_spent == Decimal("8.00")
@@ -103,7 +103,7 @@ async def test_a_dead_lettered_event_is_pending_and_its_replay_applies_once(
     from pipeline.domain.failures import NonRetryableError
 
     lost = order_created("cust-p", total="4.00")
-    real_read = analytics.read_customer_stats
+    real_read = customer_stats.get
     failing = {lost.event_id}
 
     def read(customer_id: str) -> Any:
@@ -112,13 +112,13 @@ async def test_a_dead_lettered_event_is_pending_and_its_replay_applies_once(
             raise NonRetryableError("the handler's dependency refused it")
         return real_read(customer_id)
 
-    monkeypatch.setattr(analytics, "read_customer_stats", read)
+    monkeypatch.setattr(customer_stats, "get", read)
     ids = [("event_id", lost.event_id.encode())]
     async with analytics.customer_analytics.test_context() as agent:
         await agent.put(encode(lost), key=b"cust-p", headers=ids)
         [(topic, *_)] = set_aside
         assert topic.endswith("dead-letters")
-        pending = read_customer_stats("cust-p")
+        pending = customer_stats.get("cust-p")
         assert pending is not None and lost.event_id in pending.pending
         assert pending.order_count == 0
         for replays in (b"1", b"2"):  # the replay, then a second replay of the same letter
@@ -128,6 +128,6 @@ async def test_a_dead_lettered_event_is_pending_and_its_replay_applies_once(
         replay = [("event_id", other.event_id.encode()), ("x-replays", b"1")]
         await agent.put(encode(other), key=b"cust-p", headers=replay)
 
-    stats = read_customer_stats("cust-p")
+    stats = customer_stats.get("cust-p")
     assert stats is not None and stats.order_count == 1 and stats.total_spent == Decimal("4.00")
     assert stats.pending == {}

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 import agents.notifications as notifications
-from pipeline.adapters.mail import Message
 from pipeline.app import app
 from pipeline.domain.events import (
     OrderConfirmed,
@@ -25,10 +24,10 @@ from pipeline.domain.events import (
     derived_event_id,
     encode,
 )
-from pipeline.domain.notifications import NotificationSent, needs_notice
+from pipeline.domain.notifications import Message, NotificationSent, needs_notice
 from pipeline.settings import load_settings
 from pipeline.streaming import consume, versions
-from tables.notifications import kept_seconds, notifications_sent_table, read_sent
+from tables.notifications import kept_seconds, notifications_sent, notifications_sent_table
 
 Changelog = list[tuple[str, bytes, bytes]]
 
@@ -172,7 +171,7 @@ async def test_each_order_is_notified_once_however_often_its_decision_comes(
     assert [m.idempotency_key for m in mail.delivered] == [
         confirmed(first).event_id, rejected(second).event_id
     ]  # fmt: skip
-    sent = read_sent(first)
+    sent = notifications_sent.get(first)
     assert sent is not None and sent.event_id == confirmed(first).event_id
     # One entry per order, and each repeat sends the stored entry to the changelog again (its record
     # may never have reached the changelog before a crash: pipeline.streaming.versions.resend).
@@ -223,11 +222,11 @@ async def test_a_failed_send_writes_no_entry_so_the_retry_sends_once(
     order = new_order()
     mail.failures = 100  # down for every attempt in place: the decision goes to a retry topic
     await deliver(confirmed(order))
-    assert read_sent(order) is None and mail.delivered == []
+    assert notifications_sent.get(order) is None and mail.delivered == []
     assert len(set_aside) == 1 and "retry" in set_aside[0]
 
     mail.failures = 1  # back from the retry topic: one more failure, then the server answers
     await deliver(confirmed(order), confirmed(order))
 
     assert [m.idempotency_key for m in mail.delivered] == [confirmed(order).event_id]
-    assert read_sent(order) is not None
+    assert notifications_sent.get(order) is not None

@@ -11,7 +11,6 @@ from decimal import Decimal
 from pathlib import Path
 
 from agents.inventory import line_commands
-from agents.notifications import compose
 from pipeline.adapters.mail import MailboxSender
 from pipeline.domain.customer_stats import apply_event, milestone_events, revenue_record
 from pipeline.domain.events import (
@@ -24,6 +23,7 @@ from pipeline.domain.events import (
     OrderRejected,
 )
 from pipeline.domain.horizon import Horizon
+from pipeline.domain.notifications import compose
 from pipeline.domain.order_progress import (
     CONFIRMED,
     REJECTED,

@@ -220,7 +220,7 @@ async def test_an_orders_write_and_deletion_acknowledged_together_move_the_mark_
     import asyncio
 
     from pipeline.domain.order_progress import OrderProgress
-    from tables.order_progress import forget_progress, order_progress_table, write_progress
+    from tables.order_progress import order_progress, order_progress_table
     from tests.unit.test_send_failures import KafkaClient, handling
 
     url = URL.build(scheme="rocksdb", path=f"versions-{next(_names)}")
@@ -238,19 +238,21 @@ async def test_an_orders_write_and_deletion_acknowledged_together_move_the_mark_
 
     try:
         with handling(offset=7, tp=TP("inventory.events", 0)):
-            await write_progress(progress("o-1"))
+            await order_progress.save(None, progress("o-1"))
         await versions.flush()  # changelog offset 5
         with handling(offset=8, tp=TP("inventory.events", 0)):
-            await forget_progress("o-1")
+            await order_progress.delete("o-1")
         await versions.flush()  # 6
         kafka.acknowledge()  # one batch: 5, then 6
         for _ in range(3):
             await asyncio.sleep(0)
         assert store.persisted_offset(tp) == 6
         with handling(offset=9, tp=TP("inventory.events", 0)):
-            await write_progress(progress("o-2"))
-            await write_progress(progress("o-3"))
-            await forget_progress("o-3")  # written and deleted between two commits: one record
+            await order_progress.save(None, progress("o-2"))
+            await order_progress.save(None, progress("o-3"))
+            await order_progress.delete(
+                "o-3"
+            )  # written and deleted between two commits: one record
         await versions.flush()  # 7 and 8
         kafka.acknowledge()
         for _ in range(3):
@@ -269,7 +271,8 @@ async def test_values_are_staged_until_the_flush_and_read_back_as_written(
     """Write-behind: a hot key's value is encoded, stored and sent once per commit, however
     many events change it; its reads in between get the written object itself."""
     from pipeline.domain.stock import Stock
-    from tables.inventory import read_stock, stock_table, write_stock
+    from tables.inventory import stock as stock_values
+    from tables.inventory import stock_table
     from tests.unit.test_send_failures import KafkaClient, handling
 
     kafka = KafkaClient()
@@ -277,8 +280,8 @@ async def test_values_are_staged_until_the_flush_and_read_back_as_written(
     stock = Stock("sku-w", available=10)
     with handling(offset=1, tp=TP("inventory.commands", 0)):
         for n in range(50):
-            await write_stock(stock)
-            stock = read_stock("sku-w")
+            await stock_values.save(None, stock)
+            stock = stock_values.get("sku-w")
             assert stock is not None and stock.version == n + 1
             stock = Stock("sku-w", available=stock.available - 1, version=stock.version)
     assert kafka.sent == [] and versions.staged() == 1
@@ -291,7 +294,7 @@ async def test_values_are_staged_until_the_flush_and_read_back_as_written(
         assert stock_table.data.get(b"sku-w") == record.value
     versions.forget({0})  # the partition is revoked: what is read next comes from the store
     with handling(offset=2, tp=TP("inventory.commands", 0)):
-        assert read_stock("sku-w") == Stock("sku-w", available=-39)
+        assert stock_values.get("sku-w") == Stock("sku-w", available=-39)
 
 
 async def test_a_value_growing_past_the_bound_is_refused_at_the_write_that_grows_it(
@@ -302,7 +305,7 @@ async def test_a_value_growing_past_the_bound_is_refused_at_the_write_that_grows
     refused (dead-lettered), not the flush."""
     from pipeline.domain.horizon import ValueTooLarge
     from pipeline.domain.stock import Stock
-    from tables.inventory import write_stock
+    from tables.inventory import stock as stock_values
     from tests.unit.test_send_failures import KafkaClient, handling
 
     monkeypatch.setattr(app.producer, "_producer", KafkaClient())
@@ -311,7 +314,7 @@ async def test_a_value_growing_past_the_bound_is_refused_at_the_write_that_grows
     with handling(offset=1, tp=TP("inventory.commands", 0)), pytest.raises(ValueTooLarge):
         for n in range(10_000):
             lines = {**lines, f"order-{n:06d}:1": ("C", 1_800_000_000, "0")}
-            await write_stock(Stock("sku-big", lines=lines, version=n))
+            await stock_values.save(None, Stock("sku-big", lines=lines, version=n))
 
     # Refused at exactly the line that took it past 20,000 bytes.
     def size(held: dict[str, tuple[str, int, str]]) -> int:
