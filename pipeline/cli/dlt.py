@@ -100,6 +100,7 @@ async def _replay(settings: Settings, where: Any) -> int:
 
     for module in settings.extra_modules:  # their agents can be replayed to as well
         importlib.import_module(module)
+    from pipeline.adapters.kafka.egress import Egress
     from pipeline.adapters.kafka.security import client_options
 
     producer = AIOKafkaProducer(
@@ -110,12 +111,14 @@ async def _replay(settings: Settings, where: Any) -> int:
     )
     engine = make_engine(settings.database_url)
 
+    egress = Egress(producer, retention_hours=settings.topic_retention_hours)
+
     async def send(topic: str, key: Any, value: Any, headers: Any, partition: int) -> None:
         # The original record's time, as the workers' replay sends it: windows by record time
         # count the replay where the first delivery would have landed.
-        await producer.send_and_wait(
+        await egress.deliver_reliably(
             topic, value, key=key, headers=headers, partition=partition,
-            timestamp_ms=failures.original_timestamp_ms(headers),
+            timestamp_ms=failures.original_timestamp_ms(headers), attempts=5,
         )  # fmt: skip
 
     await producer.start()

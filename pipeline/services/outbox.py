@@ -44,6 +44,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from pipeline.adapters.db.outbox import NOTIFY_CHANNEL, OutboxStore, PendingRow
+from pipeline.adapters.kafka.egress import Egress, event_headers
 from pipeline.adapters.kafka.security import client_options
 from pipeline.domain.events import utc_now
 from pipeline.domain.failures import Unavailable
@@ -183,6 +184,7 @@ class OutboxPublisher:
 
     def __init__(self, producer: AIOKafkaProducer, topic: str, metrics: Metrics) -> None:
         self.producer = producer
+        self.egress = Egress(producer)
         self.topic = topic
         self.metrics = metrics
 
@@ -191,15 +193,11 @@ class OutboxPublisher:
         in_flight: list[tuple[PendingRow, asyncio.Future[Any]]] = []
         for row in rows:
             try:
-                future = await self.producer.send(
+                future = await self.egress.submit(
                     self.topic,
-                    value=row.payload,
+                    row.payload,
                     key=row.partition_key.encode(),
-                    headers=[
-                        ("event_id", row.event_id.encode()),
-                        ("event_type", row.event_type.encode()),
-                        ("schema_version", str(row.schema_version).encode()),
-                    ],
+                    headers=event_headers(row.event_id, row.event_type, row.schema_version),
                 )
             except PERMANENT_ERRORS as exc:
                 result.parked.append((row, f"{type(exc).__name__}: {exc}"))

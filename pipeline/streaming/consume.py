@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
-from aiokafka.errors import InvalidTimestampError, KafkaError
+from aiokafka.errors import KafkaError
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from pipeline import logs
@@ -30,7 +30,7 @@ from pipeline.domain.failures import Failure, FailurePolicy, Headers, Origin, Un
 from pipeline.metrics import Metrics
 from pipeline.streaming.topics import (
     dead_letters_topic,
-    kafka_producer,
+    egress,
     redelivery_topic_name,
     retry_topics,
 )
@@ -218,47 +218,14 @@ async def send_reliably(
     being set aside is acknowledged as soon as this returns, so this must not give up.
 
     ``timestamp_ms`` is the original record's (:attr:`Origin.timestamp_ms`), so a retried or
-    replayed record keeps its place in windows by record time; None stamps it now. Sent to
-    the aiokafka client itself, as ``topics.publish`` does: Faust's ``Producer.send`` takes
-    seconds and truncates them to milliseconds (one off, often), and wraps a ``KafkaError``
-    raised at send time into a ``ProducerSendError`` the retry below would not catch.
+    replayed record keeps its place in windows by record time; None stamps it now. Through
+    the worker's egress to the aiokafka client itself, as ``topics.publish``: Faust's
+    ``Producer.send`` takes seconds and truncates them to milliseconds (one off, often), and
+    wraps a ``KafkaError`` raised at send time into a ``ProducerSendError`` a retry would not
+    catch.
     """
-    if key is None and value is None:
-        value = b""  # Kafka holds a record with neither (a tombstone); aiokafka sends none
-    timestamp_ms = _kept_by_retention(timestamp_ms)
-    delay = 0.2
-    while True:
-        try:
-            delivery = await kafka_producer().send(
-                topic, value, key=key, partition=partition, timestamp_ms=timestamp_ms,
-                headers=headers,
-            )  # fmt: skip
-            await delivery
-            return
-        except KafkaError as exc:
-            if isinstance(exc, InvalidTimestampError) and timestamp_ms is not None:
-                # A topic with message.timestamp.before.max.ms refuses an old original time
-                # for good; the x-original-timestamp header still carries it.
-                log.warning("%s refused timestamp %d (%r); sending with the current time",
-                            topic, timestamp_ms, exc)  # fmt: skip
-                timestamp_ms = None
-                continue
-            log.warning("sending to %s failed (%r), retrying in %.1fs", topic, exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-
-
-def _kept_by_retention(timestamp_ms: int | None) -> int | None:
-    """``timestamp_ms``, or None (now) when the topics' retention would delete it within a day
-    (within half the retention, if that is shorter): Kafka deletes a segment whose newest
-    record is older than ``retention.ms``, the active segment too, so a replay of an old dead
-    letter stamped with its original time could be gone before its agent reads it. Such a
-    record is far past any window it could be counted in."""
-    hours = settings.topic_retention_hours
-    if timestamp_ms is None or hours < 0:
-        return timestamp_ms
-    keep_seconds = max(hours * 3600 - 86400, hours * 1800)
-    return timestamp_ms if timestamp_ms >= (time.time() - keep_seconds) * 1000 else None
+    await egress.deliver_reliably(topic, value, key=key, headers=headers, partition=partition,
+                                  timestamp_ms=timestamp_ms)  # fmt: skip
 
 
 def _count_handled(message: Any, agent: str) -> None:

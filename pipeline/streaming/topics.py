@@ -16,6 +16,7 @@ import faust
 from faust.streams import current_event
 
 from pipeline.adapters.kafka.admin import TopicSpec
+from pipeline.adapters.kafka.egress import Egress, event_headers
 from pipeline.app import app, settings
 from pipeline.domain.events import Event, encode
 from pipeline.settings import Settings
@@ -125,7 +126,8 @@ async def publish(
 ) -> None:
     """Send ``event`` keyed by ``key``, its id and type in headers for consumers to dedupe.
 
-    Goes straight to the app's Kafka client (:func:`kafka_producer`) rather than
+    Goes through the worker's :data:`egress`, straight to the app's Kafka client
+    (:func:`kafka_producer`) rather than
     ``Topic.send``: the channel machinery around ``Topic.send`` cost more CPU than the send
     itself in our profile. Inside an agent this returns once the record is queued, and its
     delivery is checked before the offset of the event that caused it is committed
@@ -135,12 +137,12 @@ async def publish(
     client refuses at once (over ``max_request_size``) raises here in either case.
     """
     name = topic.get_topic_name()
-    delivery = await kafka_producer().send(
+    delivery = await egress.submit(
         name,
         encode(event),
         key=key.encode(),
         timestamp_ms=None if timestamp is None else int(timestamp.timestamp() * 1000),
-        headers=[("event_id", event.event_id.encode()), ("event_type", event.event_type.encode())],
+        headers=event_headers(event.event_id, event.event_type),
     )
     if current_event() is None:
         await delivery
@@ -158,6 +160,11 @@ def kafka_producer() -> Any:
     """
     producer: Any = app.producer  # Faust's aiokafka transport
     return producer._ensure_producer()
+
+
+# Every record this worker sends goes out here: its agents' events, its tables' changelogs,
+# its retries, dead letters and replays (pipeline.adapters.kafka.egress).
+egress = Egress(kafka_producer, retention_hours=settings.topic_retention_hours)
 
 
 def topic_plan(settings: Settings) -> list[TopicSpec]:

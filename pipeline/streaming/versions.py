@@ -34,7 +34,7 @@ from faust.streams import current_event
 
 from pipeline.domain import horizon
 from pipeline.streaming import faust_patches
-from pipeline.streaming.topics import kafka_producer
+from pipeline.streaming.topics import egress
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +312,7 @@ def _current_event(table: Any) -> Any:
 
 async def _send(table: Any, partition: int, key: bytes, raw: bytes | None) -> None:
     topic = table.changelog_topic.get_topic_name()
-    delivery = await kafka_producer().send(topic, raw, key=key, partition=partition)
+    delivery = await egress.submit(topic, raw, key=key, partition=partition)
     faust_patches.expect_delivery(delivery, topic)
     delivery.add_done_callback(partial(_on_changelog_sent, table))
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiokafka.errors import InvalidTimestampError, KafkaTimeoutError
 
+from pipeline.adapters.kafka.egress import Egress, event_headers
 from pipeline.domain.events import encode
 from pipeline.streaming import consume
 from tests.conftest import order_created
@@ -93,7 +94,7 @@ async def test_send_reliably_sends_the_exact_timestamp_it_is_given(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     producer = Producer(fail=1)
-    monkeypatch.setattr(consume, "kafka_producer", lambda: producer)
+    monkeypatch.setattr(consume.egress, "_get", lambda: producer)
     ms = (int(time.time()) - 3600) * 1000 + 123
     await consume.send_reliably("t.retry.1", b"k", b"v", [("x-a", b"1")], partition=2,
                                 timestamp_ms=ms)  # fmt: skip
@@ -111,7 +112,7 @@ async def test_a_time_the_broker_refuses_as_too_old_is_replaced_by_the_current_o
     would be retried for ever, and the agent or holder sending it would stall."""
     now_ms = int(time.time() * 1000)
     producer = Producer(oldest_ms=now_ms - 60_000)
-    monkeypatch.setattr(consume, "kafka_producer", lambda: producer)
+    monkeypatch.setattr(consume.egress, "_get", lambda: producer)
     await consume.send_reliably("t.redeliver.revenue", b"k", b"v", [],
                                 timestamp_ms=now_ms - 3_600_000)  # fmt: skip
     [sent] = producer.sent
@@ -124,7 +125,7 @@ async def test_a_time_retention_would_delete_at_once_is_replaced_by_the_current_
     """Kafka deletes a segment whose newest record is past retention.ms: an original time that
     old would lose the replay before its agent read it."""
     producer = Producer()
-    monkeypatch.setattr(consume, "kafka_producer", lambda: producer)
+    monkeypatch.setattr(consume.egress, "_get", lambda: producer)
     now_ms = int(time.time() * 1000)
     hour = 3_600_000
     retention = consume.settings.topic_retention_hours * hour
@@ -132,3 +133,26 @@ async def test_a_time_retention_would_delete_at_once_is_replaced_by_the_current_
         await consume.send_reliably("t.redeliver.revenue", b"k", b"v", [], timestamp_ms=sent_at)
     assert [s["timestamp_ms"] for s in producer.sent] == [
         now_ms - hour, now_ms - retention // 2, None]  # fmt: skip
+
+
+async def test_an_operator_replay_gives_up_after_its_attempts_a_worker_never(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The CLI's replay (``attempts=5``) reports a broker that keeps refusing; the worker's
+    retries and dead letters keep trying (the record they set aside is acknowledged)."""
+    monkeypatch.setattr(asyncio, "sleep", _no_sleep)
+    producer = Producer(fail=5)
+    with pytest.raises(KafkaTimeoutError):
+        await Egress(producer).deliver_reliably("t.x", b"v", key=b"k", attempts=5)
+    producer = Producer(fail=20)
+    await Egress(producer).deliver_reliably("t.x", b"v", key=b"k")
+    assert len(producer.sent) == 1
+
+
+async def _no_sleep(_seconds: float) -> None:
+    return None
+
+
+def test_every_event_record_carries_the_same_headers() -> None:
+    assert dict(event_headers("e-1", "OrderCreated")) == {
+        "event_id": b"e-1", "event_type": b"OrderCreated", "schema_version": b"1"}  # fmt: skip
