@@ -12,8 +12,9 @@ def main() -> int:
     if argv and argv[0] in OUR_COMMANDS:
         return run(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        # Ours and the worker; Faust's other commands stay reachable by name (send, tables...).
-        build_parser().print_help()
+        # Ours and Faust's, in one list; Faust's run below.
+        prog = "orders-pipeline" if sys.argv[0].endswith("orders-pipeline") else None
+        build_parser(prog or "python -m pipeline").print_help()
         return 0 if argv else 2
 
     from pipeline.settings import SettingsError, load_settings

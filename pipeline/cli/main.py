@@ -125,8 +125,24 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipeline")
+def faust_commands() -> dict[str, str]:
+    """Faust's own commands (``worker``, ``agents``, ``tables``, ``reset``, ``send``...) with
+    their one-line help: listed with ours, run by Faust's command line."""
+    from faust.cli.faust import cli
+
+    return {
+        name: (command.help or "").strip().splitlines()[0].rstrip(".") if command.help else ""
+        for name, command in sorted(cli.commands.items())
+    }
+
+
+def build_parser(prog: str = "python -m pipeline") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="The order pipeline's commands, and Faust's (run by Faust: see "
+        "`<command> --help`). Exit status: 0 done, 1 a check found a problem, 2 a usage error "
+        "or a service that does not answer, with what to do.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     migrate = sub.add_parser("migrate", help="create or upgrade the database schema")
     migrate.add_argument("--revision", default="head", help="target revision (default: head)")
@@ -155,9 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.cli import forwarder
 
     forwarder.add_parser(sub)
-    sub.add_parser("worker", help="run a worker: Faust's worker command (worker --help)",
-                   add_help=False)  # fmt: skip
     sub.add_parser("demo", help="run the whole pipeline locally (see --help)", add_help=False)
+    for name, summary in faust_commands().items():
+        if name == "worker":
+            summary = "run a worker (Faust's worker: worker --help)"
+        sub.add_parser(name, help=f"Faust: {summary.lower()}" if name != "worker" else summary,
+                       add_help=False)  # fmt: skip
     return parser
 
 

@@ -51,3 +51,14 @@ def test_help_lists_every_operator_command(capsys: pytest.CaptureFixture[str]) -
     for command in ("migrate", "kafka", "dlt", "reconcile", "load", "stock", "outbox", "topics",
                     "forwarder", "worker", "demo"):  # fmt: skip
         assert f"    {command} " in shown, command
+
+
+def test_one_help_lists_our_commands_and_fausts(capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.cli.main import OUR_COMMANDS, build_parser
+
+    build_parser("orders-pipeline").print_help()
+    shown = capsys.readouterr().out
+    assert shown.startswith("usage: orders-pipeline")
+    for name in (*OUR_COMMANDS, "worker", "agents", "tables", "reset", "send"):
+        assert f"\n    {name} " in shown, name
+    assert "Exit status: 0 done, 1" in " ".join(shown.split())
