@@ -12,6 +12,7 @@ import faust
 from pipeline.adapters.kafka.security import faust_credentials
 from pipeline.settings import Settings, load_settings
 from pipeline.streaming import faust_patches, fencing
+from pipeline.streaming.versioned_store import store_url
 
 faust_patches.install()
 fencing.install()
@@ -45,7 +46,7 @@ def create_app(settings: Settings) -> faust.App:
         origin="pipeline.app",
         broker=broker_urls(settings.kafka_bootstrap_servers),
         # Faust's default store is memory://; ours is RocksDB unless a test says otherwise.
-        store=settings.store,
+        store=store_url(settings.store),
         datadir=str(settings.state_dir),
         autodiscover=[
             *(f"agents.{name}" for name in settings.agents),

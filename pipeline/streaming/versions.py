@@ -1,21 +1,22 @@
 """Per-key versions in table values, so a frozen worker's late changelog records lose.
 
-A worker frozen past its session timeout (a zombie) loses its partitions; the new owner reads
-the changelog, handles again the events the zombie had not committed, and writes on. But the
-zombie's changelog records were still in its producer's buffer: when it resumes they are sent,
-*after* the new owner's records for the same keys. Kafka cannot refuse them (no transactions,
-see the README), so the changelog's last record for such a key is the zombie's stale value, and
-whoever reads the changelog — a standby, the next owner, a worker rebuilt from scratch — would
-apply it last: a customer's stats would go back.
+A worker frozen past its session timeout (a zombie) loses its partitions; the new owner reads the
+changelog, handles again the events the zombie had not committed, and writes on. But the zombie's
+changelog records were still in its producer's buffer: when it resumes they are sent, *after* the
+new owner's records for the same keys. Kafka cannot refuse them (no transactions, see
+docs/guarantees.md), so the changelog's last record for such a key is the zombie's stale value, and
+whoever reads the changelog — a standby, the next owner, a worker rebuilt from scratch — would apply
+it last: a customer's stats would go back.
 
 So every value of our tables carries a version (``"v"``, first in its JSON): one more than the
 version of the value it replaces, which is what its writer read. The new owner starts from what
 it recovered and counts on from there, so by the time the zombie's record arrives, the key's
-value has a version at least as high. :func:`apply_changelog_batch` (installed into Faust's
-RocksDB store) applies a changelog record only when its version is above the one stored (or
-already applied in the same batch): whatever order the records arrive in, the store keeps the
-newest value. Equal versions keep the first: the same update, or the zombie's. Deletions and
-values without a version are applied as before.
+value has a version at least as high. The tables' store
+(:class:`pipeline.streaming.versioned_store.VersionedRocksDBStore`) applies a changelog record
+only when its version is above the one stored (or already applied in the same batch): whatever
+order the records arrive in, the store keeps the newest value. Equal versions keep the first:
+the same update, or the zombie's. Deletions and values without a version are applied as
+before.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from dataclasses import dataclass, is_dataclass, replace
 from functools import partial
 from typing import Any, Protocol
 
-import faust.stores.rocksdb as faust_rocksdb
 from faust.streams import current_event
 
 from pipeline.domain import horizon
@@ -39,7 +39,6 @@ from pipeline.streaming.topics import egress
 log = logging.getLogger(__name__)
 
 VERSION = "v"
-_PREFIX = b'{"v":'
 
 
 def stored(table: Any, key: bytes) -> bytes | None:
@@ -180,14 +179,14 @@ async def delete(table: Any, key: bytes) -> None:
 async def resend(table: Any, key: bytes) -> None:
     """Send ``key``'s stored value to the changelog again, for an event already applied.
 
-    A worker killed before the broker acknowledged its changelog records keeps their RocksDB
-    writes, and the offsets of their events are not committed. Restarted on the same state,
-    it finds each redelivered event already applied and writes nothing, so the changelog would
-    lack that event's effect until the key is written again, and a standby or a worker
-    rebuilding the table would miss it for good. An agent that finds an event already applied
-    calls this: the record has the stored value's version, so a reader that has it already keeps
-    its own (:func:`apply_changelog_batch`), and one that missed it catches up. A value staged
-    since its last flush goes out with the next one anyway.
+    A worker killed before the broker acknowledged its changelog records keeps their RocksDB writes,
+    and the offsets of their events are not committed. Restarted on the same state, it finds each
+    redelivered event already applied and writes nothing, so the changelog would lack that event's
+    effect until the key is written again, and a standby or a worker rebuilding the table would miss
+    it for good. An agent that finds an event already applied calls this: the record has the stored
+    value's version, so a reader that has it already keeps its own
+    (``VersionedRocksDBStore.apply_changelog_batch``), and one that missed it catches up. A value
+    staged since its last flush goes out with the next one anyway.
     """
     event = _current_event(table)
     slot = (table.name, key)
@@ -344,59 +343,6 @@ def encode(version: int, value: dict[str, Any]) -> bytes:
     return json.dumps({VERSION: version, **value}, separators=(",", ":")).encode()
 
 
-def version_of(raw: bytes | None) -> int | None:
-    """The version at the start of a stored value, without decoding the rest of it."""
-    if not raw or not raw.startswith(_PREFIX):
-        return None
-    end = raw.find(b",", len(_PREFIX))
-    try:
-        return int(raw[len(_PREFIX) : end if end > 0 else len(raw) - 1])
-    except ValueError:
-        return None
-
-
-STOCK_APPLY = faust_rocksdb.Store.apply_changelog_batch
-
-
-def apply_changelog_batch(
-    self: Any,
-    batch: Iterable[Any],
-    to_key: Callable[[Any], Any],
-    to_value: Callable[[Any], Any],
-) -> None:
-    """Faust's ``apply_changelog_batch``, but a record older than the stored value is not
-    applied (it is still counted as read, so recovery resumes after it)."""
-    events = list(batch)
-    newest: dict[tuple[int, bytes], int | None] = {}
-    kept = []
-    for event in events:
-        msg = event.message
-        slot = (msg.partition, msg.key)
-        incoming = None if msg.value is None else version_of(msg.value)
-        if incoming is not None:
-            if slot in newest:
-                current = newest[slot]
-            else:
-                current = version_of(self._db_for_partition(msg.partition).get(msg.key))
-            if current is not None and incoming <= current:
-                log.warning(
-                    "%s: changelog %s[%d]@%d has version %d of a key already at %d (a late "
-                    "write of a worker that lost the partition): not applied",
-                    self.table.name, msg.topic, msg.partition, msg.offset, incoming, current,
-                )  # fmt: skip
-                continue
-        newest[slot] = incoming
-        kept.append(event)
-    STOCK_APPLY(self, kept, to_key, to_value)
-    read_up_to: dict[Any, int] = {}
-    for event in events:
-        tp, offset = event.message.tp, event.message.offset
-        read_up_to[tp] = max(offset, read_up_to.get(tp, offset))
-    for tp, offset in read_up_to.items():
-        self.set_persisted_offset(tp, offset)
-
-
 def install() -> None:
-    faust_rocksdb.Store.apply_changelog_batch = apply_changelog_batch  # type: ignore[method-assign]
     faust_patches.before_commit(flush)
     faust_patches.on_revoked(forget)

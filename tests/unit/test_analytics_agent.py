@@ -11,7 +11,7 @@ import pytest
 import agents.analytics as analytics
 from pipeline.app import app
 from pipeline.domain.events import CustomerStatsUpdated, encode
-from pipeline.streaming import consume, versions
+from pipeline.streaming import consume, versioned_store, versions
 from tables.customer_stats import customer_stats
 from tests.conftest import order_cancelled, order_created
 
@@ -86,7 +86,7 @@ async def test_agent_applies_each_event_once_and_republishes_duplicates(
     await versions.flush()
     async with analytics.customer_analytics.test_context() as agent:
         await agent.put(encode(created), key=b"cust-a")
-    versions_sent = [versions.version_of(raw) for _, _, raw in changelog]
+    versions_sent = [versioned_store.version_of(raw) for _, _, raw in changelog]
     assert versions_sent == [3, 3]
     assert all(name == "customer_stats" and key == b"cust-a" for name, key, _ in changelog)
     # The undecodable record went to the dead-letter topic, bytes intact, and nothing stalled.

@@ -26,7 +26,7 @@ from pipeline.domain.events import (
 )
 from pipeline.domain.notifications import Message, NotificationSent, needs_notice
 from pipeline.settings import load_settings
-from pipeline.streaming import consume, versions
+from pipeline.streaming import consume, versioned_store, versions
 from tables.notifications import kept_seconds, notifications_sent, notifications_sent_table
 
 Changelog = list[tuple[str, bytes, bytes]]
@@ -177,7 +177,7 @@ async def test_each_order_is_notified_once_however_often_its_decision_comes(
     # may never have reached the changelog before a crash: pipeline.streaming.versions.resend).
     keys = [key.decode() for name, key, _ in changelog if name == "notifications_sent"]
     assert keys == [first, first, second, first]
-    assert {versions.version_of(raw) for _, _, raw in changelog} == {1}
+    assert {versioned_store.version_of(raw) for _, _, raw in changelog} == {1}
 
 
 async def test_a_decision_redelivered_to_the_partitions_next_owner_sends_nothing(

@@ -18,7 +18,8 @@ from yarl import URL
 from pipeline.app import app
 from pipeline.domain import horizon
 from pipeline.domain.customer_stats import CustomerStats, revenue_record
-from pipeline.streaming import versions
+from pipeline.streaming import versioned_store, versions
+from pipeline.streaming.versioned_store import VersionedRocksDBStore, store_url
 from tables.customer_stats import customer_stats_table
 
 _names = itertools.count()
@@ -27,7 +28,7 @@ _names = itertools.count()
 def _new_store() -> Any:
     """A RocksDB store of the customer_stats table, new files in the unit tests' data dir."""
     url = URL.build(scheme="rocksdb", path=f"versions-{next(_names)}")
-    return faust_rocksdb.Store(url, app, table=customer_stats_table)
+    return VersionedRocksDBStore(url, app, table=customer_stats_table)
 
 
 @pytest.fixture
@@ -63,11 +64,11 @@ def _stored(store: Any, key: bytes = b"c-1") -> Any:
 
 
 def test_the_version_is_read_from_the_start_of_the_value() -> None:
-    assert versions.version_of(_stats(12, 3)) == 12
-    assert versions.version_of(b'{"v":7}') == 7
-    assert versions.version_of(b'{"customer_id":"c-1"}') is None  # written before versions
-    assert versions.version_of(b'{"v":"x",') is None
-    assert versions.version_of(None) is None
+    assert versioned_store.version_of(_stats(12, 3)) == 12
+    assert versioned_store.version_of(b'{"v":7}') == 7
+    assert versioned_store.version_of(b'{"customer_id":"c-1"}') is None  # written before versions
+    assert versioned_store.version_of(b'{"v":"x",') is None
+    assert versioned_store.version_of(None) is None
 
 
 def test_a_zombies_late_record_does_not_replace_the_new_owners_value(store: Any) -> None:
@@ -75,11 +76,11 @@ def test_a_zombies_late_record_does_not_replace_the_new_owners_value(store: Any)
     # (v2) and the next (v3); the zombie's v2 arrives last.
     changelog = [(b"c-1", _stats(1, 1)), (b"c-1", _stats(2, 2)), (b"c-1", _stats(3, 3)),
                  (b"c-1", _stats(2, 2))]  # fmt: skip
-    versions.STOCK_APPLY(store, _records(store, *changelog), None, None)
+    faust_rocksdb.Store.apply_changelog_batch(store, _records(store, *changelog), None, None)
     assert _stored(store)["order_count"] == 2  # Faust's: the last record wins, stats go back
 
     fresh = _new_store()
-    versions.apply_changelog_batch(fresh, _records(fresh, *changelog), None, None)
+    fresh.apply_changelog_batch(_records(fresh, *changelog), None, None)
     assert _stored(fresh)["order_count"] == 3
     assert fresh.persisted_offset(_tp(fresh)) == 3  # the skipped record counts as read
 
@@ -92,7 +93,7 @@ def test_a_zombies_late_revenue_window_does_not_replace_the_owners() -> None:
     from tests.conftest import T0, order_created
 
     table = revenue_table.table
-    store = faust_rocksdb.Store(
+    store = VersionedRocksDBStore(
         URL.build(scheme="rocksdb", path=f"versions-{next(_names)}"), app, table=table
     )
     h = horizon.Horizon(int(T0.timestamp()), 300, 86400)
@@ -106,7 +107,7 @@ def test_a_zombies_late_revenue_window_does_not_replace_the_owners() -> None:
     changelog = [values[30], values[94], values[30]]  # the zombie's 31 orders arrive last
     records = [SimpleNamespace(message=_message(tp, n, key, v)) for n, v in enumerate(changelog)]
     try:
-        versions.apply_changelog_batch(store, records, None, None)
+        store.apply_changelog_batch(records, None, None)
         stored = Window.from_value(json.loads(store._db_for_partition(0).get(key)))
         assert (stored.orders, stored.version) == (95, 95)
     finally:
@@ -114,17 +115,17 @@ def test_a_zombies_late_revenue_window_does_not_replace_the_owners() -> None:
 
 
 def test_records_across_batches_compare_with_the_store(store: Any) -> None:
-    versions.apply_changelog_batch(store, _records(store, (b"c-1", _stats(5, 5))), None, None)
-    versions.apply_changelog_batch(store, _records(store, (b"c-1", _stats(4, 4))), None, None)
+    store.apply_changelog_batch(_records(store, (b"c-1", _stats(5, 5))), None, None)
+    store.apply_changelog_batch(_records(store, (b"c-1", _stats(4, 4))), None, None)
     assert _stored(store)["order_count"] == 5
-    versions.apply_changelog_batch(store, _records(store, (b"c-1", _stats(6, 6))), None, None)
+    store.apply_changelog_batch(_records(store, (b"c-1", _stats(6, 6))), None, None)
     assert _stored(store)["order_count"] == 6
 
 
 def test_deletions_and_unversioned_values_apply_as_before(store: Any) -> None:
     changelog = [(b"c-1", _stats(4, 4)), (b"c-1", None), (b"c-1", _stats(1, 1)),
                  (b"c-2", b'{"customer_id":"c-2"}'), (b"c-2", _stats(1, 9))]  # fmt: skip
-    versions.apply_changelog_batch(store, _records(store, *changelog), None, None)
+    store.apply_changelog_batch(_records(store, *changelog), None, None)
     assert _stored(store)["order_count"] == 1  # recreated after its deletion
     assert _stored(store, b"c-2")["order_count"] == 9
 
@@ -136,10 +137,14 @@ def test_values_carry_their_version_and_equality_ignores_it() -> None:
     assert "v" not in read.public()
 
 
-def test_the_tables_package_installs_the_versioned_apply() -> None:
-    import tables  # noqa: F401
+def test_rocksdb_means_the_versioned_store_registered_with_faust() -> None:
+    import faust.stores
 
-    assert faust_rocksdb.Store.apply_changelog_batch is versions.apply_changelog_batch
+    assert faust.stores.by_url(store_url("rocksdb:///data")) is VersionedRocksDBStore
+    assert store_url("memory://") == "memory://"
+    assert faust_rocksdb.Store.apply_changelog_batch is not (
+        VersionedRocksDBStore.apply_changelog_batch
+    )  # Faust's own store is left as it is
 
 
 def _delivery(tp: TP, offset: int | None, error: Exception | None = None) -> Any:
@@ -288,7 +293,8 @@ async def test_values_are_staged_until_the_flush_and_read_back_as_written(
     await versions.flush()
     [record] = kafka.sent
     assert (
-        json.loads(record.value)["available"] == 10 - 49 and versions.version_of(record.value) == 50
+        json.loads(record.value)["available"] == 10 - 49
+        and versioned_store.version_of(record.value) == 50
     )
     with handling(offset=2, tp=TP("inventory.commands", 0)):
         assert stock_table.data.get(b"sku-w") == record.value
