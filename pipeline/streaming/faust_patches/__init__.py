@@ -27,7 +27,8 @@ found and what the fix does (``docs/faust-patches.md`` lists them all). Each pin
 
 :mod:`.hooks` is no fix: it runs the flush of the staged table values before each offset commit
 and the forgetting of revoked partitions after a revocation (:func:`before_commit`,
-:func:`on_revoked`).
+:func:`on_revoked`). :mod:`.guard` refuses to install the patches over other versions of
+faust-streaming and aiokafka than the ones they were tested on.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from pipeline.streaming.faust_patches import (
     failed_sends,
     flow,
     gaps,
+    guard,
     handover,
     hooks,
     livelock,
@@ -73,7 +75,9 @@ __all__ = [
 
 
 def install() -> None:
-    """Install the fixes into Faust's classes (idempotent)."""
+    """Install the fixes into Faust's classes (idempotent), once the installed faust-streaming
+    and aiokafka are the versions they were tested on (:mod:`.guard`)."""
+    guard.require_tested_versions()
     flow.install()
     producer_buffer.install()
     offsets.install()
