@@ -33,7 +33,7 @@ ORDERS = 24  # decided while A owns the partitions, mailed by A, handed to B aga
 # the records counted as read and nothing later was acknowledged, so the partition stalled until the
 # next rebalance. The seek is slow for a group that never committed (every partition goes back to
 # its beginning), which made the stall certain: WARM_UP = 0 (no commit before the takeover) keeps
-# that case under test (fixed in pipeline.streaming.faust_patches._resume).
+# that case under test (fixed in pipeline.streaming.faust_patches.flow).
 WARM_UP = 0
 # Failover within seconds; worker A's second run commits no offset before it is killed (its
 # interval is a minute, the longest the settings allow), so B is handed every decision again.

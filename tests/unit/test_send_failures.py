@@ -24,6 +24,7 @@ from faust.types import TP
 
 from pipeline.app import app
 from pipeline.streaming import faust_patches, versions
+from pipeline.streaming.faust_patches import failed_sends
 from pipeline.streaming.topics import analytics_events_topic, publish
 from tables.customer_stats import customer_stats_table
 from tests.conftest import order_created
@@ -73,8 +74,8 @@ async def kafka(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[KafkaClient]:
     """The app's Kafka client replaced by :class:`KafkaClient`, and the delivery bookkeeping
     fresh for the test. (Async: the app's producer is built inside the test's loop, not
     outside it, where mode would set a loop of its own for later tests to trip on.)"""
-    monkeypatch.setattr(faust_patches, "_unsettled", {}, raising=False)
-    monkeypatch.setattr(faust_patches, "_failures", [], raising=False)
+    monkeypatch.setattr(failed_sends, "_unsettled", {})
+    monkeypatch.setattr(failed_sends, "_failures", [])
     client = KafkaClient()
     producer: Any = app.producer
     monkeypatch.setattr(producer, "_producer", client)
