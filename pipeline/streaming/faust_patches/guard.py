@@ -18,7 +18,9 @@ from importlib import metadata
 
 log = logging.getLogger(__name__)
 
-TESTED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
+# mode-streaming too: the hand-over and flow patches replace its internals (Service.wait_first,
+# FlowControlEvent).
+TESTED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0", "mode-streaming": "0.7.1"}
 
 UNTESTED_ALLOWED = "PIPELINE_UNTESTED_FAUST"
 
