@@ -24,18 +24,14 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
+from pipeline.adapters.db.leadership import leadership_for
 from pipeline.adapters.db.outbox import NOTIFY_CHANNEL, OutboxStore
 from pipeline.adapters.db.schema import make_bookkeeping_engine
+from pipeline.adapters.kafka.producer import make_producer
 from pipeline.domain.events import OrderCreated, OrderLine, encode, utc_now
+from pipeline.domain.outbox import PendingRow
 from pipeline.metrics import Metrics
-from pipeline.services.outbox import (
-    BatchResult,
-    OutboxForwarder,
-    OutboxPublisher,
-    PendingRow,
-    leadership_for,
-    make_producer,
-)
+from pipeline.services.outbox import BatchResult, OutboxForwarder, OutboxPublisher
 
 INSERT_ORDER = """INSERT INTO orders (order_id, customer_id, customer_email, status, total,
     created_at, updated_at) VALUES ($1, $2, $3, 'created', $4, $5, $5)"""

@@ -21,6 +21,7 @@ from pipeline.adapters.db.orders import OrderStore
 from pipeline.adapters.db.outbox import OutboxStore
 from pipeline.adapters.db.reconcile import ReconcileStore
 from pipeline.adapters.db.schema import make_bookkeeping_engine, make_engine
+from pipeline.adapters.kafka.producer import producer_for
 from pipeline.adapters.kafka.scan import scan_event_ids
 from pipeline.adapters.kafka.security import client_options
 from pipeline.app import app, settings
@@ -30,7 +31,7 @@ from pipeline.domain.reconcile import Report
 from pipeline.metrics import Metrics
 from pipeline.services.dead_letters import DeadLetters
 from pipeline.services.orders import OrderService
-from pipeline.services.outbox import OutboxForwarder, forwarder_for, producer_for
+from pipeline.services.outbox import OutboxForwarder, forwarder_for
 from pipeline.services.reconcile import reconcile
 from pipeline.settings import Settings
 from pipeline.streaming import consume

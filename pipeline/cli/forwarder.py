@@ -29,9 +29,10 @@ from pipeline import logs
 from pipeline.adapters.db.orders import OrderStore
 from pipeline.adapters.db.outbox import OutboxStore
 from pipeline.adapters.db.schema import make_bookkeeping_engine, make_engine
+from pipeline.adapters.kafka.producer import producer_for
 from pipeline.domain.events import utc_now
 from pipeline.metrics import Metrics
-from pipeline.services.outbox import OutboxForwarder, forwarder_for, producer_for
+from pipeline.services.outbox import OutboxForwarder, forwarder_for
 from pipeline.settings import Settings, web_bind_refusal
 
 log = logging.getLogger(__name__)

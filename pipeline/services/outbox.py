@@ -22,15 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
@@ -40,18 +37,19 @@ from aiokafka.errors import (
     RecordListTooLargeError,
     TopicAuthorizationFailedError,
 )
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from pipeline.adapters.db.outbox import NOTIFY_CHANNEL, OutboxStore, PendingRow
+from pipeline.adapters.db.leadership import leadership_for
+from pipeline.adapters.db.outbox import OutboxStore, PendingRow
 from pipeline.adapters.kafka.egress import Egress, event_headers
-from pipeline.adapters.kafka.security import client_options
 from pipeline.domain.events import utc_now
 from pipeline.domain.failures import Unavailable
 from pipeline.metrics import Metrics
+from pipeline.services.ports import Leadership
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
+
 
 # Errors that no retry will cure: the row is parked instead of blocking the others.
 PERMANENT_ERRORS = (
@@ -60,98 +58,6 @@ PERMANENT_ERRORS = (
     InvalidTopicError,
     TopicAuthorizationFailedError,
 )
-ADVISORY_LOCK_KEY = 0x6F7574626F78  # "outbox"
-
-
-class Leadership(Protocol):
-    """A lock only one forwarder holds; it is released when its holder dies."""
-
-    async def acquire(self, stop: asyncio.Event) -> bool: ...
-    def held(self) -> bool: ...
-    async def release(self) -> None: ...
-
-
-class FileLeadership:
-    """SQLite: an exclusive ``flock`` on a file beside the database (one machine)."""
-
-    def __init__(self, path: Path, poll_interval: float) -> None:
-        self.path = path
-        self.poll_interval = poll_interval
-        self._fd: int | None = None
-
-    async def acquire(self, stop: asyncio.Event) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        while not stop.is_set():
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), max(self.poll_interval, 0.5))
-                continue
-            self._fd = fd
-            return True
-        os.close(fd)
-        return False
-
-    def held(self) -> bool:
-        return self._fd is not None
-
-    async def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the lock
-            self._fd = None
-
-
-class PostgresLeadership:
-    """PostgreSQL: a session advisory lock on a dedicated connection, which also LISTENs for
-    the NOTIFY each order transaction sends on commit."""
-
-    def __init__(self, dsn: str, poll_interval: float, on_notify: Callable[[], None]) -> None:
-        self.dsn = dsn
-        self.poll_interval = poll_interval
-        self.on_notify = on_notify
-        self._conn: Any = None
-
-    async def acquire(self, stop: asyncio.Event) -> bool:
-        import asyncpg
-
-        while not stop.is_set():
-            conn = await asyncpg.connect(self.dsn, timeout=10)
-            try:
-                while not stop.is_set():
-                    if await conn.fetchval("SELECT pg_try_advisory_lock($1)", ADVISORY_LOCK_KEY):
-                        await conn.add_listener(NOTIFY_CHANNEL, self._notified)
-                        self._conn = conn
-                        return True
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), max(self.poll_interval, 0.5))
-            except BaseException:
-                await conn.close()
-                raise
-            await conn.close()
-        return False
-
-    def _notified(self, *_args: Any) -> None:
-        self.on_notify()
-
-    def held(self) -> bool:
-        return self._conn is not None and not self._conn.is_closed()
-
-    async def release(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            with contextlib.suppress(Exception):
-                await conn.close(timeout=5)
-
-
-def leadership_for(database_url: str, poll_interval: float, wake: Callable[[], None]) -> Leadership:
-    url = make_url(database_url)
-    if url.get_backend_name() == "postgresql":
-        dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-        return PostgresLeadership(dsn, poll_interval, wake)
-    database = url.database or "pipeline.db"
-    return FileLeadership(Path(database + ".forwarder.lock"), poll_interval)
 
 
 @dataclass
@@ -159,24 +65,6 @@ class BatchResult:
     published: list[PendingRow] = field(default_factory=list)
     parked: list[tuple[PendingRow, str]] = field(default_factory=list)
     failed: KafkaError | None = None  # a transient error: the rest of the batch waits
-
-
-def make_producer(
-    bootstrap_servers: str, max_message_bytes: int, **security: Any
-) -> AIOKafkaProducer:
-    # aiokafka defaults to acks=1 without idempotence: a leader failover could lose an acked
-    # event, and a retried send could duplicate or reorder one. Ours must do neither.
-    return AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers,
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=0,
-        max_batch_size=256 * 1024,
-        max_request_size=max_message_bytes,
-        request_timeout_ms=30_000,
-        client_id="orders-pipeline-outbox",
-        **security,
-    )
 
 
 class OutboxPublisher:
@@ -340,14 +228,6 @@ class OutboxForwarder:
     def stop(self) -> None:
         self.stopping.set()
         self.wakeup.set()
-
-
-def producer_for(settings: Settings) -> AIOKafkaProducer:
-    """The forwarder's producer for these settings (security included); not started."""
-    return make_producer(
-        settings.kafka_bootstrap_servers, settings.outbox_max_message_bytes,
-        **client_options(settings),
-    )  # fmt: skip
 
 
 def forwarder_for(

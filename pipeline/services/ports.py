@@ -6,6 +6,7 @@ same behaviour on memory, SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
@@ -60,3 +61,11 @@ class OutboxRepository(Protocol):
     async def parked(self, limit: int = 100) -> list[dict[str, Any]]: ...
 
     async def purge_published(self, older_than: datetime, chunk: int = 5000) -> int: ...
+
+
+class Leadership(Protocol):
+    """A lock only one forwarder holds; it is released when its holder dies."""
+
+    async def acquire(self, stop: asyncio.Event) -> bool: ...
+    def held(self) -> bool: ...
+    async def release(self) -> None: ...

@@ -20,9 +20,11 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from pipeline.adapters.db.leadership import leadership_for
 from pipeline.adapters.db.orders import OrderStore
 from pipeline.adapters.db.outbox import OutboxStore, add_event
 from pipeline.adapters.db.schema import make_engine, migrate, order_items, orders, outbox
+from pipeline.adapters.kafka.producer import make_producer
 from pipeline.domain.events import OrderCreated, OrderLine, decode_order_event, utc_now
 from pipeline.metrics import Metrics
 from pipeline.services.orders import (
@@ -34,12 +36,7 @@ from pipeline.services.orders import (
     OrderService,
     Replayed,
 )
-from pipeline.services.outbox import (
-    OutboxForwarder,
-    OutboxPublisher,
-    leadership_for,
-    make_producer,
-)
+from pipeline.services.outbox import OutboxForwarder, OutboxPublisher
 from tests.integration.workers import consume, create_topics
 
 

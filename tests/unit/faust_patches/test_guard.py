@@ -66,7 +66,9 @@ def test_install_refuses_before_patching_anything(monkeypatch: pytest.MonkeyPatc
 
 def test_a_missing_package_is_refused_too(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(guard.metadata, "version", _not_installed)
-    with pytest.raises(RuntimeError, match="installed no faust-streaming, no aiokafka, no mode-streaming, but"):
+    with pytest.raises(
+        RuntimeError, match="installed no faust-streaming, no aiokafka, no mode-streaming, but"
+    ):
         guard.require_tested_versions(environ={})
 
 
