@@ -71,7 +71,7 @@ postgres-down: install
 	$(BIN)/python -m pipeline postgres down --port $(TEST_POSTGRES_PORT)
 
 unit: install
-	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+	$(BIN)/pytest tests/domain tests/unit $(PYTEST_ARGS)
 
 # Debian's Chromium for the dashboard test, installed when missing (as root). When it cannot
 # be, the suite still runs and that test fails saying so.
