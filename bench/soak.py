@@ -122,13 +122,13 @@ WORKER_ENV = {
     "PIPELINE_REVENUE_WINDOW_SECONDS": str(WINDOW_S),
     "PIPELINE_REVENUE_WINDOW_EXPIRES_SECONDS": "14400",
 }
-# The stated bound of one value per table (README, "Dedupe horizon and bounded state"). Stock and
-# stats grow with what their key sees within the dedupe horizon (and, for stock, the lines in
-# flight): what is stated for any rate is that a value over pipeline.domain.horizon.MAX_VALUE_BYTES
-# is refused. An order's progress: ~200 bytes + ~30 per line, at most PIPELINE_MAX_ORDER_ITEMS (100)
-# lines; a revenue window grows with the records it receives within the horizon, and the same
-# refusal over pipeline.domain.horizon.MAX_VALUE_BYTES applies; a notification marker: 78 bytes,
-# written once.
+# The stated bound of one value per table (docs/guarantees.md, "Dedupe horizon and bounded state").
+# Stock and stats grow with what their key sees within the dedupe horizon (and, for stock, the lines
+# in flight): what is stated for any rate is that a value over
+# pipeline.domain.horizon.MAX_VALUE_BYTES is refused. An order's progress: ~200 bytes + ~30 per
+# line, at most PIPELINE_MAX_ORDER_ITEMS (100) lines; a revenue window grows with the records it
+# receives within the horizon, and the same refusal over pipeline.domain.horizon.MAX_VALUE_BYTES
+# applies; a notification marker: 78 bytes, written once.
 BOUNDS = {
     "customer_stats": 900_000,
     "notifications_sent": 78,

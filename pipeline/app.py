@@ -23,7 +23,7 @@ def broker_urls(bootstrap_servers: str) -> list[str]:
 
 
 # Faust's RocksDB defaults are per partition database: a 2 GiB block cache and 3 write buffers
-# of 64 MiB, so a worker holding 4 tables x 4 partitions could grow to tens of GiB. These bound
+# of 64 MiB, so a worker holding 5 tables x 4 partitions could grow to tens of GiB. These bound
 # each database to a 16 MiB block cache and 2 x 16 MiB write buffers (48 MiB at most).
 ROCKSDB_OPTIONS = {
     "block_cache_size": 16 * 1024 * 1024,

@@ -17,7 +17,6 @@ README_MAX_LINES = 260
 # once they exist.
 PENDING = {
     ROOT / "docs" / "configuration.md",  # created on another branch
-    ROOT / "docs" / "faust-patches.md",  # created on another branch
 }
 
 # [text](target) and ![alt](target), with an optional "title"; code spans and blocks are
