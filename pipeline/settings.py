@@ -3,9 +3,10 @@
 Every setting is declared once, as a field of :class:`Settings`: its variable, its reader (which
 says what the variable must hold, bounds included), its default or how that is derived from the
 other settings, and a one-line doc. :func:`load_settings` reads them all and reports every bad
-variable at once. Every value has a local default so that a fresh clone runs with nothing
-set. Names follow the ecosystem where one exists (``KAFKA_BOOTSTRAP_SERVERS``,
-``DATABASE_URL``); everything else is prefixed ``PIPELINE_``.
+variable at once; :func:`configuration_doc` renders ``docs/configuration.md`` from them. Every
+value has a local default so that a fresh clone runs with nothing set. Names follow the
+ecosystem where one exists (``KAFKA_BOOTSTRAP_SERVERS``, ``DATABASE_URL``); everything else is
+prefixed ``PIPELINE_``.
 
 The module runs past 300 lines only for the declaration itself (some fifty settings, each with
 its doc, about 150 lines); the readers of one variable are in :mod:`pipeline.environment`.
@@ -82,7 +83,8 @@ def in_data_dir(name: str) -> Derived:
 # kw_only: each field sits where it reads best in the table, defaulted or derived.
 @dataclass(frozen=True, repr=False, kw_only=True)
 class Settings:
-    # Each field: setting(variable, reader, default, doc).
+    # Each field: setting(variable, reader, default, doc). The table in docs/configuration.md
+    # lists them in this order.
     # fmt: off
     kafka_bootstrap_servers: str = setting("KAFKA_BOOTSTRAP_SERVERS", read.text,
         Derived(lambda v: f"127.0.0.1:{v['kafka_port']}", "*(unset: the local broker)*"),
@@ -333,6 +335,57 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     return Settings(**values)
 
 
+# -- the reference -------------------------------------------------------------------------------
+
+REGENERATE = "python -m pipeline.settings > docs/configuration.md"
+
+
+def _spelled(value: Any) -> str:
+    """A default as the environment would spell it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return ",".join(_spelled(item) for item in value)
+    if isinstance(value, Secret):
+        return value.get()
+    if isinstance(value, Path):
+        return f"./{value.relative_to(PROJECT_ROOT)}"
+    return str(value)
+
+
+def configuration_table() -> str:
+    """The markdown table of every variable: its default and what it means."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for _, spec in declared():
+        if spec.env is None:
+            continue
+        if isinstance(spec.default, Derived):
+            default = spec.default.shown
+        else:
+            default = f"`{_spelled(spec.default)}`" if _spelled(spec.default) else "*(unset)*"
+        rows.append(f"| `{spec.env}` | {f'{default} {spec.note}'.strip()} | {spec.doc} |")
+    return "\n".join(rows) + "\n"
+
+
+def configuration_doc() -> str:
+    """All of ``docs/configuration.md``: regenerate that file with :data:`REGENERATE`."""
+    return f"""# Configuration
+
+<!-- Generated from the declaration in pipeline/settings.py: edit it there, then run
+     {REGENERATE} -->
+
+Every setting comes from the environment and has a local default, so a fresh clone runs with
+nothing set. The settings are read once, when a worker or a command starts; a bad value stops
+it with one message naming every variable to fix and what each expects.
+
+{configuration_table()}
+Test-only: `TEST_KAFKA_BOOTSTRAP_SERVERS` (use your broker instead of starting one),
+`TEST_DATABASE_URL` (your PostgreSQL), `TEST_POSTGRES_PORT` (the private cluster's port, 55432).
+"""
+
+
 # -- the web server's address --------------------------------------------------------------------
 
 
@@ -372,3 +425,7 @@ def redact_url(url: str) -> str:
     """``url`` with its password (in the user part or the query) replaced by ``***``."""
     url = _URL_PASSWORD.sub(r"\g<head>***@", url, count=1)
     return _QUERY_PASSWORD.sub(r"\g<head>***", url)
+
+
+if __name__ == "__main__":
+    print(configuration_doc(), end="")
