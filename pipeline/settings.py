@@ -250,6 +250,23 @@ class Settings:
     def web_is_loopback(self) -> bool:
         return is_loopback(self.web_host)
 
+    def local_url(self, port: int | None = None) -> str:
+        """The URL a client on this machine uses to reach this worker's web server: on ``port``
+        when given (the port Faust really serves on, after ``--web-port``), else ``web_port``.
+
+        A wildcard bind (``0.0.0.0``, ``::`` or empty) is reached on its family's loopback
+        address; an IPv6 literal goes in brackets."""
+        host = self.web_host
+        try:
+            address = ipaddress.ip_address(host) if host else ipaddress.IPv4Address(0)
+        except ValueError:
+            address = None  # a host name
+        if address is not None and address.is_unspecified:
+            host = "127.0.0.1" if address.version == 4 else "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.web_port if port is None else port}"
+
     def topic_name(self, base: str) -> str:
         """Full name of a topic: tests give each run a prefix so runs never share topics."""
         return f"{self.topic_prefix}{base}"

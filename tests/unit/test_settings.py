@@ -196,3 +196,26 @@ def test_the_declared_default_is_the_value_when_nothing_is_set() -> None:
     for f, spec in declared():
         if not isinstance(spec.default, Derived):
             assert getattr(loaded, f.name) == spec.default == f.default, f.name
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("127.0.0.1", "http://127.0.0.1:6066"),
+        ("10.1.2.3", "http://10.1.2.3:6066"),
+        ("::1", "http://[::1]:6066"),
+        ("fd00::5", "http://[fd00::5]:6066"),
+        ("0.0.0.0", "http://127.0.0.1:6066"),  # a wildcard bind is reached on loopback
+        ("::", "http://[::1]:6066"),
+        ("localhost", "http://localhost:6066"),
+        ("worker-1.internal", "http://worker-1.internal:6066"),
+    ],
+)
+def test_local_url_is_how_this_machine_reaches_the_worker(host: str, url: str) -> None:
+    assert load_settings({"PIPELINE_WEB_HOST": host}).local_url() == url
+
+
+def test_local_url_takes_the_port_the_worker_really_serves_on() -> None:
+    s = load_settings({"PIPELINE_WEB_HOST": "::", "PIPELINE_WEB_PORT": "7000"})
+    assert s.local_url() == "http://[::1]:7000"
+    assert s.local_url(7003) == "http://[::1]:7003"
