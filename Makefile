@@ -18,7 +18,7 @@ export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 PYTEST_ARGS ?=
 
 .PHONY: help install lint format test unit integration demo bench kafka-jars kafka-up kafka-down \
-	postgres-up postgres-down chromium clean soak nemesis
+	postgres-up postgres-down chromium clean soak nemesis configuration-doc
 
 help:
 	@echo "make demo         run the pipeline locally (Kafka, SQLite, two workers); Ctrl-C stops it"
@@ -31,6 +31,7 @@ help:
 	@echo "make soak         200,000 orders with faults, then judged (SOAK_ORDERS=20000: short run)"
 	@echo "make kafka-up     start the local broker (prints its bootstrap address)"
 	@echo "make kafka-down   stop it"
+	@echo "make configuration-doc  regenerate docs/configuration.md from pipeline/settings.py"
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -n "$(PYTHON)" || { echo "error: Python 3.11 or newer is needed (python3.11 on PATH)"; exit 1; }
@@ -54,6 +55,11 @@ lint: install
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# The configuration reference is rendered from the settings' declaration; a unit test fails
+# when the file is out of date.
+configuration-doc: install
+	$(BIN)/python -m pipeline.settings > docs/configuration.md
 
 kafka-jars: install
 	$(BIN)/python -m pipeline kafka jars

@@ -118,9 +118,7 @@ class Runtime(Service):
         """The database against this pipeline's tables (read through the routed views of this
         worker, so every key is answered by its owner), the outbox and Kafka."""
         s = self.settings
-        port = app.conf.web_port
-        host = "127.0.0.1" if s.web_host in ("0.0.0.0", "::") else s.web_host  # noqa: S104
-        base = f"http://{host}:{port}"
+        base = s.local_url(app.conf.web_port)  # the port Faust serves on (--web-port)
         limit = asyncio.Semaphore(16)
         timeout = aiohttp.ClientTimeout(total=30)
         token = s.api_token.get()

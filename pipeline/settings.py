@@ -1,8 +1,15 @@
 """One settings object, read once at start-up from the environment.
 
-Every value has a local default so that a fresh clone runs with nothing set. Names follow the
+Every setting is declared once, as a field of :class:`Settings`: its variable, its reader (which
+says what the variable must hold, bounds included), its default or how that is derived from the
+other settings, and a one-line doc. :func:`load_settings` reads them all and reports every bad
+variable at once; :func:`configuration_doc` renders ``docs/configuration.md`` from them. Every
+value has a local default so that a fresh clone runs with nothing set. Names follow the
 ecosystem where one exists (``KAFKA_BOOTSTRAP_SERVERS``, ``DATABASE_URL``); everything else is
-prefixed ``PIPELINE_``. The README's configuration table lists each of them.
+prefixed ``PIPELINE_``.
+
+The module runs past 300 lines only for the declaration itself (some fifty settings, each with
+its doc, about 150 lines); the readers of one variable are in :mod:`pipeline.environment`.
 """
 
 from __future__ import annotations
@@ -10,113 +17,227 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from decimal import Decimal, InvalidOperation
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import Field, dataclass, field, fields
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+from pipeline import environment as read
+from pipeline.environment import ALL_AGENTS as ALL_AGENTS
+from pipeline.environment import MECHANISMS as MECHANISMS
+from pipeline.environment import PROTOCOLS as PROTOCOLS
+from pipeline.environment import Secret as Secret
+from pipeline.environment import SettingsError as SettingsError
+from pipeline.environment import normalize_database_url as normalize_database_url
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULT_KAFKA_VERSION = "4.4.0"
-ALL_AGENTS = ("analytics", "inventory", "order_status", "notifications", "revenue")
 
 
-class SettingsError(ValueError):
-    """A setting has a value the pipeline cannot use; the message names the variable."""
+class Resolved(dict[str, Any]):
+    """The settings read so far, by field name, and which of them the environment gave."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.given: set[str] = set()
 
 
-class Secret:
-    """A string that never shows itself in reprs, logs or tracebacks."""
+@dataclass(frozen=True)
+class Derived:
+    """A default computed from other settings, and how the table shows it."""
 
-    __slots__ = ("_value",)
+    derive: Callable[[Resolved], Any]
+    shown: str
 
-    def __init__(self, value: str) -> None:
-        self._value = value
 
-    def get(self) -> str:
-        return self._value
+@dataclass(frozen=True)
+class Setting:
+    """How one field of :class:`Settings` comes from the environment (its ``metadata``)."""
 
-    def __bool__(self) -> bool:
-        return bool(self._value)
+    env: str | None
+    reader: read.Reader | None  # None: derived only
+    default: Any  # a value, or Derived
+    doc: str
+    note: str = ""  # said after the default in the table
+    blank_is_unset: bool = True  # else a set but empty variable is read, not defaulted
 
-    def __repr__(self) -> str:
-        return "Secret('**********')" if self._value else "Secret('')"
 
-    __str__ = __repr__
+def setting(
+    env: str | None, reader: read.Reader | None, default: Any, doc: str, *, note: str = "",
+    blank_is_unset: bool = True,
+) -> Any:  # fmt: skip
+    """A :class:`Settings` field read from the variable ``env``; see :class:`Setting`."""
+    spec = Setting(env, reader, default, doc, note, blank_is_unset)
+    if isinstance(default, Derived):
+        return field(metadata={"setting": spec})
+    return field(default=default, metadata={"setting": spec})
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
 
-    def __hash__(self) -> int:
-        return hash(self._value)
+def in_data_dir(name: str) -> Derived:
+    return Derived(lambda v: (v["data_dir"] / name).resolve(), f"`$PIPELINE_DATA_DIR/{name}`")
 
 
 # repr=False: the generated repr would print DATABASE_URL's password (see __repr__).
-@dataclass(frozen=True, repr=False)
+# kw_only: each field sits where it reads best in the table, defaulted or derived.
+@dataclass(frozen=True, repr=False, kw_only=True)
 class Settings:
-    kafka_bootstrap_servers: str
-    kafka_external: bool
-    kafka_version: str
-    kafka_port: int
-    kafka_controller_port: int
-    kafka_data_dir: Path
-    kafka_heap: str
-    database_url: str
-    data_dir: Path
-    state_dir: Path
-    cache_dir: Path
-    app_id: str
-    topic_prefix: str
-    partitions: int
-    replication_factor: int
-    store: str
-    web_host: str
-    web_port: int
-    api_token: Secret
-    log_level: str = "info"
-    log_format: str = "json"
-    log_events: bool = True
-    # How long table values remember settled facts (pipeline.domain.horizon): repeats arrive within
-    # it.
-    dedupe_horizon_seconds: int = 300
-    # How old a dead letter may be and still be replayed (its id stays pending that long).
-    replay_max_age_seconds: int = 6 * 86400
-    max_body_bytes: int = 64 * 1024
-    max_order_items: int = 100
-    forwarder_enabled: bool = True
-    outbox_batch_size: int = 500
-    outbox_poll_interval: float = 0.2
-    outbox_retention_seconds: int = 86400
-    outbox_max_message_bytes: int = 1024 * 1024
-    idempotency_key_ttl_seconds: int = 86400
-    lifetime_value_milestone: Decimal = Decimal("1000.00")
-    revenue_window_seconds: int = 60
-    revenue_window_expires_seconds: int = 3600
-    mailbox_dir: Path | None = None
-    smtp_host: str = ""
-    smtp_port: int = 25
-    smtp_sender: str = "orders@localhost"
-    agents: tuple[str, ...] = ALL_AGENTS
-    producer_linger_ms: int = 5
-    commit_interval_ms: int = 1000
-    gc_young_threshold: int = 50_000
-    retry_in_place_attempts: int = 3
-    retry_backoff_seconds: float = 0.1
-    retry_delays: tuple[float, ...] = (1.0, 10.0, 60.0)
-    replay_limit: int = 3
-    extra_modules: tuple[str, ...] = ()
-    kafka_security_protocol: str = "PLAINTEXT"
-    kafka_sasl_mechanism: str = "PLAIN"
-    kafka_sasl_username: str = ""
-    kafka_sasl_password: Secret = Secret("")  # noqa: RUF009 - immutable
-    kafka_ssl_cafile: str = ""
-    kafka_ssl_certfile: str = ""
-    kafka_ssl_keyfile: str = ""
-    session_timeout_seconds: float = 60.0
-    heartbeat_seconds: float = 3.0
-    # How long the topics `python -m pipeline topics create` makes keep records (-1: forever).
-    topic_retention_hours: int = 168
+    # Each field: setting(variable, reader, default, doc). The table in docs/configuration.md
+    # lists them in this order.
+    # fmt: off
+    kafka_bootstrap_servers: str = setting("KAFKA_BOOTSTRAP_SERVERS", read.text,
+        Derived(lambda v: f"127.0.0.1:{v['kafka_port']}", "*(unset: the local broker)*"),
+        "your cluster, e.g. `k1:9092,k2:9092`; when set, nothing is started or stopped")
+    kafka_external: bool = setting(None, None,
+        Derived(lambda v: "kafka_bootstrap_servers" in v.given, ""),
+        "KAFKA_BOOTSTRAP_SERVERS is set: the cluster is the user's, nothing is started or stopped")
+    database_url: str = setting("DATABASE_URL", read.database_url,
+        Derived(lambda v: f"sqlite+aiosqlite:///{v['data_dir'] / 'pipeline.db'}",
+                "`sqlite:///$PIPELINE_DATA_DIR/pipeline.db`"),
+        "SQLAlchemy URL; `postgresql://user:pass@host/db` for PostgreSQL (asyncpg is picked for "
+        "you)")
+    data_dir: Path = setting("PIPELINE_DATA_DIR", read.path,
+        Derived(lambda v: (Path.cwd() / "data").resolve(), "`./data`"),
+        "SQLite file, local broker data, logs; created with its parents when missing")
+    state_dir: Path = setting("PIPELINE_STATE_DIR", read.path, in_data_dir("state"),
+        "RocksDB table state of this worker (one per worker)")
+    store: str = setting("PIPELINE_STORE", read.store_url, "rocksdb://",
+        "Faust table store (`memory://` only for unit tests)")
+    web_host: str = setting("PIPELINE_WEB_HOST", read.text, "127.0.0.1",
+        "address the worker's web server binds to and advertises")
+    web_port: int = setting("PIPELINE_WEB_PORT", read.integer(1024, 65535), 6066,
+        "web port (the demo uses this and the next ones)")
+    api_token: Secret = setting("PIPELINE_API_TOKEN", read.secret, Secret(""),
+        "bearer token for write and admin endpoints and for reads of personal data or spend; "
+        "required to bind a non-loopback address")
+    app_id: str = setting("PIPELINE_APP_ID", read.text, "orders-pipeline",
+        "Faust app id: consumer group and changelog topic names")
+    topic_prefix: str = setting("PIPELINE_TOPIC_PREFIX", read.text, "",
+        "prefix for every topic name (the tests give each test its own)")
+    partitions: int = setting("PIPELINE_PARTITIONS", read.integer(1, 1024), 4,
+        "partitions of the pipeline's topics: the limit on how many workers share the work")
+    replication_factor: int = setting("PIPELINE_REPLICATION_FACTOR", read.integer(1, 16), 1,
+        "replication factor of the pipeline's topics")
+    dedupe_horizon_seconds: int = setting("PIPELINE_DEDUPE_HORIZON_SECONDS",
+        read.integer(1, 7 * 86400), 300,
+        "how long (in record time) a table value remembers what it settled, to absorb repeats; "
+        "at least the sum of `PIPELINE_RETRY_DELAYS` plus 5 s. See \"Dedupe horizon and bounded "
+        "state\"")
+    replay_max_age_seconds: int = setting("PIPELINE_REPLAY_MAX_AGE_SECONDS",
+        read.integer(60, 365 * 86400), 6 * 86400,
+        "dead letters older than this (by their original record's time) are refused by replay; "
+        "keep it below the topics' retention", note="(6 days)")
+    max_body_bytes: int = setting("PIPELINE_MAX_BODY_BYTES", read.integer(1024, 16 << 20),
+        64 * 1024,
+        "request body limit (`413` above it, whether sent with `Content-Length` or chunked)")
+    max_order_items: int = setting("PIPELINE_MAX_ORDER_ITEMS", read.integer(1, 10_000), 100,
+        "items per order")
+    idempotency_key_ttl_seconds: int = setting("PIPELINE_IDEMPOTENCY_KEY_TTL_SECONDS",
+        read.integer(60, 365 * 86400), 86400, "how long an `Idempotency-Key` is remembered")
+    forwarder_enabled: bool = setting("PIPELINE_FORWARDER_ENABLED", read.boolean, True,
+        "run the outbox forwarder in this worker")
+    outbox_batch_size: int = setting("PIPELINE_OUTBOX_BATCH_SIZE", read.integer(1, 100_000), 500,
+        "rows read and published per batch")
+    outbox_poll_interval: float = setting("PIPELINE_OUTBOX_POLL_INTERVAL",
+        read.number(0.001, 60.0), 0.2, "seconds between polls when no NOTIFY/wake-up arrives")
+    outbox_retention_seconds: int = setting("PIPELINE_OUTBOX_RETENTION_SECONDS",
+        read.integer(0, 365 * 86400), 86400, "published rows are deleted after this")
+    outbox_max_message_bytes: int = setting("PIPELINE_OUTBOX_MAX_MESSAGE_BYTES",
+        read.integer(1024, 64 << 20), 1024 * 1024,
+        "largest event the forwarder sends; larger rows are parked")
+    lifetime_value_milestone: Decimal = setting("PIPELINE_LTV_MILESTONE",
+        read.non_negative_decimal, Decimal("1000.00"),
+        "lifetime value that triggers the `lifetime_value` milestone")
+    revenue_window_seconds: int = setting("PIPELINE_REVENUE_WINDOW_SECONDS",
+        read.integer(1, 86400), 60, "size of the tumbling revenue windows")
+    revenue_window_expires_seconds: int = setting("PIPELINE_REVENUE_WINDOW_EXPIRES_SECONDS",
+        read.integer(1, 30 * 86400), 3600, "how long a revenue window is kept")
+    agents: tuple[str, ...] = setting("PIPELINE_AGENTS", read.agent_list, ALL_AGENTS,
+        "the agent modules this worker runs (benchmarks run one)", note="(all)")
+    producer_linger_ms: int = setting("PIPELINE_PRODUCER_LINGER_MS", read.integer(0, 1000), 5,
+        "how long the agents' producer waits to batch records")
+    commit_interval_ms: int = setting("PIPELINE_COMMIT_INTERVAL_MS", read.integer(50, 60_000),
+        1000,
+        "how often a worker commits the offsets its agents have handled (Faust's default is "
+        "2,800): after a crash, the events since the last commit are handled again (and absorbed)")
+    gc_young_threshold: int = setting("PIPELINE_GC_YOUNG_THRESHOLD",
+        read.integer(0, 10_000_000), 50_000,
+        "a worker's garbage collector looks at its youngest objects every this many allocations "
+        "(Python's default is 700; `0` keeps Python's and does not freeze start-up's objects): "
+        "at 700 its full collections took 15-18% of a busy worker's CPU, see Benchmarks")
+    retry_in_place_attempts: int = setting("PIPELINE_RETRY_IN_PLACE_ATTEMPTS",
+        read.integer(1, 20), 3, "attempts of a failing handler in place before the retry topics")
+    retry_backoff_seconds: float = setting("PIPELINE_RETRY_BACKOFF_SECONDS",
+        read.number(0.0, 60.0), 0.1,
+        "first in-place back-off; doubles per attempt (cap 5 s), with jitter")
+    retry_delays: tuple[float, ...] = setting("PIPELINE_RETRY_DELAYS", read.delays,
+        (1.0, 10.0, 60.0),
+        "seconds a record waits in each retry topic (`retry.1`, `retry.2`, ...) before going "
+        "back to its agent; set but empty: no retry topics", blank_is_unset=False)
+    session_timeout_seconds: float = setting("PIPELINE_SESSION_TIMEOUT_SECONDS",
+        read.number(1.0, 3600.0), 60.0,
+        "how long a silent worker keeps its partitions (failover time)")
+    heartbeat_seconds: float = setting("PIPELINE_HEARTBEAT_SECONDS", read.number(0.1, 600.0),
+        3.0, "consumer heartbeat interval (keep it well under the session timeout)")
+    kafka_security_protocol: str = setting("KAFKA_SECURITY_PROTOCOL",
+        read.one_of(PROTOCOLS, str.upper), "PLAINTEXT",
+        "Kafka TLS/SASL, see Security: `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`")
+    kafka_sasl_mechanism: str = setting("KAFKA_SASL_MECHANISM",
+        read.one_of(MECHANISMS, str.upper), "PLAIN",
+        "SASL mechanism: `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`")
+    kafka_sasl_username: str = setting("KAFKA_SASL_USERNAME", read.text, "",
+        "SASL user name (the `SASL_*` protocols need it)")
+    kafka_sasl_password: Secret = setting("KAFKA_SASL_PASSWORD", read.secret, Secret(""),
+        "SASL password (the `SASL_*` protocols need it); never printed")
+    kafka_ssl_cafile: str = setting("KAFKA_SSL_CAFILE", read.readable_file, "",
+        "CA certificates (PEM) to trust instead of the system's")
+    kafka_ssl_certfile: str = setting("KAFKA_SSL_CERTFILE", read.readable_file, "",
+        "client certificate (PEM), for brokers that ask for one")
+    kafka_ssl_keyfile: str = setting("KAFKA_SSL_KEYFILE", read.readable_file, "",
+        "private key (PEM) of `KAFKA_SSL_CERTFILE`, when that file does not hold it")
+    replay_limit: int = setting("PIPELINE_REPLAY_LIMIT", read.integer(1, 1000), 3,
+        "replays of one event (per agent) before the loop guard refuses more")
+    extra_modules: tuple[str, ...] = setting("PIPELINE_EXTRA_MODULES", read.module_list, (),
+        "more modules for the worker to load (your own agents; they get the same failure "
+        "handling through `pipeline.streaming.consume`)")
+    mailbox_dir: Path | None = setting("PIPELINE_MAILBOX_DIR", read.path, in_data_dir("mailbox"),
+        "where the default sender writes messages")
+    smtp_host: str = setting("PIPELINE_SMTP_HOST", read.text, "",
+        "send notifications by SMTP through this host instead of the mailbox")
+    smtp_port: int = setting("PIPELINE_SMTP_PORT", read.integer(1, 65535), 25, "SMTP port")
+    smtp_sender: str = setting("PIPELINE_SMTP_SENDER", read.text, "orders@localhost",
+        "sender address of notifications")
+    log_level: str = setting("PIPELINE_LOG_LEVEL",
+        read.one_of(read.LOG_LEVELS, str.lower, "is not a log level"), "info", "log level")
+    log_format: str = setting("PIPELINE_LOG_FORMAT",
+        read.one_of(("json", "text"), str.lower, "must be json or text"), "json",
+        "worker logs: one JSON object per line (`ts`, `level`, `logger`, `message` and the bound "
+        "ids), or `text`")
+    log_events: bool = setting("PIPELINE_LOG_EVENTS", read.boolean, True,
+        "one log line per order placed or cancelled and per event an agent handled "
+        "(`pipeline.trace`), for following an order")
+    topic_retention_hours: int = setting("PIPELINE_TOPIC_RETENTION_HOURS", read.retention_hours,
+        168, "retention of the topics `topics create` makes (`-1`: forever)")
+    kafka_version: str = setting("PIPELINE_KAFKA_VERSION", read.release_number,
+        DEFAULT_KAFKA_VERSION, "Apache Kafka release of the local broker (3.9.x works too)")
+    kafka_port: int = setting("PIPELINE_KAFKA_PORT", read.integer(1024, 65535), 9092,
+        "local broker port")
+    kafka_controller_port: int = setting("PIPELINE_KAFKA_CONTROLLER_PORT",
+        read.integer(1024, 65535),
+        Derived(lambda v: v["kafka_port"] + 1, "`PIPELINE_KAFKA_PORT + 1`"),
+        "local KRaft controller port")
+    kafka_data_dir: Path = setting("PIPELINE_KAFKA_DATA_DIR", read.path, in_data_dir("kafka"),
+        "local broker log dirs, pid file and server log")
+    kafka_heap: str = setting("PIPELINE_KAFKA_HEAP", read.text, "1G", "local broker JVM heap")
+    cache_dir: Path = setting("PIPELINE_CACHE_DIR", read.path, PROJECT_ROOT / ".cache",
+        "resolved Kafka jars, one folder per version")
+    # fmt: on
+
+    def __post_init__(self) -> None:
+        problems = list(_disagreements({f.name: getattr(self, f.name) for f in fields(self)}))
+        if problems:
+            raise SettingsError(*problems)
 
     def __repr__(self) -> str:
         """Every field, with the database URL's password masked (Secrets mask themselves):
@@ -129,19 +250,160 @@ class Settings:
     def web_is_loopback(self) -> bool:
         return is_loopback(self.web_host)
 
-    def __post_init__(self) -> None:
-        # A retried record is judged against what its key remembers; it must come back
-        # before that is forgotten (pipeline.domain.horizon).
-        if self.dedupe_horizon_seconds < sum(self.retry_delays) + 5:
-            raise SettingsError(
-                f"PIPELINE_DEDUPE_HORIZON_SECONDS={self.dedupe_horizon_seconds} must be at "
-                f"least the sum of PIPELINE_RETRY_DELAYS plus 5 s "
-                f"({sum(self.retry_delays) + 5:g}): a retry must come back within the horizon"
-            )
+    def local_url(self, port: int | None = None) -> str:
+        """The URL a client on this machine uses to reach this worker's web server: on ``port``
+        when given (the port Faust really serves on, after ``--web-port``), else ``web_port``.
+
+        A wildcard bind (``0.0.0.0``, ``::`` or empty) is reached on its family's loopback
+        address; an IPv6 literal goes in brackets."""
+        host = self.web_host
+        try:
+            address = ipaddress.ip_address(host) if host else ipaddress.IPv4Address(0)
+        except ValueError:
+            address = None  # a host name
+        if address is not None and address.is_unspecified:
+            host = "127.0.0.1" if address.version == 4 else "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.web_port if port is None else port}"
 
     def topic_name(self, base: str) -> str:
         """Full name of a topic: tests give each run a prefix so runs never share topics."""
         return f"{self.topic_prefix}{base}"
+
+
+def _disagreements(v: Mapping[str, Any]) -> Iterator[str]:
+    """What breaks the rules between settings; a rule is judged only when every setting it
+    compares could be read (a bad one is reported on its own)."""
+
+    def have(*names: str) -> bool:
+        return all(name in v for name in names)
+
+    if have("kafka_port", "kafka_controller_port") and (
+        v["kafka_controller_port"] == v["kafka_port"]
+    ):
+        yield "PIPELINE_KAFKA_CONTROLLER_PORT must differ from PIPELINE_KAFKA_PORT"
+    if have("kafka_security_protocol", "kafka_sasl_username", "kafka_sasl_password") and (
+        v["kafka_security_protocol"].startswith("SASL")
+        and not (v["kafka_sasl_username"] and v["kafka_sasl_password"])
+    ):
+        yield (
+            f"KAFKA_SECURITY_PROTOCOL={v['kafka_security_protocol']} needs KAFKA_SASL_USERNAME "
+            "and KAFKA_SASL_PASSWORD"
+        )
+    if have("kafka_ssl_keyfile", "kafka_ssl_certfile") and (
+        v["kafka_ssl_keyfile"] and not v["kafka_ssl_certfile"]
+    ):
+        yield "KAFKA_SSL_KEYFILE is set without KAFKA_SSL_CERTFILE"
+    # A retried record is judged against what its key remembers; it must come back before that
+    # is forgotten (pipeline.domain.horizon).
+    if have("dedupe_horizon_seconds", "retry_delays") and (
+        (least := sum(v["retry_delays"]) + 5) > v["dedupe_horizon_seconds"]
+    ):
+        yield (
+            f"PIPELINE_DEDUPE_HORIZON_SECONDS={v['dedupe_horizon_seconds']} must be at least the "
+            f"sum of PIPELINE_RETRY_DELAYS plus 5 s ({least:g}): a retry must come back within "
+            "the horizon"
+        )
+
+
+def declared() -> list[tuple[Field[Any], Setting]]:
+    """Every field of :class:`Settings` with its declaration, in declaration order."""
+    return [(f, f.metadata["setting"]) for f in fields(Settings)]
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from ``environ`` (``os.environ`` when not given).
+
+    Every bad variable is reported at once: one :class:`SettingsError`, one line per problem."""
+    env = os.environ if environ is None else environ
+    values = Resolved()
+    problems: list[str] = []
+    derived: list[tuple[str, Derived]] = []
+    for f, spec in declared():
+        raw = env.get(spec.env) if spec.env else None
+        if (
+            spec.env
+            and spec.reader
+            and raw is not None
+            and (raw.strip() or not spec.blank_is_unset)
+        ):
+            try:
+                values[f.name] = spec.reader(spec.env, raw)
+                values.given.add(f.name)
+            except SettingsError as exc:
+                problems.extend(exc.problems)
+        elif isinstance(spec.default, Derived):
+            derived.append((f.name, spec.default))
+        else:
+            values[f.name] = spec.default
+    while derived:  # until a round derives nothing more: what is left needs a bad variable
+        pending, derived = derived, []
+        for name, default in pending:
+            try:
+                values[name] = default.derive(values)
+            except KeyError:
+                derived.append((name, default))
+        if len(derived) == len(pending):
+            break
+    problems.extend(_disagreements(values))
+    if problems:
+        raise SettingsError(*problems)
+    return Settings(**values)
+
+
+# -- the reference -------------------------------------------------------------------------------
+
+REGENERATE = "python -m pipeline.settings > docs/configuration.md"
+
+
+def _spelled(value: Any) -> str:
+    """A default as the environment would spell it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return ",".join(_spelled(item) for item in value)
+    if isinstance(value, Secret):
+        return value.get()
+    if isinstance(value, Path):
+        return f"./{value.relative_to(PROJECT_ROOT)}"
+    return str(value)
+
+
+def configuration_table() -> str:
+    """The markdown table of every variable: its default and what it means."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for _, spec in declared():
+        if spec.env is None:
+            continue
+        if isinstance(spec.default, Derived):
+            default = spec.default.shown
+        else:
+            default = f"`{_spelled(spec.default)}`" if _spelled(spec.default) else "*(unset)*"
+        rows.append(f"| `{spec.env}` | {f'{default} {spec.note}'.strip()} | {spec.doc} |")
+    return "\n".join(rows) + "\n"
+
+
+def configuration_doc() -> str:
+    """All of ``docs/configuration.md``: regenerate that file with :data:`REGENERATE`."""
+    return f"""# Configuration
+
+<!-- Generated from the declaration in pipeline/settings.py: edit it there, then run
+     {REGENERATE} -->
+
+Every setting comes from the environment and has a local default, so a fresh clone runs with
+nothing set. The settings are read once, when a worker or a command starts; a bad value stops
+it with one message naming every variable to fix and what each expects.
+
+{configuration_table()}
+Test-only: `TEST_KAFKA_BOOTSTRAP_SERVERS` (use your broker instead of starting one),
+`TEST_DATABASE_URL` (your PostgreSQL), `TEST_POSTGRES_PORT` (the private cluster's port, 55432).
+"""
+
+
+# -- the web server's address --------------------------------------------------------------------
 
 
 def is_loopback(host: str) -> bool:
@@ -182,253 +444,5 @@ def redact_url(url: str) -> str:
     return _QUERY_PASSWORD.sub(r"\g<head>***", url)
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not an integer") from None
-    if not low <= value <= high:
-        raise SettingsError(f"{name}={value} is out of range ({low}..{high})")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float, *, low: float, high: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number") from None
-    if not low <= value <= high:
-        raise SettingsError(f"{name}={value} is out of range ({low}..{high})")
-    return value
-
-
-def _decimal(env: Mapping[str, str], name: str, default: str) -> Decimal:
-    raw = env.get(name) or default
-    try:
-        value = Decimal(raw)
-    except InvalidOperation:
-        raise SettingsError(f"{name}={raw!r} is not a decimal number") from None
-    if not value.is_finite() or value < 0:
-        raise SettingsError(f"{name}={raw!r} must be a non-negative number")
-    return value
-
-
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in {"1", "true", "yes", "on"}:
-        return True
-    if raw in {"0", "false", "no", "off"}:
-        return False
-    raise SettingsError(f"{name}={raw!r} is not a boolean (true/false)")
-
-
-def _path(env: Mapping[str, str], name: str, default: Path) -> Path:
-    raw = env.get(name)
-    return Path(raw).expanduser().resolve() if raw else default.resolve()
-
-
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Build the settings from ``environ`` (``os.environ`` when not given)."""
-    env = os.environ if environ is None else environ
-
-    data_dir = _path(env, "PIPELINE_DATA_DIR", Path.cwd() / "data")
-    cache_dir = _path(env, "PIPELINE_CACHE_DIR", PROJECT_ROOT / ".cache")
-    kafka_port = _int(env, "PIPELINE_KAFKA_PORT", 9092, low=1024, high=65535)
-    controller_port = _int(
-        env, "PIPELINE_KAFKA_CONTROLLER_PORT", kafka_port + 1, low=1024, high=65535
-    )
-    if controller_port == kafka_port:
-        raise SettingsError("PIPELINE_KAFKA_CONTROLLER_PORT must differ from PIPELINE_KAFKA_PORT")
-
-    bootstrap = env.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
-    kafka_external = bool(bootstrap)
-    if not bootstrap:
-        bootstrap = f"127.0.0.1:{kafka_port}"
-
-    kafka_version = env.get("PIPELINE_KAFKA_VERSION", DEFAULT_KAFKA_VERSION).strip()
-    if not kafka_version or not kafka_version.replace(".", "").isdigit():
-        raise SettingsError(
-            f"PIPELINE_KAFKA_VERSION={kafka_version!r} is not a release number like 4.4.0"
-        )
-
-    database_url = env.get("DATABASE_URL", "").strip()
-    if not database_url:
-        database_url = f"sqlite+aiosqlite:///{data_dir / 'pipeline.db'}"
-    database_url = normalize_database_url(database_url)
-
-    store = env.get("PIPELINE_STORE", "rocksdb://").strip()
-    if not store.endswith("://"):
-        raise SettingsError(f"PIPELINE_STORE={store!r} must be a Faust store URL like rocksdb://")
-
-    log_level = env.get("PIPELINE_LOG_LEVEL", "info").strip().lower()
-    if log_level not in {"debug", "info", "warning", "warn", "error", "critical"}:
-        raise SettingsError(f"PIPELINE_LOG_LEVEL={log_level!r} is not a log level")
-    log_format = env.get("PIPELINE_LOG_FORMAT", "json").strip().lower()
-    if log_format not in {"json", "text"}:
-        raise SettingsError(f"PIPELINE_LOG_FORMAT={log_format!r} must be json or text")
-
-    return Settings(
-        kafka_bootstrap_servers=bootstrap,
-        kafka_external=kafka_external,
-        kafka_version=kafka_version,
-        kafka_port=kafka_port,
-        kafka_controller_port=controller_port,
-        kafka_data_dir=_path(env, "PIPELINE_KAFKA_DATA_DIR", data_dir / "kafka"),
-        kafka_heap=env.get("PIPELINE_KAFKA_HEAP", "1G"),
-        database_url=database_url,
-        data_dir=data_dir,
-        state_dir=_path(env, "PIPELINE_STATE_DIR", data_dir / "state"),
-        cache_dir=cache_dir,
-        app_id=env.get("PIPELINE_APP_ID", "orders-pipeline"),
-        topic_prefix=env.get("PIPELINE_TOPIC_PREFIX", ""),
-        partitions=_int(env, "PIPELINE_PARTITIONS", 4, low=1, high=1024),
-        replication_factor=_int(env, "PIPELINE_REPLICATION_FACTOR", 1, low=1, high=16),
-        store=store,
-        web_host=env.get("PIPELINE_WEB_HOST", "127.0.0.1").strip(),
-        web_port=_int(env, "PIPELINE_WEB_PORT", 6066, low=1024, high=65535),
-        api_token=Secret(env.get("PIPELINE_API_TOKEN", "")),
-        log_level=log_level,
-        log_format=log_format,
-        log_events=_bool(env, "PIPELINE_LOG_EVENTS", True),
-        dedupe_horizon_seconds=_int(
-            env, "PIPELINE_DEDUPE_HORIZON_SECONDS", 300, low=1, high=7 * 86400
-        ),
-        replay_max_age_seconds=_int(
-            env, "PIPELINE_REPLAY_MAX_AGE_SECONDS", 6 * 86400, low=60, high=365 * 86400
-        ),
-        max_body_bytes=_int(env, "PIPELINE_MAX_BODY_BYTES", 64 * 1024, low=1024, high=16 << 20),
-        max_order_items=_int(env, "PIPELINE_MAX_ORDER_ITEMS", 100, low=1, high=10_000),
-        forwarder_enabled=_bool(env, "PIPELINE_FORWARDER_ENABLED", True),
-        outbox_batch_size=_int(env, "PIPELINE_OUTBOX_BATCH_SIZE", 500, low=1, high=100_000),
-        outbox_poll_interval=_float(
-            env, "PIPELINE_OUTBOX_POLL_INTERVAL", 0.2, low=0.001, high=60.0
-        ),
-        outbox_retention_seconds=_int(
-            env, "PIPELINE_OUTBOX_RETENTION_SECONDS", 86400, low=0, high=365 * 86400
-        ),
-        outbox_max_message_bytes=_int(
-            env, "PIPELINE_OUTBOX_MAX_MESSAGE_BYTES", 1024 * 1024, low=1024, high=64 << 20
-        ),
-        idempotency_key_ttl_seconds=_int(
-            env, "PIPELINE_IDEMPOTENCY_KEY_TTL_SECONDS", 86400, low=60, high=365 * 86400
-        ),
-        lifetime_value_milestone=_decimal(env, "PIPELINE_LTV_MILESTONE", "1000.00"),
-        revenue_window_seconds=_int(env, "PIPELINE_REVENUE_WINDOW_SECONDS", 60, low=1, high=86400),
-        revenue_window_expires_seconds=_int(
-            env, "PIPELINE_REVENUE_WINDOW_EXPIRES_SECONDS", 3600, low=1, high=30 * 86400
-        ),
-        mailbox_dir=_path(env, "PIPELINE_MAILBOX_DIR", data_dir / "mailbox"),
-        smtp_host=env.get("PIPELINE_SMTP_HOST", "").strip(),
-        smtp_port=_int(env, "PIPELINE_SMTP_PORT", 25, low=1, high=65535),
-        smtp_sender=env.get("PIPELINE_SMTP_SENDER", "orders@localhost"),
-        agents=_agents(env.get("PIPELINE_AGENTS", "")),
-        producer_linger_ms=_int(env, "PIPELINE_PRODUCER_LINGER_MS", 5, low=0, high=1000),
-        commit_interval_ms=_int(env, "PIPELINE_COMMIT_INTERVAL_MS", 1000, low=50, high=60_000),
-        gc_young_threshold=_int(env, "PIPELINE_GC_YOUNG_THRESHOLD", 50_000, low=0, high=10_000_000),
-        retry_in_place_attempts=_int(env, "PIPELINE_RETRY_IN_PLACE_ATTEMPTS", 3, low=1, high=20),
-        retry_backoff_seconds=_float(
-            env, "PIPELINE_RETRY_BACKOFF_SECONDS", 0.1, low=0.0, high=60.0
-        ),
-        retry_delays=_delays(env.get("PIPELINE_RETRY_DELAYS", "1,10,60")),
-        replay_limit=_int(env, "PIPELINE_REPLAY_LIMIT", 3, low=1, high=1000),
-        **_kafka_security(env),
-        session_timeout_seconds=_float(
-            env, "PIPELINE_SESSION_TIMEOUT_SECONDS", 60.0, low=1.0, high=3600.0
-        ),
-        heartbeat_seconds=_float(env, "PIPELINE_HEARTBEAT_SECONDS", 3.0, low=0.1, high=600.0),
-        topic_retention_hours=_retention_hours(env),
-        extra_modules=tuple(
-            m.strip() for m in env.get("PIPELINE_EXTRA_MODULES", "").split(",") if m.strip()
-        ),
-    )
-
-
-PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-
-
-def _kafka_security(env: Mapping[str, str]) -> dict[str, Any]:
-    """TLS and SASL for every Kafka client; each problem named with the variable to fix."""
-    protocol = env.get("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").strip().upper()
-    if protocol not in PROTOCOLS:
-        raise SettingsError(f"KAFKA_SECURITY_PROTOCOL={protocol!r} is not one of {PROTOCOLS}")
-    mechanism = env.get("KAFKA_SASL_MECHANISM", "PLAIN").strip().upper()
-    if mechanism not in MECHANISMS:
-        raise SettingsError(f"KAFKA_SASL_MECHANISM={mechanism!r} is not one of {MECHANISMS}")
-    username = env.get("KAFKA_SASL_USERNAME", "")
-    password = Secret(env.get("KAFKA_SASL_PASSWORD", ""))
-    if protocol.startswith("SASL") and not (username and password):
-        raise SettingsError(
-            f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
-        )
-    files = {}
-    for name in ("KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE"):
-        path = env.get(name, "").strip()
-        if path and not Path(path).is_file():
-            raise SettingsError(f"{name}={path!r} is not a readable file")
-        files[name.lower()] = path
-    if files["kafka_ssl_keyfile"] and not files["kafka_ssl_certfile"]:
-        raise SettingsError("KAFKA_SSL_KEYFILE is set without KAFKA_SSL_CERTFILE")
-    return {
-        "kafka_security_protocol": protocol,
-        "kafka_sasl_mechanism": mechanism,
-        "kafka_sasl_username": username,
-        "kafka_sasl_password": password,
-        **files,
-    }
-
-
-def _retention_hours(env: Mapping[str, str]) -> int:
-    """Kafka's ``retention.ms`` in hours for the topics we create; -1 keeps records forever."""
-    hours = _int(env, "PIPELINE_TOPIC_RETENTION_HOURS", 168, low=-1, high=10 * 8760)
-    if hours == 0:
-        raise SettingsError("PIPELINE_TOPIC_RETENTION_HOURS=0: use -1 to keep records forever")
-    return hours
-
-
-def _delays(raw: str) -> tuple[float, ...]:
-    """The retry topics' delays in seconds, e.g. ``1,10,60``; empty for no retry topics."""
-    try:
-        delays = tuple(float(x) for x in raw.split(",") if x.strip())
-    except ValueError:
-        raise SettingsError(
-            f"PIPELINE_RETRY_DELAYS={raw!r} must be comma-separated seconds, e.g. 1,10,60"
-        ) from None
-    if len(delays) > 10 or any(not 0 < d <= 86400 for d in delays):
-        raise SettingsError(
-            f"PIPELINE_RETRY_DELAYS={raw!r}: at most 10 delays, each above 0 and at most 86400"
-        )
-    return delays
-
-
-def _agents(raw: str) -> tuple[str, ...]:
-    """Which agent modules this worker runs (all by default; benchmarks run one)."""
-    if not raw.strip():
-        return ALL_AGENTS
-    chosen = tuple(a.strip() for a in raw.split(",") if a.strip())
-    unknown = sorted(set(chosen) - set(ALL_AGENTS))
-    if unknown:
-        raise SettingsError(f"PIPELINE_AGENTS names unknown agents {unknown}; known: {ALL_AGENTS}")
-    return chosen
-
-
-def normalize_database_url(url: str) -> str:
-    """Pick the async driver for the URL's database, so users can paste a plain URL."""
-    if url.startswith(("postgresql://", "postgres://")):
-        return "postgresql+asyncpg://" + url.split("://", 1)[1]
-    if url.startswith("sqlite:///"):
-        return "sqlite+aiosqlite:///" + url.split(":///", 1)[1]
-    if url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
-        return url
-    raise SettingsError(
-        "DATABASE_URL must be a PostgreSQL URL (postgresql://user@host/db) "
-        "or a SQLite URL (sqlite:///path/to/file.db)"
-    )
+if __name__ == "__main__":
+    print(configuration_doc(), end="")

@@ -42,10 +42,7 @@ class Worker:
     port: int
     proc: subprocess.Popen[bytes]
     log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    url: str
 
 
 @dataclass
@@ -57,7 +54,7 @@ class Progress:
 
 
 def _get(url: str, token: str = "") -> tuple[int, Any]:
-    request = urllib.request.Request(url)  # noqa: S310 - a worker URL we built, loopback
+    request = urllib.request.Request(url)  # noqa: S310 - a worker URL we built
     if token:  # the dashboard's figures show customers' spend: they take the token
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -90,7 +87,7 @@ def start_workers(settings: Settings, count: int, base_port: int) -> list[Worker
                 # Our own session: Ctrl-C reaches the demo, which then stops workers in order.
                 start_new_session=True,
             )  # fmt: skip
-        started.append(Worker(i + 1, port, proc, log))
+        started.append(Worker(i + 1, port, proc, log, settings.local_url(port)))
     return started
 
 

@@ -94,7 +94,7 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.request
 
-    base = args.url or f"http://{settings.web_host}:{settings.web_port}"
+    base = args.url or settings.local_url()
     if not base.startswith(("http://", "https://")):
         print(f"error: --url {base!r} must be an http:// or https:// URL", file=sys.stderr)
         return 2

@@ -39,10 +39,7 @@ class CommandError(Exception):
 def worker_url(settings: Settings, url: str | None) -> str:
     """The base URL of a worker: ``--url``, else this machine's PIPELINE_WEB_HOST/PORT."""
     if url is None:
-        host = settings.web_host
-        if host in ("", "0.0.0.0", "::"):  # noqa: S104 - a bind-all address: call loopback
-            host = "127.0.0.1"
-        url = f"http://{f'[{host}]' if ':' in host else host}:{settings.web_port}"
+        url = settings.local_url()
     if not url.startswith(("http://", "https://")) or not urllib.parse.urlsplit(url).hostname:
         raise CommandError(f"--url {url!r} must be an http:// or https:// URL with a host")
     return url.rstrip("/")

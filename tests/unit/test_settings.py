@@ -1,10 +1,19 @@
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from pipeline.settings import Secret, SettingsError, load_settings, normalize_database_url
+from pipeline.settings import (
+    Derived,
+    Secret,
+    Settings,
+    SettingsError,
+    declared,
+    load_settings,
+    normalize_database_url,
+)
 
 
 def test_defaults_run_locally_on_embedded_storage(tmp_path: Path) -> None:
@@ -128,3 +137,85 @@ def test_the_commit_interval_reaches_faust() -> None:
     assert load_settings({}).commit_interval_ms == 1000
     settings = load_settings({"PIPELINE_COMMIT_INTERVAL_MS": "250"})
     assert create_app(settings).conf.broker_commit_interval == 0.25
+
+
+def test_every_bad_variable_is_reported_at_once() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings({
+            "PIPELINE_WEB_PORT": "http", "PIPELINE_PARTITIONS": "0",
+            "PIPELINE_LOG_FORMAT": "xml", "PIPELINE_SMTP_PORT": "25",
+        })  # fmt: skip
+    # One line per variable, each saying what is expected.
+    header, *lines = str(caught.value).splitlines()
+    assert header == "3 settings cannot be used:"
+    assert sorted(line.strip() for line in lines) == [
+        "PIPELINE_LOG_FORMAT='xml' must be json or text",
+        "PIPELINE_PARTITIONS=0 is out of range (1..1024)",
+        "PIPELINE_WEB_PORT='http' is not an integer",
+    ]
+
+
+def test_a_rule_between_settings_is_reported_beside_a_bad_variable() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings({
+            "PIPELINE_KAFKA_PORT": "9000", "PIPELINE_KAFKA_CONTROLLER_PORT": "9000",
+            "PIPELINE_DEDUPE_HORIZON_SECONDS": "10", "PIPELINE_WEB_PORT": "80",
+        })  # fmt: skip
+    problems = "\n".join(caught.value.problems)
+    assert "must differ from PIPELINE_KAFKA_PORT" in problems
+    assert "PIPELINE_DEDUPE_HORIZON_SECONDS=10 must be at least" in problems
+    assert "PIPELINE_WEB_PORT=80 is out of range" in problems
+
+
+def test_a_default_derived_from_a_bad_variable_is_not_reported_again() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"PIPELINE_KAFKA_PORT": "port"})
+    assert caught.value.problems == ("PIPELINE_KAFKA_PORT='port' is not an integer",)
+
+
+def test_a_blank_variable_means_its_default_except_where_empty_is_a_value() -> None:
+    s = load_settings({"PIPELINE_PARTITIONS": "", "PIPELINE_WEB_HOST": "  "})
+    assert s.partitions == 4 and s.web_host == "127.0.0.1"
+    assert load_settings({"PIPELINE_RETRY_DELAYS": ""}).retry_delays == ()
+
+
+def test_every_setting_is_declared_once_with_a_doc() -> None:
+    assert all("setting" in f.metadata for f in fields(Settings)), "declare fields with setting()"
+    variables = [spec.env for _, spec in declared() if spec.env is not None]
+    assert len(variables) == len(set(variables)), "a variable is declared twice"
+    for f, spec in declared():
+        # One line of the table: no line break, no cell separator.
+        assert spec.doc.strip() and "\n" not in spec.doc and "|" not in spec.doc, f.name
+        assert (spec.env is None) == (spec.reader is None), f.name
+        # Derived from a variable, or a value that @dataclass gives to Settings(...) too.
+        assert spec.env is not None or isinstance(spec.default, Derived), f.name
+
+
+def test_the_declared_default_is_the_value_when_nothing_is_set() -> None:
+    loaded = load_settings({})
+    for f, spec in declared():
+        if not isinstance(spec.default, Derived):
+            assert getattr(loaded, f.name) == spec.default == f.default, f.name
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("127.0.0.1", "http://127.0.0.1:6066"),
+        ("10.1.2.3", "http://10.1.2.3:6066"),
+        ("::1", "http://[::1]:6066"),
+        ("fd00::5", "http://[fd00::5]:6066"),
+        ("0.0.0.0", "http://127.0.0.1:6066"),  # a wildcard bind is reached on loopback
+        ("::", "http://[::1]:6066"),
+        ("localhost", "http://localhost:6066"),
+        ("worker-1.internal", "http://worker-1.internal:6066"),
+    ],
+)
+def test_local_url_is_how_this_machine_reaches_the_worker(host: str, url: str) -> None:
+    assert load_settings({"PIPELINE_WEB_HOST": host}).local_url() == url
+
+
+def test_local_url_takes_the_port_the_worker_really_serves_on() -> None:
+    s = load_settings({"PIPELINE_WEB_HOST": "::", "PIPELINE_WEB_PORT": "7000"})
+    assert s.local_url() == "http://[::1]:7000"
+    assert s.local_url(7003) == "http://[::1]:7003"

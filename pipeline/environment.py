@@ -1,0 +1,199 @@
+"""Reading one environment variable: each reader turns the variable's text into a value or
+raises :class:`SettingsError` naming the variable and saying what is expected.
+
+A reader is called as ``read(name, raw)`` with a variable that is set (and, unless its setting
+says otherwise, not blank); :mod:`pipeline.settings` declares which reader each setting uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+ALL_AGENTS = ("analytics", "inventory", "order_status", "notifications", "revenue")
+PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+LOG_LEVELS = ("debug", "info", "warning", "warn", "error", "critical")
+
+Reader = Callable[[str, str], Any]
+
+
+class SettingsError(ValueError):
+    """Settings the pipeline cannot use; the message names each variable, one line per problem."""
+
+    def __init__(self, *problems: str) -> None:
+        self.problems = problems
+        if len(problems) == 1:
+            message = problems[0]
+        else:
+            message = "\n  ".join((f"{len(problems)} settings cannot be used:", *problems))
+        super().__init__(message)
+
+
+class Secret:
+    """A string that never shows itself in reprs, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('**********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def text(name: str, raw: str) -> str:
+    return raw.strip()
+
+
+def secret(name: str, raw: str) -> Secret:
+    return Secret(raw)  # as given: a password may end in a space
+
+
+def path(name: str, raw: str) -> Path:
+    return Path(raw).expanduser().resolve()
+
+
+def integer(low: int, high: int) -> Reader:
+    def read(name: str, raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not an integer") from None
+        if not low <= value <= high:
+            raise SettingsError(f"{name}={value} is out of range ({low}..{high})")
+        return value
+
+    return read
+
+
+def number(low: float, high: float) -> Reader:
+    def read(name: str, raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not a number") from None
+        if not low <= value <= high:
+            raise SettingsError(f"{name}={value} is out of range ({low}..{high})")
+        return value
+
+    return read
+
+
+def non_negative_decimal(name: str, raw: str) -> Decimal:
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise SettingsError(f"{name}={raw!r} is not a decimal number") from None
+    if not value.is_finite() or value < 0:
+        raise SettingsError(f"{name}={raw!r} must be a non-negative number")
+    return value
+
+
+def boolean(name: str, raw: str) -> bool:
+    raw = raw.strip().lower()
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name}={raw!r} is not a boolean (true/false)")
+
+
+def one_of(choices: Sequence[str], case: Callable[[str], str], expected: str = "") -> Reader:
+    def read(name: str, raw: str) -> str:
+        value = case(raw.strip())
+        if value not in choices:
+            raise SettingsError(f"{name}={value!r} {expected or f'is not one of {choices}'}")
+        return value
+
+    return read
+
+
+def release_number(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not value.replace(".", "").isdigit():
+        raise SettingsError(f"{name}={value!r} is not a release number like 4.4.0")
+    return value
+
+
+def store_url(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not value.endswith("://"):
+        raise SettingsError(f"{name}={value!r} must be a Faust store URL like rocksdb://")
+    return value
+
+
+def database_url(name: str, raw: str) -> str:
+    return normalize_database_url(raw.strip())
+
+
+def normalize_database_url(url: str) -> str:
+    """Pick the async driver for the URL's database, so users can paste a plain URL."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+asyncpg://" + url.split("://", 1)[1]
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url.split(":///", 1)[1]
+    if url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+        return url
+    # Without the value: it may hold a password.
+    raise SettingsError(
+        "DATABASE_URL must be a PostgreSQL URL (postgresql://user@host/db) "
+        "or a SQLite URL (sqlite:///path/to/file.db)"
+    )
+
+
+def readable_file(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not Path(value).is_file():
+        raise SettingsError(f"{name}={value!r} is not a readable file")
+    return value
+
+
+def retention_hours(name: str, raw: str) -> int:
+    """Kafka's ``retention.ms`` in hours for the topics we create; -1 keeps records forever."""
+    hours: int = integer(-1, 10 * 8760)(name, raw)
+    if hours == 0:
+        raise SettingsError(f"{name}=0: use -1 to keep records forever")
+    return hours
+
+
+def delays(name: str, raw: str) -> tuple[float, ...]:
+    """The retry topics' delays in seconds, e.g. ``1,10,60``; empty for no retry topics."""
+    try:
+        values = tuple(float(x) for x in raw.split(",") if x.strip())
+    except ValueError:
+        raise SettingsError(
+            f"{name}={raw!r} must be comma-separated seconds, e.g. 1,10,60"
+        ) from None
+    if len(values) > 10 or any(not 0 < d <= 86400 for d in values):
+        raise SettingsError(f"{name}={raw!r}: at most 10 delays, each above 0 and at most 86400")
+    return values
+
+
+def agent_list(name: str, raw: str) -> tuple[str, ...]:
+    """Which agent modules this worker runs."""
+    chosen = tuple(a.strip() for a in raw.split(",") if a.strip())
+    unknown = sorted(set(chosen) - set(ALL_AGENTS))
+    if unknown:
+        raise SettingsError(f"{name} names unknown agents {unknown}; known: {ALL_AGENTS}")
+    return chosen
+
+
+def module_list(name: str, raw: str) -> tuple[str, ...]:
+    return tuple(m.strip() for m in raw.split(",") if m.strip())
