@@ -103,7 +103,8 @@ class Settings:
     state_dir: Path = setting("PIPELINE_STATE_DIR", read.path, in_data_dir("state"),
         "RocksDB table state of this worker (one per worker)")
     store: str = setting("PIPELINE_STORE", read.store_url, "rocksdb://",
-        "Faust table store (`memory://` only for unit tests)")
+        "Faust table store: `rocksdb://` is the versioned RocksDB store "
+        "(`pipeline.streaming.versioned_store`); `memory://` only for unit tests")
     web_host: str = setting("PIPELINE_WEB_HOST", read.text, "127.0.0.1",
         "address the worker's web server binds to and advertises")
     web_port: int = setting("PIPELINE_WEB_PORT", read.integer(1024, 65535), 6066,
