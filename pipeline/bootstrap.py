@@ -26,7 +26,7 @@ from pipeline.adapters.kafka.scan import scan_event_ids
 from pipeline.adapters.kafka.security import client_options
 from pipeline.app import app, settings
 from pipeline.domain.events import utc_now
-from pipeline.domain.failures import AGENT, Headers
+from pipeline.domain.failures import AGENT, Headers, original_timestamp_ms
 from pipeline.domain.reconcile import Report
 from pipeline.metrics import Metrics
 from pipeline.services.dead_letters import DeadLetters
@@ -104,13 +104,10 @@ class Runtime(Service):
     async def _send_replay(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers, partition: int
     ) -> None:
-        from pipeline.domain.failures import original_timestamp_ms
-        from pipeline.streaming.consume import send_reliably
-
         # With the original record's timestamp, so a replay lands in the window its first
         # delivery did, however often it is replayed.
-        await send_reliably(topic, key, value, headers, partition=partition,
-                            timestamp_ms=original_timestamp_ms(headers))  # fmt: skip
+        await consume.send_reliably(topic, key, value, headers, partition=partition,
+                                    timestamp_ms=original_timestamp_ms(headers))  # fmt: skip
         agent = dict(headers).get(AGENT, b"?").decode("utf-8", "replace")
         self.metrics.replays.labels(agent).inc()
 

@@ -235,9 +235,9 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     settings = load_settings()
 
-    from pipeline.cli.main import local_kafka
+    from pipeline.local.kafka import from_settings
 
-    broker = None if settings.kafka_external else local_kafka(settings)
+    broker = None if settings.kafka_external else from_settings(settings)
     we_started_broker = False
     workers: list[Worker] = []
     try:

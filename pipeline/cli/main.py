@@ -17,19 +17,6 @@ OUR_COMMANDS = {"migrate", "kafka", "postgres", "demo", "dlt", "reconcile", "loa
                 "outbox", "topics", "forwarder"}  # fmt: skip
 
 
-def local_kafka(settings: Settings):  # type: ignore[no-untyped-def]
-    from pipeline.local.kafka import LocalKafka
-
-    return LocalKafka(
-        version=settings.kafka_version,
-        port=settings.kafka_port,
-        controller_port=settings.kafka_controller_port,
-        data_dir=settings.kafka_data_dir,
-        cache_dir=settings.cache_dir,
-        heap=settings.kafka_heap,
-    )
-
-
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.adapters.db.schema import migrate, schema_revision
 
@@ -40,7 +27,7 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_kafka(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline.local.kafka import LocalKafkaError, broker_answers
+    from pipeline.local.kafka import LocalKafkaError, broker_answers, from_settings
 
     if settings.kafka_external:
         state = "answers" if broker_answers(settings.kafka_bootstrap_servers) else "DOES NOT answer"
@@ -49,7 +36,7 @@ def cmd_kafka(settings: Settings, args: argparse.Namespace) -> int:
             f"cluster ({state}); nothing started or stopped"
         )
         return 0 if args.action != "status" or state == "answers" else 1
-    kafka = local_kafka(settings)
+    kafka = from_settings(settings)
     try:
         if args.action == "jars":
             print(kafka.ensure_jars())

@@ -23,14 +23,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pipeline.cli.errors import CommandError
 from pipeline.settings import Settings
 
 MAX_STOCK = 1_000_000_000  # what PUT /inventory/{sku} accepts
 N = TypeVar("N", int, float)
-
-
-class CommandError(Exception):
-    """The command cannot do its job; the message says what to do. Exit status 2."""
 
 
 # -- talking to a worker ---------------------------------------------------------------------

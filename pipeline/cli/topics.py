@@ -16,7 +16,7 @@ from typing import Any
 
 from pipeline.adapters.kafka.admin import PARTITION_HINT, REPLICATION_HINT, create_topics
 from pipeline.adapters.kafka.security import unreachable_hint
-from pipeline.cli.ops import CommandError
+from pipeline.cli.errors import CommandError
 from pipeline.settings import Settings
 from pipeline.streaming.topics import topic_plan
 

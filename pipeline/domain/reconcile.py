@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from pipeline.domain.events import money
+from pipeline.domain.events import InvalidEvent, OrderCreated, decode_order_event, money
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +120,6 @@ def compare(
 def dead_lettered_by_customer(letters: Iterable[Any]) -> dict[str, CustomerTruth]:
     """What the analytics agent set aside, per customer (the record key), so the comparison
     expects it missing from the stats rather than counted."""
-    from pipeline.domain.events import InvalidEvent, OrderCreated, decode_order_event
-
     out: dict[str, CustomerTruth] = {}
     for key, _event_type, value in letters:
         try:

@@ -24,7 +24,10 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.settings import Settings
 
 POM = Path(__file__).with_name("pom.xml")
 
@@ -404,3 +407,15 @@ async def _metadata_ok(bootstrap_servers: str, *, timeout_s: float, **security: 
         return False
     finally:
         await client.close()
+
+
+def from_settings(settings: Settings) -> LocalKafka:
+    """The local broker these settings describe (``PIPELINE_KAFKA_*``)."""
+    return LocalKafka(
+        version=settings.kafka_version,
+        port=settings.kafka_port,
+        controller_port=settings.kafka_controller_port,
+        data_dir=settings.kafka_data_dir,
+        cache_dir=settings.cache_dir,
+        heap=settings.kafka_heap,
+    )

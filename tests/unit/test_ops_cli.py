@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from pipeline.adapters.kafka.admin import TopicSpec, compare
+from pipeline.cli.errors import CommandError
 from pipeline.cli.load import LoadSummary, ProgressReport, TransportError, drive, percentile
 from pipeline.cli.main import build_parser, run
-from pipeline.cli.ops import CommandError, worker_url
+from pipeline.cli.ops import worker_url
 from pipeline.cli.order_generator import OrderGenerator, PlannedOrder
 from pipeline.settings import SettingsError, load_settings
 from pipeline.streaming.topics import topic_plan
