@@ -12,9 +12,10 @@ from decimal import Decimal
 
 import pytest
 
+from pipeline.domain.dead_letters import DeadLetter, Filter
 from pipeline.domain.events import OrderCancelled, OrderCreated, decode_order_event
 from pipeline.domain.orders import CancelOutcome, IdempotencyConflict, OrderRow, StoredResponse
-from pipeline.services.ports import OrderRepository, OutboxRepository
+from pipeline.services.ports import DeadLetterRepository, OrderRepository, OutboxRepository
 from tests.conftest import T0, order_created
 
 Repos = tuple[OrderRepository, OutboxRepository]
@@ -129,3 +130,67 @@ class RepositoryContract:
         stored = await orders.get_order(event.order_id)
         assert stored is not None and [i["sku"] for i in stored["items"]] == [
             line.sku for line in lines]  # fmt: skip
+
+
+def letter(n: int, *, agent: str = "analytics", reason: str = "poison", minute: int = 0,
+           event_id: str | None = None) -> DeadLetter:  # fmt: skip
+    at = T0 + timedelta(minutes=minute)
+    return DeadLetter(
+        id=f"0-{n}", agent=agent, reason=reason, error_type="ValueError", error_message="bad",
+        stacktrace=None, event_id=event_id, event_type="OrderCreated",
+        original_topic="orders.events", original_partition=1, original_offset=n,
+        original_timestamp=at.timestamp(), attempts=1, replays=0, first_failure_at=at,
+        dead_lettered_at=at, record_key=b"c-1", record_value=b"\x00{not json",
+        headers=[("event_id", b"e"), ("x-raw", b"\xff\x00")],
+    )  # fmt: skip
+
+
+class DeadLetterContract:
+    """The dead-letter index (pipeline.services.ports.DeadLetterRepository); a subclass gives
+    the ``letters`` fixture over one empty database."""
+
+    async def test_a_letter_is_indexed_once_and_read_back_as_it_was(
+        self, letters: DeadLetterRepository
+    ) -> None:
+        first = letter(1, event_id="e-1")
+        assert await letters.add(first) is True
+        assert await letters.add(first) is False
+        assert await letters.find(Filter()) == [first]
+
+    async def test_filters_select_and_order_the_letters(
+        self, letters: DeadLetterRepository
+    ) -> None:
+        made = [
+            letter(1, minute=5, event_id="e-1"),
+            letter(2, minute=1, agent="inventory", reason="retries-exhausted"),
+            letter(3, minute=3, event_id="e-3"),
+            letter(4, minute=3),
+        ]
+        for one in made:
+            await letters.add(one)
+        ids = [d.id for d in await letters.find(Filter())]
+        assert ids == ["0-2", "0-3", "0-4", "0-1"]  # by time, then id
+        assert [d.id for d in await letters.find(Filter(agent="inventory"))] == ["0-2"]
+        assert [d.id for d in await letters.find(Filter(reason="poison", limit=2))] == [
+            "0-3", "0-4"]  # fmt: skip
+        assert [d.id for d in await letters.find(Filter(event_id="e-3"))] == ["0-3"]
+        window = Filter(since=T0 + timedelta(minutes=3), until=T0 + timedelta(minutes=5))
+        assert [d.id for d in await letters.find(window)] == ["0-3", "0-4"]
+        assert [d.id for d in await letters.find(Filter(ids=("0-1", "0-9")))] == ["0-1"]
+        assert sorted(await letters.counts()) == [
+            ("poison", "open", 3), ("retries-exhausted", "open", 1)]  # fmt: skip
+
+    async def test_a_replay_is_recorded_counted_and_marks_its_letter(
+        self, letters: DeadLetterRepository
+    ) -> None:
+        one, other = letter(1, event_id="e-1"), letter(2)
+        await letters.add(one)
+        await letters.add(other)
+        at = T0 + timedelta(hours=1)
+        await letters.record_replay(one, at, "cli")
+        await letters.record_replay(one, at + timedelta(minutes=1), "http")
+        assert await letters.replay_count("analytics", "e-1") == 2
+        assert await letters.replay_count("analytics", other.event_key) == 0
+        assert [r["requested_by"] for r in await letters.replays("0-1")] == ["cli", "http"]
+        assert [d.id for d in await letters.find(Filter(status="replayed"))] == ["0-1"]
+        assert [d.id for d in await letters.find(Filter(status="open"))] == ["0-2"]

@@ -1,7 +1,8 @@
 """The stores in memory, for tests and tools that need no database: the same protocols as the
 SQL stores (:mod:`pipeline.services.ports`), held to the same contract
-(``tests/repository_contract.py``). One :class:`MemoryDatabase` is shared by the order and
-outbox stores, as one database is: an order and its outbox row appear together or not at all.
+(``tests/repository_contract.py``). One :class:`MemoryDatabase` is shared by the order,
+outbox and dead-letter stores, as one database is: an order and its outbox row appear together
+or not at all.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pipeline.domain.dead_letters import REPLAYED, DeadLetter, Filter
 from pipeline.domain.events import (
     SCHEMA_VERSION,
     OrderCancelled,
@@ -54,6 +56,8 @@ class MemoryDatabase:
     orders: dict[str, _Order] = field(default_factory=dict)
     outbox: dict[int, _OutboxRow] = field(default_factory=dict)
     keys: dict[str, tuple[str, StoredResponse, datetime]] = field(default_factory=dict)
+    dead_letters: dict[str, DeadLetter] = field(default_factory=dict)
+    replays: list[tuple[str, str, str, datetime, str]] = field(default_factory=list)
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def add_event(self, event: OrderCreated | OrderCancelled) -> None:
@@ -195,3 +199,53 @@ class MemoryOutboxStore:
 
     def _rows(self, status: str) -> list[_OutboxRow]:
         return [r for _, r in sorted(self.db.outbox.items()) if r.status == status]
+
+
+class MemoryDeadLetterStore:
+    def __init__(self, db: MemoryDatabase) -> None:
+        self.db = db
+
+    async def add(self, letter: DeadLetter) -> bool:
+        if letter.id in self.db.dead_letters:
+            return False
+        self.db.dead_letters[letter.id] = letter
+        return True
+
+    async def find(self, where: Filter) -> list[DeadLetter]:
+        def wanted(d: DeadLetter) -> bool:
+            fields = [(where.agent, d.agent), (where.error_type, d.error_type),
+                      (where.reason, d.reason), (where.status, d.status),
+                      (where.event_id, d.event_id)]  # fmt: skip
+            return (
+                all(value is None or value == have for value, have in fields)
+                and (where.since is None or d.dead_lettered_at >= where.since)
+                and (where.until is None or d.dead_lettered_at < where.until)
+                and (not where.ids or d.id in where.ids)
+            )
+
+        found = sorted(filter(wanted, self.db.dead_letters.values()),
+                       key=lambda d: (d.dead_lettered_at, d.id))  # fmt: skip
+        return found[: where.limit]
+
+    async def counts(self) -> list[tuple[str, str, int]]:
+        out: dict[tuple[str, str], int] = {}
+        for d in self.db.dead_letters.values():
+            out[(d.reason, d.status)] = out.get((d.reason, d.status), 0) + 1
+        return [(reason, status, n) for (reason, status), n in out.items()]
+
+    async def replay_count(self, agent: str, event_key: str) -> int:
+        return sum(1 for _, a, k, _, _ in self.db.replays if (a, k) == (agent, event_key))
+
+    async def record_replay(self, letter: DeadLetter, at: datetime, requested_by: str) -> None:
+        self.db.replays.append((letter.id, letter.agent, letter.event_key, at, requested_by))
+        if letter.id in self.db.dead_letters:
+            self.db.dead_letters[letter.id] = dataclasses.replace(
+                self.db.dead_letters[letter.id], status=REPLAYED
+            )
+
+    async def replays(self, dead_letter_id: str) -> list[dict[str, Any]]:
+        return [
+            {"replayed_at": at, "requested_by": by}
+            for letter_id, _, _, at, by in self.db.replays
+            if letter_id == dead_letter_id
+        ]

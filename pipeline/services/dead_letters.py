@@ -22,9 +22,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline.adapters.db.dead_letters import DeadLetterStore
 from pipeline.domain import failures
 from pipeline.domain.dead_letters import OPEN, DeadLetter, Filter, replay_headers
+from pipeline.services.ports import DeadLetterRepository
 
 Send = Callable[[str, bytes | None, bytes | None, failures.Headers, int], Awaitable[None]]
 
@@ -43,7 +43,7 @@ class DeadLetters:
     headers, partition)`` must return only once the broker has the record."""
 
     def __init__(
-        self, store: DeadLetterStore, send: Send, *, replay_limit: int,
+        self, store: DeadLetterRepository, send: Send, *, replay_limit: int,
         redelivery_topic: Callable[[str], str], known_agents: Callable[[], Sequence[str]],
         max_age_seconds: float | None = None,
     ) -> None:  # fmt: skip

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
 
+from pipeline.domain.dead_letters import DeadLetter, Filter
 from pipeline.domain.events import OrderCancelled, OrderCreated
 from pipeline.domain.orders import CancelOutcome, Idempotency, OrderRow, StoredResponse
 from pipeline.domain.outbox import PendingRow
@@ -61,6 +62,29 @@ class OutboxRepository(Protocol):
     async def parked(self, limit: int = 100) -> list[dict[str, Any]]: ...
 
     async def purge_published(self, older_than: datetime, chunk: int = 5000) -> int: ...
+
+
+class DeadLetterRepository(Protocol):
+    """The index of the dead-letter topic: a row per record (indexing twice changes nothing),
+    and a row per replay."""
+
+    async def add(self, letter: DeadLetter) -> bool:
+        """Index ``letter``; False when it was indexed already."""
+        ...
+
+    async def find(self, where: Filter) -> list[DeadLetter]:
+        """The letters ``where`` selects, oldest first (by dead-letter time, then id)."""
+        ...
+
+    async def counts(self) -> list[tuple[str, str, int]]: ...
+
+    async def replay_count(self, agent: str, event_key: str) -> int: ...
+
+    async def record_replay(self, letter: DeadLetter, at: datetime, requested_by: str) -> None:
+        """Record a replay of ``letter`` and mark it replayed."""
+        ...
+
+    async def replays(self, dead_letter_id: str) -> list[dict[str, Any]]: ...
 
 
 class Leadership(Protocol):

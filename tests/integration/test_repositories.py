@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from pipeline.adapters.db.dead_letters import DeadLetterStore
 from pipeline.adapters.db.orders import OrderStore
 from pipeline.adapters.db.outbox import OutboxStore
 from pipeline.adapters.db.schema import make_engine, migrate
-from tests.repository_contract import Repos, RepositoryContract
+from pipeline.services.ports import DeadLetterRepository
+from tests.repository_contract import DeadLetterContract, Repos, RepositoryContract
 
 pytestmark = pytest.mark.integration
 
@@ -26,4 +28,12 @@ class TestSqlRepositories(RepositoryContract):
     async def repos(self, migrated: str) -> AsyncIterator[Repos]:
         engine = make_engine(migrated)
         yield OrderStore(engine), OutboxStore(engine)
+        await engine.dispose()
+
+
+class TestSqlDeadLetters(DeadLetterContract):
+    @pytest.fixture
+    async def letters(self, migrated: str) -> AsyncIterator[DeadLetterRepository]:
+        engine = make_engine(migrated)
+        yield DeadLetterStore(engine)
         await engine.dispose()

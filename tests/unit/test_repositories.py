@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.adapters.memory import MemoryDatabase, MemoryOrderStore, MemoryOutboxStore
-from tests.repository_contract import Repos, RepositoryContract
+from pipeline.adapters.memory import (
+    MemoryDatabase,
+    MemoryDeadLetterStore,
+    MemoryOrderStore,
+    MemoryOutboxStore,
+)
+from pipeline.services.ports import DeadLetterRepository
+from tests.repository_contract import DeadLetterContract, Repos, RepositoryContract
 
 
 class TestMemoryRepositories(RepositoryContract):
@@ -13,3 +19,9 @@ class TestMemoryRepositories(RepositoryContract):
     def repos(self) -> Repos:
         db = MemoryDatabase()
         return MemoryOrderStore(db), MemoryOutboxStore(db)
+
+
+class TestMemoryDeadLetters(DeadLetterContract):
+    @pytest.fixture
+    def letters(self) -> DeadLetterRepository:
+        return MemoryDeadLetterStore(MemoryDatabase())
