@@ -26,7 +26,7 @@ from tests.integration.workers import Worker, WorkerFactory
 SKUS = [f"sku-{n}" for n in range(8)]
 # Scarce: the load asks for about three times this per SKU, so orders are rejected and their
 # reserved lines released (compensation) while the faults happen; cancellations free some again.
-STOCK = dict.fromkeys(SKUS, 60)
+STOCK_PER_SKU = 60
 WINDOW_SECONDS = 10  # revenue windows: a run spans several, and orders cross their edges
 LIFETIME_VALUE = Decimal("300.00")  # some customers reach it, some drop back below it
 SUMMARY: list[str] = []  # printed by conftest's pytest_terminal_summary
@@ -48,6 +48,8 @@ class Scenario:
     env: dict[str, str] = field(default_factory=dict)
     history: History = field(default_factory=History)
     load: Load | None = None
+    # Units per SKU: scarce for the scenario's length, so stock runs out under every fault.
+    stock: int = STOCK_PER_SKU
 
     @property
     def system(self) -> System:
@@ -64,7 +66,7 @@ class Scenario:
 
     def start_pair(self) -> list[Worker]:
         live = [self.start("w1"), self.start("w2")]
-        set_stock(live[0], self.history, STOCK)
+        set_stock(live[0], self.history, dict.fromkeys(SKUS, self.stock))
         return live
 
     def run_load(self, targets: Any, rate: float = 15) -> Load:
