@@ -66,8 +66,12 @@ class Scenario:
 
     def start_pair(self) -> list[Worker]:
         live = [self.start("w1"), self.start("w2")]
-        set_stock(live[0], self.history, dict.fromkeys(SKUS, self.stock))
+        self.stock_up(live[0])
         return live
+
+    def stock_up(self, worker: Worker) -> None:
+        """Set every SKU's stock through ``worker``, noted in the history."""
+        set_stock(worker, self.history, dict.fromkeys(SKUS, self.stock))
 
     def run_load(self, targets: Any, rate: float = 15) -> Load:
         self.load = Load(targets, self.history, rate=rate, skus=SKUS).start()

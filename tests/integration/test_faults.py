@@ -25,8 +25,8 @@ from pipeline.adapters.db.schema import migrate
 from pipeline.local.kafka import LocalKafka, broker_answers, new_cluster_id
 from pipeline.local.postgres import LocalPostgres
 from pipeline.settings import PROJECT_ROOT
-from tests.integration.faults import STOCK, Scenario
-from tests.integration.history import call, outbox_backlog, read_topics, set_stock
+from tests.integration.faults import Scenario
+from tests.integration.history import call, outbox_backlog, read_topics
 from tests.integration.workers import Worker, WorkerFactory, free_port, metric, wait_for
 
 pytestmark = pytest.mark.faults
@@ -170,7 +170,7 @@ def test_the_forwarder_killed_between_kafkas_ack_and_its_mark_loses_nothing(
         pytest.skip("SQLite: the forwarder's read waits on the same lock as its mark")
     scenario = Scenario("forwarder killed between ack and mark", factory)
     intake = scenario.start("intake", forwarder=False)  # takes orders, forwards nothing
-    set_stock(intake, scenario.history, STOCK)
+    scenario.stock_up(intake)
     scenario.run_load(lambda: [intake])
     wait_for(lambda: len(scenario.history.acked_orders()) >= 40, 60, "orders in the outbox")
     assert scenario.load is not None
