@@ -46,7 +46,8 @@ def stats_record(n: int) -> tuple[bytes, bytes]:
     at = datetime(2026, 11, 1, tzinfo=UTC)
     stats = CustomerStats(
         customer_id=customer, order_count=1, total_spent=Decimal(1999 + n % 5000) / 100,
-        first_order_at=at, last_order_at=at, seen={str(uuid.UUID(int=n)): int(at.timestamp())},
+        first_order_at=at, last_order_at=at,
+        seen={str(uuid.UUID(int=n)): (int(at.timestamp()), "")},
         milestones={"first_order": str(uuid.UUID(int=n))},
     )  # fmt: skip
     return customer.encode(), json.dumps(stats.to_value(), separators=(",", ":")).encode()
