@@ -71,24 +71,19 @@ def path(name: str, raw: str) -> Path:
 
 
 def integer(low: int, high: int) -> Reader:
-    def read(name: str, raw: str) -> int:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise SettingsError(f"{name}={raw!r} is not an integer") from None
-        if not low <= value <= high:
-            raise SettingsError(f"{name}={value} is out of range ({low}..{high})")
-        return value
-
-    return read
+    return _bounded(int, "an integer", low, high)
 
 
 def number(low: float, high: float) -> Reader:
-    def read(name: str, raw: str) -> float:
+    return _bounded(float, "a number", low, high)
+
+
+def _bounded(convert: Callable[[str], Any], kind: str, low: float, high: float) -> Reader:
+    def read(name: str, raw: str) -> Any:
         try:
-            value = float(raw)
+            value = convert(raw)
         except ValueError:
-            raise SettingsError(f"{name}={raw!r} is not a number") from None
+            raise SettingsError(f"{name}={raw!r} is not {kind}") from None
         if not low <= value <= high:
             raise SettingsError(f"{name}={value} is out of range ({low}..{high})")
         return value
