@@ -115,7 +115,16 @@ def _line_key(order_id: str, line_no: int) -> str:
     return f"{order_id}:{line_no}"
 
 
-def _settle(stock: Stock, key: str, state: str, h: Horizon, stream: str, taken: int = 0) -> Stock:
+def _settle(
+    stock: Stock,
+    key: str,
+    state: str,
+    h: Horizon,
+    stream: str,
+    taken: int = 0,
+    *,
+    prune: bool = True,
+) -> Stock:
     """``stock`` with line ``key`` in ``state`` from now, and every settled entry older than
     the horizon dropped (live reservations stay, whatever their age).
 
@@ -124,13 +133,22 @@ def _settle(stock: Stock, key: str, state: str, h: Horizon, stream: str, taken: 
     (``pipeline.streaming.delivery.cause_time``). A SKU hears from every partition, and one
     partition can run far ahead of another (a backlog worked off unevenly): measured on the SKU's
     latest time overall, a lagging partition's repeat would find its line expired.
+
+    An entry expires only when the clock of its stream moves, so ``prune=False`` (no clock
+    moved since the value was last pruned: :func:`apply_command` knows) skips the walk over
+    the ledger and drops exactly what the walk would have dropped: nothing. Clocks are whole
+    seconds, so a hot SKU walks its ledger about once per second per partition, not once per
+    command.
     """
     clocks, seconds = stock.clocks, h.seconds
-    lines = {
-        k: entry
-        for k, entry in stock.lines.items()
-        if entry[0] == RESERVED or entry[1] >= clocks.get(entry[2], 0) - seconds or k == key
-    }
+    if prune:
+        lines = {
+            k: entry
+            for k, entry in stock.lines.items()
+            if entry[0] == RESERVED or entry[1] >= clocks.get(entry[2], 0) - seconds or k == key
+        }
+    else:
+        lines = dict(stock.lines)
     lines[key] = (state, clocks.get(stream, h.now), stream)
     return replace(stock, lines=lines, available=stock.available - taken,
                    reserved=stock.reserved + taken)  # fmt: skip
@@ -156,15 +174,16 @@ def apply_command(
             {k: at for k, at in pending.items() if k != command.event_id}, h.replay_cutoff
         )
     base = replace(stock, pending=pending, clocks=clocks)
+    prune = clocks is not stock.clocks  # a clock moved: entries may have expired
     if isinstance(command, StockSet):
         updated: Stock = apply_stock_set(base, command)
         outcome: Outcome | None = None
     elif isinstance(command, LineReservationRequested):
-        updated, outcome = reserve_line(base, command, h)
+        updated, outcome = reserve_line(base, command, h, prune=prune)
     elif isinstance(command, LineSettled):
-        updated, outcome = settle_line(base, command, h), None
+        updated, outcome = settle_line(base, command, h, prune=prune), None
     else:
-        updated, outcome = release_line(base, command, h)
+        updated, outcome = release_line(base, command, h, prune=prune)
     # A value that only moved a clock is not worth a changelog record.
     if updated == replace(stock, clocks=clocks):
         return stock, outcome
@@ -195,7 +214,7 @@ def _set_order(mark: tuple[str, str]) -> tuple[datetime, str]:
 
 
 def reserve_line(
-    stock: Stock, request: LineReservationRequested, h: Horizon
+    stock: Stock, request: LineReservationRequested, h: Horizon, *, prune: bool = True
 ) -> tuple[Stock, Outcome | None]:
     """Reserve one order line if the stock allows, else reject it. A repeat of the same line
     changes nothing and answers what the first delivery answered."""
@@ -204,9 +223,10 @@ def reserve_line(
     if entry is not None:
         return stock, _repeat_answer(entry[0], request, stock)
     if request.quantity <= stock.available:
-        taken = _settle(stock, key, RESERVED, h, request.source, request.quantity)
+        taken = _settle(stock, key, RESERVED, h, request.source, request.quantity, prune=prune)
         return taken, _reserved(request)
-    return _settle(stock, key, REJECTED, h, request.source), _rejected(request, stock.available)
+    rejected = _settle(stock, key, REJECTED, h, request.source, prune=prune)
+    return rejected, _rejected(request, stock.available)
 
 
 def _repeat_answer(state: str, request: LineReservationRequested, stock: Stock) -> Outcome | None:
@@ -227,18 +247,18 @@ def _answer_again(stock: Stock, command: StockCommand) -> Outcome | None:
     return None
 
 
-def settle_line(stock: Stock, command: LineSettled, h: Horizon) -> Stock:
+def settle_line(stock: Stock, command: LineSettled, h: Horizon, *, prune: bool = True) -> Stock:
     """The line's order is confirmed: its reservation stays, its entry now expires with the
     horizon (a cancellation of a confirmed order releases it without the entry)."""
     key = _line_key(command.order_id, command.line_no)
     entry = stock.lines.get(key)
     if entry is None or entry[0] != RESERVED:
         return stock  # settled, released or never reserved: nothing to do
-    return _settle(stock, key, SETTLED, h, command.source)
+    return _settle(stock, key, SETTLED, h, command.source, prune=prune)
 
 
 def release_line(
-    stock: Stock, request: LineReleaseRequested, h: Horizon
+    stock: Stock, request: LineReleaseRequested, h: Horizon, *, prune: bool = True
 ) -> tuple[Stock, Outcome | None]:
     """Give back what one order line reserved; a release that arrives before its reservation
     leaves a tombstone so the reservation takes nothing. A release of a confirmed order's line
@@ -247,12 +267,13 @@ def release_line(
     entry = stock.lines.get(key)
     state = None if entry is None else entry[0]
     if state in TAKEN or (state is None and request.confirmed):
-        released = _settle(stock, key, RELEASED, h, request.source, -request.quantity)
+        released = _settle(stock, key, RELEASED, h, request.source, -request.quantity,
+                           prune=prune)  # fmt: skip
         return released, _released(request)
     if state == RELEASED:
         return stock, _released(request)
     if state is None:
-        return _settle(stock, key, TOMBSTONE, h, request.source), None
+        return _settle(stock, key, TOMBSTONE, h, request.source, prune=prune), None
     return stock, None  # rejected lines took nothing; tombstones are already settled
 
 
