@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import delete, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pipeline.adapters.db.errors import translated
@@ -22,26 +22,36 @@ from pipeline.domain.outbox import MAX_ERROR_LENGTH, PARKED, PENDING, PUBLISHED,
 NOTIFY_CHANNEL = "pipeline_outbox"
 
 
+# Built once: a statement built per call costs SQLAlchemy its construction and cache key every
+# time (about a third of an order's client CPU, measured with cProfile).
+_INSERT_ROW = insert(outbox)
+# On PostgreSQL the row's NOTIFY rides on the INSERT (``RETURNING pg_notify(...)``): one round
+# trip, not two. Delivered when, and only if, the transaction commits, as a NOTIFY statement is.
+_INSERT_ROW_AND_NOTIFY = insert(outbox).returning(
+    func.pg_notify(literal(NOTIFY_CHANNEL), literal(""))
+)
+
+
 async def add_event(conn: AsyncConnection, event: OrderCreated | OrderCancelled) -> None:
     """Write ``event``'s outbox row inside the caller's transaction, and (on PostgreSQL) a
     NOTIFY that is delivered when, and only if, that transaction commits."""
     created_at = event.created_at if isinstance(event, OrderCreated) else event.cancelled_at
-    await conn.execute(
-        insert(outbox).values(
-            event_id=event.event_id,
-            aggregate_type="order",
-            aggregate_id=event.order_id,
-            partition_key=event.customer_id,
-            event_type=event.event_type,
-            schema_version=SCHEMA_VERSION,
-            payload=encode(event).decode(),
-            created_at=created_at,
-            status=PENDING,
-            attempts=0,
-        )
-    )
+    row = {
+        "event_id": event.event_id,
+        "aggregate_type": "order",
+        "aggregate_id": event.order_id,
+        "partition_key": event.customer_id,
+        "event_type": event.event_type,
+        "schema_version": SCHEMA_VERSION,
+        "payload": encode(event).decode(),
+        "created_at": created_at,
+        "status": PENDING,
+        "attempts": 0,
+    }
     if conn.dialect.name == "postgresql":
-        await conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
+        await conn.execute(_INSERT_ROW_AND_NOTIFY, row)
+    else:
+        await conn.execute(_INSERT_ROW, row)
 
 
 @translated
