@@ -41,6 +41,10 @@ class Table(faust.Table):
 
 
 def create_app(settings: Settings) -> faust.App:
+    # Faust has no setting for the consumer's fetch sizing (faust_patches.fetch).
+    faust_patches.fetch.configure(
+        settings.consumer_fetch_min_bytes, settings.consumer_fetch_max_wait_ms
+    )
     return faust.App(
         settings.app_id,
         origin="pipeline.app",

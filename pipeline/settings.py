@@ -158,6 +158,14 @@ class Settings:
         "the agent modules this worker runs (benchmarks run one)", note="(all)")
     producer_linger_ms: int = setting("PIPELINE_PRODUCER_LINGER_MS", read.integer(0, 1000), 5,
         "how long the agents' producer waits to batch records")
+    consumer_fetch_min_bytes: int = setting("PIPELINE_CONSUMER_FETCH_MIN_BYTES",
+        read.integer(1, 64 * 1024 * 1024), 64 * 1024,
+        "how much a worker's fetch asks the broker to gather before it answers (Faust's is 1 "
+        "byte: under load, a fetch per handful of records)")
+    consumer_fetch_max_wait_ms: int = setting("PIPELINE_CONSUMER_FETCH_MAX_WAIT_MS",
+        read.integer(0, 1500), 10,
+        "the longest the broker holds a fetch to gather those bytes: what a record may wait "
+        "per hop when traffic is light")
     commit_interval_ms: int = setting("PIPELINE_COMMIT_INTERVAL_MS", read.integer(50, 60_000),
         1000,
         "how often a worker commits the offsets its agents have handled (Faust's default is "

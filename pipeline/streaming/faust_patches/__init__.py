@@ -24,6 +24,7 @@ found and what the fix does (``docs/faust-patches.md`` lists them all). Each pin
 - :mod:`.handover`: a cost, four tasks per record handed to the agents (faust-streaming 0.15.3).
 - :mod:`.producer_lookup`: a cost, three loop turns per record published (faust-streaming
   0.15.3).
+- :mod:`.fetch`: a cost, a fetch answered per record under load (faust-streaming 0.15.3).
 
 :mod:`.hooks` is no fix: it runs the flush of the staged table values before each offset commit
 and the forgetting of revoked partitions after a revocation (:func:`before_commit`,
@@ -37,6 +38,7 @@ from pipeline.streaming.faust_patches import (
     assignment,
     dropped_messages,
     failed_sends,
+    fetch,
     flow,
     gaps,
     guard,
@@ -89,5 +91,6 @@ def install() -> None:
     livelock.install()
     handover.install()
     producer_lookup.install()
+    fetch.install()
     assignment.install()
     dropped_messages.install()
