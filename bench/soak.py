@@ -543,6 +543,11 @@ class ChangelogWatch:
             check_crcs=False,
             fetch_max_bytes=64 << 20,
             max_partition_fetch_bytes=4 << 20,
+            # No hurry (it only has to read each record before compaction drops it): a fetch
+            # waits for 1 MiB or half a second, not for any one record, so the watch costs the
+            # broker a couple of requests a second rather than one per changelog write.
+            fetch_min_bytes=1 << 20,
+            fetch_max_wait_ms=500,
         )
         await self._consumer.start()
         self._consumer.assign(self._tps)
