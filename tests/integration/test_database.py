@@ -8,9 +8,14 @@ import sys
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import pytest
 from sqlalchemy import insert, inspect, select
 
+from pipeline.adapters.db.orders import OrderStore
 from pipeline.adapters.db.schema import make_engine, migrate, order_items, orders, schema_revision
+from pipeline.domain.events import OrderCreated, OrderLine
+from pipeline.domain.failures import Unavailable
+from pipeline.local.postgres import LocalPostgres
 from pipeline.settings import PROJECT_ROOT
 
 
@@ -95,3 +100,44 @@ def test_the_migrations_build_exactly_the_declared_schema(database_url: str) -> 
         return list(diff)
 
     assert asyncio.run(differences()) == []
+
+
+def test_a_restarted_server_costs_one_failed_statement_and_nothing_written(
+    postgres: LocalPostgres | None, postgres_url: str
+) -> None:
+    """The pool does not ping before every checkout (schema.make_engine): after a restart the
+    first statement on an old connection fails as Unavailable, before anything is written,
+    and the pool replaces every old connection, so the next statements succeed."""
+    if postgres is None:
+        pytest.skip("TEST_DATABASE_URL names a server this test must not stop")
+    migrate(postgres_url)
+
+    def order(n: int) -> OrderCreated:
+        return OrderCreated(
+            event_id=f"e-{n}", order_id=f"o-{n}", customer_id="c", customer_email="c@example.com",
+            items=(OrderLine("sku-1", 1, Decimal("1.00")),), total=Decimal("1.00"),
+            created_at=datetime.now(UTC),
+        )  # fmt: skip
+
+    async def scenario() -> tuple[list[str], list[str | None]]:
+        engine = make_engine(postgres_url, pool_size=4)
+        store = OrderStore(engine)
+        # Four pooled connections, all opened before the restart.
+        await asyncio.gather(*(store.create_order(order(n)) for n in range(4)))
+        postgres.stop(mode="immediate")
+        postgres.start()
+        outcomes = []
+        for n in range(4, 10):
+            try:
+                await store.create_order(order(n))
+                outcomes.append("created")
+            except Unavailable:
+                outcomes.append("unavailable")
+        found = [(await store.get_order(f"o-{n}") or {}).get("status") for n in range(10)]
+        await engine.dispose()
+        return outcomes, found
+
+    outcomes, found = asyncio.run(scenario())
+    assert outcomes[0] == "unavailable"  # the fault bit: the old connection was dead
+    assert outcomes[1:] == ["created"] * 5
+    assert found == ["created"] * 4 + [None] + ["created"] * 5  # the failed one wrote nothing
