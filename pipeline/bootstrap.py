@@ -39,6 +39,7 @@ from pipeline.streaming.topics import (
     AGENT_SOURCES,
     ALL_TOPICS,
     ORDER_EVENTS,
+    egress,
     redelivery_topic_name,
     redelivery_topics,
 )
@@ -105,9 +106,11 @@ class Runtime(Service):
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers, partition: int
     ) -> None:
         # With the original record's timestamp, so a replay lands in the window its first
-        # delivery did, however often it is replayed.
-        await consume.send_reliably(topic, key, value, headers, partition=partition,
-                                    timestamp_ms=original_timestamp_ms(headers))  # fmt: skip
+        # delivery did, however often it is replayed. Not ``consume.send_reliably``: a replay
+        # the broker refuses is the operator's to hear of, not a reason to stop the worker.
+        await egress.deliver_reliably(topic, value, key=key, headers=headers,
+                                      partition=partition,
+                                      timestamp_ms=original_timestamp_ms(headers))  # fmt: skip
         agent = dict(headers).get(AGENT, b"?").decode("utf-8", "replace")
         self.metrics.replays.labels(agent).inc()
 
