@@ -11,8 +11,10 @@ from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import DecompressSizeError, HttpProcessingError
+from aiokafka.errors import KafkaError
 from faust.web import Request, Response, View
 
+from pipeline.adapters.kafka.refusals import refused_for_good
 from pipeline.settings import Settings
 
 MAX_INT_DIGITS = sys.get_int_max_str_digits()
@@ -37,6 +39,17 @@ class HttpError(Exception):
 
 def error(view: View, status: int, code: str, detail: Any) -> Response:
     return HttpError(status, code, detail).response(view)
+
+
+def not_sent(exc: KafkaError, what: str) -> HttpError:
+    """The answer to a request whose record (``what``) Kafka did not take: ``503`` with a retry
+    hint while the cluster cannot take it now (down, no leader, too few replicas), ``500``
+    saying so when it refuses the record for good (an unauthorized topic, a size limit), which
+    only an operator can fix."""
+    if refused_for_good(exc):
+        return HttpError(500, "kafka_refused", f"Kafka refused {what} ({exc}); nothing was sent")
+    detail = f"Kafka did not take {what} in time ({exc}); retry shortly"
+    return HttpError(503, "kafka_unavailable", detail, {"Retry-After": "5"})
 
 
 def require_token(request: Request, settings: Settings) -> None:
