@@ -132,6 +132,10 @@ class Settings:
     max_body_bytes: int = setting("PIPELINE_MAX_BODY_BYTES", read.integer(1024, 16 << 20),
         64 * 1024,
         "request body limit (`413` above it, whether sent with `Content-Length` or chunked)")
+    http_body_timeout_seconds: float = setting("PIPELINE_HTTP_BODY_TIMEOUT_SECONDS",
+        read.number(0.1, 600.0), 10.0,
+        "how long a request body may take to arrive once its headers have (`408` after): a client "
+        "that stops sending mid-body does not hold a handler and its connection")
     max_order_items: int = setting("PIPELINE_MAX_ORDER_ITEMS", read.integer(1, 10_000), 100,
         "items per order")
     idempotency_key_ttl_seconds: int = setting("PIPELINE_IDEMPOTENCY_KEY_TTL_SECONDS",

@@ -143,7 +143,7 @@ class Orders(View):
     async def post(self, request: Request) -> Response:
         try:
             require_token(request, settings)
-            body = await read_json(request, settings.max_body_bytes)
+            body = await read_json(request, settings)
             placed = await runtime.orders.place_order(body, request.headers.get("Idempotency-Key"))
         except HttpError as exc:
             runtime.metrics.http_rejected.labels(exc.code).inc()
@@ -231,7 +231,7 @@ class Inventory(View):
         """Set the units available; applied by the SKU's owner in order with reservations."""
         try:
             require_token(request, settings)
-            body = await read_json(request, settings.max_body_bytes)
+            body = await read_json(request, settings)
         except HttpError as exc:
             return exc.response(self)
         available = body.get("available") if isinstance(body, dict) else None
@@ -308,7 +308,7 @@ class ReplayDeadLetters(View):
     async def post(self, request: Request) -> Response:
         try:
             require_token(request, settings)
-            body = await read_json(request, settings.max_body_bytes)
+            body = await read_json(request, settings)
             where = within_calendar(parse_replay_request(body))
             result = await runtime.dead_letters.replay(where, requested_by="http")
         except HttpError as exc:

@@ -4,13 +4,17 @@ read whole and judged."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 from unittest import mock
 
 import pytest
+from aiohttp import web
 from aiohttp.streams import StreamReader
 from aiohttp.test_utils import make_mocked_request
 from aiokafka.errors import (
@@ -20,7 +24,7 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from pipeline.app import app
+from pipeline.app import app, settings
 from pipeline.streaming.topics import egress
 from pipeline.web import views
 from pipeline.web.http import HttpError, parse_json, read_json
@@ -65,20 +69,22 @@ def _request(pieces: list[bytes], headers: dict[str, str] | None = None) -> Any:
 
 
 _arrivals: set[asyncio.Task[None]] = set()
+LIMITS = replace(settings, max_body_bytes=1024)
 
 
 async def test_a_body_in_pieces_is_read_whole() -> None:
     body = json.dumps({"customer_id": "c", "items": [{"unit_price": "1.50"}]}).encode()
     request = _request([body[:9], body[9:20], body[20:]], {"Content-Length": str(len(body))})
-    assert await read_json(request, 1024) == {"customer_id": "c", "items": [{"unit_price": "1.50"}]}
+    expected = {"customer_id": "c", "items": [{"unit_price": "1.50"}]}
+    assert await read_json(request, LIMITS) == expected
 
 
 async def test_a_body_over_the_limit_is_413_with_or_without_a_length() -> None:
     with pytest.raises(HttpError) as info:
-        await read_json(_request([b"{}"], {"Content-Length": "2000"}), 1024)
+        await read_json(_request([b"{}"], {"Content-Length": "2000"}), LIMITS)
     assert (info.value.status, info.value.code) == (413, "body_too_large")
     with pytest.raises(HttpError) as info:  # chunked: no length, only bytes
-        await read_json(_request([b"[" + b"1," * 300, b"1," * 300 + b"1]"]), 1024)
+        await read_json(_request([b"[" + b"1," * 300, b"1," * 300 + b"1]"]), LIMITS)
     assert (info.value.status, info.value.code) == (413, "body_too_large")
 
 
@@ -185,3 +191,55 @@ async def test_a_replay_kafka_refuses_for_good_is_answered_with_a_reason(
     assert kafka.sent == [redelivery_topic_name("analytics")]
     assert (status, answer["error"]) == (500, "kafka_refused")
     assert "MessageSizeTooLargeError" in answer["detail"]
+
+
+@contextlib.asynccontextmanager
+async def serving(handler: Any) -> AsyncIterator[int]:
+    """A real aiohttp server on loopback running ``handler`` for every request; its port."""
+    server = web.Application()
+    server.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(server)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_body_that_stops_arriving_is_answered_408_and_frees_its_handler(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client that sends its headers and half its body, then nothing, must not hold a
+    handler (and its connection) for ever: the view answers 408 once the body is overdue."""
+    app.finalize()
+    monkeypatch.setattr(views, "settings", replace(settings, http_body_timeout_seconds=0.5))
+    handled: list[int] = []
+
+    async def put(request: web.Request) -> web.StreamResponse:
+        response = await Inventory(app, app.web).put(request, sku="sku-1")  # type: ignore[arg-type]
+        handled.append(response.status)
+        return cast(web.StreamResponse, response)
+
+    async with serving(put) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        started = time.monotonic()
+        writer.write(b"PUT /inventory/sku-1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 40\r\n\r\n"
+                     b'{"available": ')  # fmt: skip
+        await writer.drain()
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            waited = time.monotonic() - started
+            length = int(dict(
+                line.split(": ", 1) for line in head.decode().split("\r\n")[1:] if ": " in line
+            )["Content-Length"])  # fmt: skip
+            body = json.loads(await reader.readexactly(length))
+        finally:
+            writer.close()
+            await writer.wait_closed()
+    assert head.startswith(b"HTTP/1.1 408 "), head
+    assert body["error"] == "body_timeout" and "0.5 s" in body["detail"]
+    assert 0.5 <= waited < 5
+    assert handled == [408]
