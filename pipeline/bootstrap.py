@@ -27,7 +27,7 @@ from pipeline.adapters.kafka.security import client_options
 from pipeline.app import app, settings
 from pipeline.domain.events import utc_now
 from pipeline.domain.failures import AGENT, Headers, original_timestamp_ms
-from pipeline.domain.reconcile import Report
+from pipeline.domain.reconcile import Report, TopicIds
 from pipeline.metrics import Metrics
 from pipeline.services.dead_letters import DeadLetters
 from pipeline.services.orders import OrderService
@@ -136,7 +136,7 @@ class Runtime(Service):
                         await asyncio.sleep(0.2)
                     raise OSError(f"{path} kept answering {resp.status}")
 
-            async def scan() -> tuple[set[str], int]:
+            async def scan() -> TopicIds:
                 return await scan_event_ids(
                     s.kafka_bootstrap_servers, s.topic_name(ORDER_EVENTS), **client_options(s)
                 )
