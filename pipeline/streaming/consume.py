@@ -115,6 +115,7 @@ async def handle_record(
     where = {"agent": policy.agent, "topic": message.topic, "partition": message.partition,
              "offset": message.offset}  # fmt: skip
     try:
+        failures.check_header_keys(message.headers)
         event = decode(message.value, *types)
     except InvalidEvent as exc:
         with logs.bound(**where):

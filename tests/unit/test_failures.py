@@ -232,6 +232,27 @@ def test_a_poison_pill_is_dead_lettered_without_calling_the_handler(sent: list[A
     assert [h[failures.REASON] for _, h in sent] == [b"poison", b"poison"]
 
 
+def test_a_record_whose_header_key_is_not_utf8_is_poison_and_keeps_it_escaped(
+    sent: list[Any],
+) -> None:
+    """The fetcher hands such a key over with surrogate escapes (its bytes,
+    ``pipeline.streaming.faust_patches.header_keys``); the value may be a valid event, but the
+    record is nothing a pipeline producer wrote. Kafka would not take the key back as it is."""
+    event = order_created("cust-a")
+    handle, applied = _flaky(0, TimeoutError())
+    key = b"\xff\xfeid".decode("utf-8", "surrogateescape")
+    headers = [(key, b"1"), ("event_id", event.event_id.encode())]
+    _run(Message(encode(event), headers=headers), handle, FAST)
+    assert applied == []
+    [(topic, out)] = sent
+    assert topic.endswith("dead-letters")
+    assert out[failures.REASON] == b"poison"
+    assert out[failures.EXCEPTION_TYPE] == b"pipeline.domain.events.InvalidEvent"
+    assert b"not UTF-8" in out[failures.EXCEPTION_MESSAGE]
+    assert out["\\xff\\xfeid"] == b"1" and out["event_id"] == event.event_id.encode()
+    assert all(k.encode() for k in out)  # every key is text a producer can send
+
+
 def test_a_dead_letter_record_is_indexed_and_replayed_with_its_original_bytes() -> None:
     event = order_created("cust-a")
     original = [("event_id", event.event_id.encode()), ("event_type", b"OrderCreated")]
