@@ -27,7 +27,7 @@ from pipeline.adapters.kafka.security import client_options
 from pipeline.app import app, settings
 from pipeline.domain.events import utc_now
 from pipeline.domain.failures import AGENT, Headers, original_timestamp_ms
-from pipeline.domain.reconcile import Report
+from pipeline.domain.reconcile import Report, TopicIds
 from pipeline.metrics import Metrics
 from pipeline.services.dead_letters import DeadLetters
 from pipeline.services.orders import OrderService
@@ -39,6 +39,7 @@ from pipeline.streaming.topics import (
     AGENT_SOURCES,
     ALL_TOPICS,
     ORDER_EVENTS,
+    egress,
     redelivery_topic_name,
     redelivery_topics,
 )
@@ -105,9 +106,11 @@ class Runtime(Service):
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers, partition: int
     ) -> None:
         # With the original record's timestamp, so a replay lands in the window its first
-        # delivery did, however often it is replayed.
-        await consume.send_reliably(topic, key, value, headers, partition=partition,
-                                    timestamp_ms=original_timestamp_ms(headers))  # fmt: skip
+        # delivery did, however often it is replayed. Not ``consume.send_reliably``: a replay
+        # the broker refuses is the operator's to hear of, not a reason to stop the worker.
+        await egress.deliver_reliably(topic, value, key=key, headers=headers,
+                                      partition=partition,
+                                      timestamp_ms=original_timestamp_ms(headers))  # fmt: skip
         agent = dict(headers).get(AGENT, b"?").decode("utf-8", "replace")
         self.metrics.replays.labels(agent).inc()
 
@@ -133,7 +136,7 @@ class Runtime(Service):
                         await asyncio.sleep(0.2)
                     raise OSError(f"{path} kept answering {resp.status}")
 
-            async def scan() -> tuple[set[str], int]:
+            async def scan() -> TopicIds:
                 return await scan_event_ids(
                     s.kafka_bootstrap_servers, s.topic_name(ORDER_EVENTS), **client_options(s)
                 )

@@ -132,6 +132,10 @@ class Settings:
     max_body_bytes: int = setting("PIPELINE_MAX_BODY_BYTES", read.integer(1024, 16 << 20),
         64 * 1024,
         "request body limit (`413` above it, whether sent with `Content-Length` or chunked)")
+    http_body_timeout_seconds: float = setting("PIPELINE_HTTP_BODY_TIMEOUT_SECONDS",
+        read.number(0.1, 600.0), 10.0,
+        "how long a request body may take to arrive once its headers have (`408` after): a client "
+        "that stops sending mid-body does not hold a handler and its connection")
     max_order_items: int = setting("PIPELINE_MAX_ORDER_ITEMS", read.integer(1, 10_000), 100,
         "items per order")
     idempotency_key_ttl_seconds: int = setting("PIPELINE_IDEMPOTENCY_KEY_TTL_SECONDS",
@@ -316,6 +320,28 @@ def _disagreements(v: Mapping[str, Any]) -> Iterator[str]:
         )
 
 
+# Variables the pipeline read once and reads no more, each with what to do instead. One still
+# set stops start-up like a bad value: ignored, it would let an operator believe it works.
+RETIRED = {
+    "PIPELINE_DEDUPE_WINDOW": (
+        "the count-based dedupe window was replaced by a time horizon: set "
+        "PIPELINE_DEDUPE_HORIZON_SECONDS (seconds of record time a table value remembers what it "
+        "settled) and unset PIPELINE_DEDUPE_WINDOW"
+    ),
+    "PIPELINE_PROCESSING_GUARANTEE": (
+        "there is no exactly_once mode (Faust's transactions fence the workers of a "
+        "repartitioned topic): at-least-once delivery with idempotent effects is the only "
+        "guarantee; unset PIPELINE_PROCESSING_GUARANTEE"
+    ),
+}
+
+
+def _retired(env: Mapping[str, str]) -> Iterator[str]:
+    for name, instead in RETIRED.items():
+        if (env.get(name) or "").strip():
+            yield f"{name} is no longer read: {instead}"
+
+
 def declared() -> list[tuple[Field[Any], Setting]]:
     """Every field of :class:`Settings` with its declaration, in declaration order."""
     return [(f, f.metadata["setting"]) for f in fields(Settings)]
@@ -327,7 +353,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     Every bad variable is reported at once: one :class:`SettingsError`, one line per problem."""
     env = os.environ if environ is None else environ
     values = Resolved()
-    problems: list[str] = []
+    problems: list[str] = list(_retired(env))
     derived: list[tuple[str, Derived]] = []
     for f, spec in declared():
         raw = env.get(spec.env) if spec.env else None
@@ -395,6 +421,13 @@ def configuration_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+def retired_table() -> str:
+    """The markdown table of the retired variables and what replaces each."""
+    rows = ["| variable | instead |", "|---|---|"]
+    rows += [f"| `{name}` | {instead} |" for name, instead in RETIRED.items()]
+    return "\n".join(rows) + "\n"
+
+
 def configuration_doc() -> str:
     """All of ``docs/configuration.md``: regenerate that file with :data:`REGENERATE`."""
     return f"""# Configuration
@@ -407,6 +440,10 @@ nothing set. The settings are read once, when a worker or a command starts; a ba
 it with one message naming every variable to fix and what each expects.
 
 {configuration_table()}
+Retired: these are no longer read, and a worker or command started with one set stops, saying
+what to do instead.
+
+{retired_table()}
 Test-only: `TEST_KAFKA_BOOTSTRAP_SERVERS` (use your broker instead of starting one),
 `TEST_DATABASE_URL` (your PostgreSQL), `TEST_POSTGRES_PORT` (the private cluster's port, 55432).
 """

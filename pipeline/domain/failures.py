@@ -123,10 +123,35 @@ def backoff(
 def header_map(
     headers: Iterable[tuple[str, bytes]] | Mapping[str, bytes] | None,
 ) -> dict[str, bytes]:
+    """The headers by key, every key text Kafka takes back (see :func:`header_key`)."""
     if headers is None:
         return {}
     items = headers.items() if isinstance(headers, Mapping) else headers
-    return {k: (v if isinstance(v, bytes) else str(v).encode()) for k, v in items}
+    return {
+        (k if k.isascii() else header_key(k)): (v if isinstance(v, bytes) else str(v).encode())
+        for k, v in items
+    }
+
+
+def header_key(key: str) -> str:
+    """``key``, or, when it is not UTF-8 text, its bytes with the undecodable ones escaped
+    (``\\xff``). The consumer hands such a key over with surrogate escapes (the record's
+    own bytes; ``pipeline.streaming.faust_patches.header_keys``), and no producer sends those."""
+    try:
+        key.encode()
+    except UnicodeEncodeError:
+        return key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return key
+
+
+def check_header_keys(headers: Iterable[tuple[str, Any]] | Mapping[str, Any] | None) -> None:
+    """Raise :class:`InvalidEvent` when a header key is not UTF-8 text: such a record was not
+    written by a Kafka client that follows the protocol, whatever its value says (a poison pill,
+    dead-lettered with its key escaped)."""
+    items = headers.items() if isinstance(headers, Mapping) else headers or ()
+    for key, _ in items:
+        if not key.isascii() and header_key(key) != key:
+            raise InvalidEvent(f"header key '{header_key(key)[:80]}' is not UTF-8 text")
 
 
 def original_headers(headers: Mapping[str, bytes]) -> Headers:

@@ -36,6 +36,16 @@ class Facts:
     dead_lettered: dict[str, CustomerTruth] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class TopicIds:
+    """What a topic holds: the distinct event ids, the records that carried one, and the
+    records whose ``event_id`` header is missing or unreadable (not UTF-8, empty)."""
+
+    ids: set[str] = field(default_factory=set)
+    records: int = 0
+    undecodable: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Difference:
     kind: str

@@ -8,7 +8,9 @@ Checks, once the pipeline has drained:
 - every order has exactly one ``OrderCreated`` outbox row, and one ``OrderCancelled`` row if
   (and only if) it was cancelled — for orders younger than the outbox retention, whose rows
   are still there; no row is pending or parked;
-- every outbox row reached ``orders.events`` (by event id), when Kafka is scanned;
+- every outbox row reached ``orders.events`` (by event id), when Kafka is scanned; records
+  there without a readable ``event_id`` header (not written by the forwarder) are counted as
+  ``kafka_undecodable``, not compared;
 - no order is still ``created`` (inventory answered for every order).
 
 ``compare`` is pure (:mod:`pipeline.domain.reconcile`); the database's facts come from
@@ -26,10 +28,10 @@ from datetime import datetime
 from typing import Any
 
 from pipeline.adapters.db.reconcile import ReconcileStore
-from pipeline.domain.reconcile import Report, compare
+from pipeline.domain.reconcile import Report, TopicIds, compare
 
 Read = Callable[[str], Awaitable[dict[str, Any] | None]]
-Scan = Callable[[], Awaitable[tuple[set[str], int]]]
+Scan = Callable[[], Awaitable[TopicIds]]
 
 
 async def reconcile(
@@ -44,9 +46,11 @@ async def reconcile(
     skus = sorted(facts.reserved)
     stats = await asyncio.gather(*(read_stats(c) for c in customers))
     stock = await asyncio.gather(*(read_stock(k) for k in skus))
-    kafka_ids, records = await scan() if scan is not None else (None, 0)
+    topic = await scan() if scan is not None else None
     report = compare(facts, dict(zip(customers, stats, strict=True)),
-                     dict(zip(skus, stock, strict=True)), kafka_ids)  # fmt: skip
-    if kafka_ids is not None:
-        report.checked["kafka_duplicates"] = records - len(kafka_ids)
+                     dict(zip(skus, stock, strict=True)),
+                     None if topic is None else topic.ids)  # fmt: skip
+    if topic is not None:
+        report.checked["kafka_duplicates"] = topic.records - len(topic.ids)
+        report.checked["kafka_undecodable"] = topic.undecodable
     return report

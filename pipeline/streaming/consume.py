@@ -23,11 +23,13 @@ from aiokafka.errors import KafkaError
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from pipeline import logs
+from pipeline.adapters.kafka.refusals import REFUSALS
 from pipeline.app import settings
 from pipeline.domain import failures
 from pipeline.domain.events import InvalidEvent, decode
 from pipeline.domain.failures import Failure, FailurePolicy, Headers, Origin, Unavailable
 from pipeline.metrics import Metrics
+from pipeline.streaming import faust_patches
 from pipeline.streaming.topics import (
     dead_letters_topic,
     egress,
@@ -49,11 +51,15 @@ DATABASE_TRANSIENT = (Unavailable, OperationalError, DBAPIError)
 
 def policy_for(agent: str, **overrides: Any) -> FailurePolicy:
     """The agent's failure policy: the settings' retry schedule, the default error lists,
-    and whatever the agent overrides (e.g. ``non_retryable=(..., MyError)``)."""
+    and whatever the agent overrides (e.g. ``non_retryable=(..., MyError)``).
+
+    A Kafka error is transient unless it refuses the record for good (``REFUSALS``: a record
+    over ``max_request_size``, which aiokafka's ``send`` raises at once, is dead-lettered with
+    its context rather than retried to the same refusal)."""
     base = FailurePolicy(
         agent,
         retryable=(*failures.TRANSIENT, *DATABASE_TRANSIENT, KafkaError),
-        non_retryable=(*failures.PERMANENT, IntegrityError),
+        non_retryable=(*failures.PERMANENT, IntegrityError, *REFUSALS),
         in_place_attempts=settings.retry_in_place_attempts,
         in_place_backoff=settings.retry_backoff_seconds,
         retry_delays=settings.retry_delays,
@@ -109,6 +115,7 @@ async def handle_record(
     where = {"agent": policy.agent, "topic": message.topic, "partition": message.partition,
              "offset": message.offset}  # fmt: skip
     try:
+        failures.check_header_keys(message.headers)
         event = decode(message.value, *types)
     except InvalidEvent as exc:
         with logs.bound(**where):
@@ -217,6 +224,12 @@ async def send_reliably(
     """Send and wait for the broker's acknowledgement, retrying until it comes: the record
     being set aside is acknowledged as soon as this returns, so this must not give up.
 
+    Unless the broker refuses the record for good (:mod:`pipeline.adapters.kafka.refusals`: the
+    dead-letter topic's ``max.message.bytes``, an unauthorized topic...), which no retry cures:
+    then no offset is committed any more (:func:`faust_patches.refuse_commits`, so the record
+    being set aside is not committed over when Faust acknowledges the event its agent crashed
+    on) and the refusal is raised; the worker stops loudly, as for any send that failed.
+
     ``timestamp_ms`` is the original record's (:attr:`Origin.timestamp_ms`), so a retried or
     replayed record keeps its place in windows by record time; None stamps it now. Through
     the worker's egress to the aiokafka client itself, as ``topics.publish``: Faust's
@@ -224,8 +237,12 @@ async def send_reliably(
     wraps a ``KafkaError`` raised at send time into a ``ProducerSendError`` a retry would not
     catch.
     """
-    await egress.deliver_reliably(topic, value, key=key, headers=headers, partition=partition,
-                                  timestamp_ms=timestamp_ms)  # fmt: skip
+    try:
+        await egress.deliver_reliably(topic, value, key=key, headers=headers,
+                                      partition=partition, timestamp_ms=timestamp_ms)  # fmt: skip
+    except Exception as exc:  # refused for good: deliver_reliably retries what may pass
+        faust_patches.refuse_commits(topic, exc)
+        raise
 
 
 def _count_handled(message: Any, agent: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import decimal
 import hmac
 import json
@@ -11,8 +12,10 @@ from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import DecompressSizeError, HttpProcessingError
+from aiokafka.errors import KafkaError
 from faust.web import Request, Response, View
 
+from pipeline.adapters.kafka.refusals import refused_for_good
 from pipeline.settings import Settings
 
 MAX_INT_DIGITS = sys.get_int_max_str_digits()
@@ -39,6 +42,17 @@ def error(view: View, status: int, code: str, detail: Any) -> Response:
     return HttpError(status, code, detail).response(view)
 
 
+def not_sent(exc: KafkaError, what: str) -> HttpError:
+    """The answer to a request whose record (``what``) Kafka did not take: ``503`` with a retry
+    hint while the cluster cannot take it now (down, no leader, too few replicas), ``500``
+    saying so when it refuses the record for good (an unauthorized topic, a size limit), which
+    only an operator can fix."""
+    if refused_for_good(exc):
+        return HttpError(500, "kafka_refused", f"Kafka refused {what} ({exc}); nothing was sent")
+    detail = f"Kafka did not take {what} in time ({exc}); retry shortly"
+    return HttpError(503, "kafka_unavailable", detail, {"Retry-After": "5"})
+
+
 def require_token(request: Request, settings: Settings) -> None:
     """Write and admin endpoints need ``Authorization: Bearer <token>`` when one is set."""
     token = settings.api_token.get()
@@ -56,13 +70,15 @@ def require_token(request: Request, settings: Settings) -> None:
         )
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
+async def read_body(request: Request, max_bytes: int, within_seconds: float) -> bytes:
     """The whole request body, however it is framed (``Content-Length`` or chunked) and however
-    many TCP segments it arrives in; 413 once it is over ``max_bytes``.
+    many TCP segments it arrives in; 413 once it is over ``max_bytes``, 408 when it has not all
+    arrived ``within_seconds`` of the call (the handler starts once the headers are in).
 
     aiohttp's ``content.read(n)`` answers with what is buffered, not with n bytes, so the body
     is gathered in a loop. ``request.read()`` would do that too, but under the aiohttp
-    application's ``client_max_size`` (1 MiB), not under our limit."""
+    application's ``client_max_size`` (1 MiB), not under our limit. aiohttp bounds no body
+    read in time: a client that stops sending would hold the handler for ever."""
     aio = cast(web.Request, request)  # Faust's aiohttp driver hands us aiohttp's request
     too_large = HttpError(413, "body_too_large", f"request body is over {max_bytes} bytes")
     length = aio.content_length
@@ -70,10 +86,14 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
         raise too_large  # refused before reading: aiohttp drains or drops the rest
     body = bytearray()
     try:
-        async for chunk in aio.content.iter_any():
-            body += chunk
-            if len(body) > max_bytes:
-                raise too_large
+        async with asyncio.timeout(within_seconds):
+            async for chunk in aio.content.iter_any():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise too_large
+    except TimeoutError:
+        detail = f"request body did not arrive within {within_seconds:g} s ({len(body)} bytes came)"
+        raise HttpError(408, "body_timeout", detail) from None
     except (web.RequestPayloadError, HttpProcessingError) as exc:  # e.g. broken gzip
         if isinstance(exc.__cause__, DecompressSizeError):
             raise too_large from None
@@ -107,6 +127,8 @@ def parse_json(raw: bytes) -> Any:
     raise HttpError(400, "malformed_json", reason)
 
 
-async def read_json(request: Request, max_bytes: int) -> Any:
-    """The request body as JSON (decimals exact), or an :class:`HttpError` saying why not."""
-    return parse_json(await read_body(request, max_bytes))
+async def read_json(request: Request, settings: Settings) -> Any:
+    """The request body as JSON (decimals exact), read within the settings' size and time
+    limits, or an :class:`HttpError` saying why not."""
+    body = await read_body(request, settings.max_body_bytes, settings.http_body_timeout_seconds)
+    return parse_json(body)

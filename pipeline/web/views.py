@@ -6,6 +6,7 @@ worker answers any read. Errors are ``{"error": "<code>", "detail": ...}``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -14,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from faust.web import Request, Response, View
 
 from pipeline.app import app, settings
@@ -31,7 +33,7 @@ from pipeline.services.orders import (
 )
 from pipeline.streaming.topics import inventory_commands_topic, publish
 from pipeline.web.answers import answer
-from pipeline.web.http import HttpError, error, read_json, require_token
+from pipeline.web.http import HttpError, error, not_sent, read_json, require_token
 from tables.customer_stats import customer_stats, customer_stats_table
 from tables.inventory import stock, stock_table
 from tables.revenue import recent_windows, revenue_table
@@ -42,6 +44,23 @@ DB_DOWN = HttpError(503, "database_unavailable", "the database is unavailable; r
 
 
 Handler = Callable[..., Awaitable[Response]]
+
+# How long a view waits for the broker to acknowledge what it sends before answering 503: the
+# producer itself would wait for its request timeout (Faust's default: 20 minutes).
+SEND_WAIT_SECONDS = 10.0
+
+
+async def _within(seconds: float, sending: Awaitable[None]) -> None:
+    """``sending`` awaited for at most ``seconds`` (``TimeoutError`` after): the send itself is
+    not cancelled, as a record already handed to the producer may still be delivered."""
+    task = asyncio.ensure_future(sending)
+    task.add_done_callback(_retrieved)
+    await asyncio.wait_for(asyncio.shield(task), seconds)
+
+
+def _retrieved(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()  # the waiter reported it, or gave up waiting: not "never retrieved"
 
 
 def unavailable_while_rebalancing(handler: Handler) -> Handler:
@@ -124,7 +143,7 @@ class Orders(View):
     async def post(self, request: Request) -> Response:
         try:
             require_token(request, settings)
-            body = await read_json(request, settings.max_body_bytes)
+            body = await read_json(request, settings)
             placed = await runtime.orders.place_order(body, request.headers.get("Idempotency-Key"))
         except HttpError as exc:
             runtime.metrics.http_rejected.labels(exc.code).inc()
@@ -212,7 +231,7 @@ class Inventory(View):
         """Set the units available; applied by the SKU's owner in order with reservations."""
         try:
             require_token(request, settings)
-            body = await read_json(request, settings.max_body_bytes)
+            body = await read_json(request, settings)
         except HttpError as exc:
             return exc.response(self)
         available = body.get("available") if isinstance(body, dict) else None
@@ -232,7 +251,17 @@ class Inventory(View):
             return error(self, 422, "validation_failed", problems)
         assert isinstance(available, int)
         command = StockSet(str(uuid.uuid4()), sku, available, utc_now())
-        await publish(inventory_commands_topic, sku, command)
+        try:
+            await _within(SEND_WAIT_SECONDS, publish(inventory_commands_topic, sku, command))
+        except KafkaError as exc:
+            log.warning("PUT /inventory: the stock set of %r was not sent: %r", sku, exc)
+            return not_sent(exc, "the stock set").response(self)
+        except TimeoutError:
+            log.warning("PUT /inventory: the stock set of %r is not acknowledged yet", sku)
+            return HttpError(503, "kafka_unavailable", (
+                f"Kafka did not acknowledge the stock set within {SEND_WAIT_SECONDS:g} s; it may "
+                "still be applied, and a retry is safe: the newest stock set wins"
+            ), {"Retry-After": "5"}).response(self)  # fmt: skip
         return self.json({"sku": sku, "available": available, "status": "accepted"}, status=202)
 
 
@@ -279,7 +308,7 @@ class ReplayDeadLetters(View):
     async def post(self, request: Request) -> Response:
         try:
             require_token(request, settings)
-            body = await read_json(request, settings.max_body_bytes)
+            body = await read_json(request, settings)
             where = within_calendar(parse_replay_request(body))
             result = await runtime.dead_letters.replay(where, requested_by="http")
         except HttpError as exc:
@@ -288,6 +317,9 @@ class ReplayDeadLetters(View):
             return error(self, 422, "validation_failed", exc.problems)
         except (Unavailable, OSError):
             return DB_DOWN.response(self)
+        except KafkaError as exc:  # refused for good: a replay retries any other
+            log.warning("POST /dead-letters/replay: a replay was not sent: %r", exc)
+            return not_sent(exc, "a replay (those before it were sent)").response(self)
         return self.json(result.to_json())
 
 

@@ -3,8 +3,8 @@ one hot customer, a forwarder re-publishing every order event a few seconds late
 of an old stock set. Judged from the database, the changelog topics read with a plain
 consumer, and the public HTTP API; never from the pipeline's own reconcile.
 
-Each part failed on the count windows this replaced (run with ``PIPELINE_DEDUPE_WINDOW=8``,
-which the test also sets): the ledger dropped releases and rejections in the write that made
+Each part failed on the count windows this replaced (run with a window of 8 ids, the setting
+since retired): the ledger dropped releases and rejections in the write that made
 them, so repeats took stock twice; the stats forgot an event after eight more; confirmed lines
 stayed in the ledger forever and every revenue id in its window.
 """
@@ -235,7 +235,6 @@ def test_state_stays_bounded_and_exact_under_repeats_at_volume(
     asyncio.run(create_topics(kafka_bootstrap, [orders_topic]))
     worker = workers.start(
         PIPELINE_DEDUPE_HORIZON_SECONDS=str(HORIZON),
-        PIPELINE_DEDUPE_WINDOW="8",  # what the count windows this replaced would have used
         PIPELINE_RETRY_DELAYS="0.2,0.5",
         PIPELINE_REVENUE_WINDOW_SECONDS="3600",
     )

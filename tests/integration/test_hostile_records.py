@@ -1,6 +1,7 @@
 """Hostile records on ``orders.events`` against a real worker: bytes that make the JSON decoder
 raise something other than ``JSONDecodeError`` (an integer of 5,000 digits, nesting 100,000
-deep), a time that overflows when converted to UTC, bytes that are not UTF-8.
+deep), a time that overflows when converted to UTC, bytes that are not UTF-8, a header key that
+is not UTF-8.
 
 Each must land on the dead-letter topic as poison with its context, once per agent reading the
 topic, while the worker keeps running and the partition keeps flowing: an order event produced
@@ -12,12 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.record.default_records import DefaultRecordBase
+from aiokafka.record.util import calc_crc32c
 
 from pipeline.adapters.db.schema import migrate
 from pipeline.domain.events import encode
@@ -121,3 +126,75 @@ def test_hostile_records_are_dead_lettered_with_context_and_the_partition_flows(
     indexed = [d for d in body["dead_letters"] if d["key"] == customer]
     assert len(indexed) == len(pills) * len(READERS)
     assert {d["error_type"] for d in indexed} == {"pipeline.domain.events.InvalidEvent"}
+
+
+async def _produce_with_header_key(
+    bootstrap: str, topic: str, key: bytes, value: bytes, header_key: bytes
+) -> Any:
+    """Send one record whose header key is the raw bytes ``header_key``, with a plain producer.
+    aiokafka's batch builder refuses to write a key that is not UTF-8 (a broker stores it): a
+    placeholder as long is written, then replaced in the built batch and its CRC sealed again."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        partitions = sorted(await producer.partitions_for(topic))
+        partition = DefaultPartitioner()(key, partitions, partitions)  # as send() places `key`
+        batch = producer.create_batch()
+        placeholder = "\x01" * len(header_key)
+        batch.append(key=key, value=value, timestamp=None, headers=[(placeholder, b"x")])
+        raw = batch._build()  # the bytes the producer sends, built once
+        at = raw.index(placeholder.encode())
+        raw[at : at + len(header_key)] = header_key
+        crc = calc_crc32c(bytes(raw[DefaultRecordBase.ATTRIBUTES_OFFSET :]))
+        struct.pack_into(">I", raw, DefaultRecordBase.CRC_OFFSET, crc)
+        return await (await producer.send_batch(batch, topic, partition=partition))
+    finally:
+        await producer.stop()
+
+
+def test_a_header_key_that_is_not_utf8_is_dead_lettered_and_the_partition_flows(
+    worker: tuple[WorkerFactory, Worker],
+) -> None:
+    """aiokafka's fetcher decodes header keys strictly: unguarded, such a record stopped the
+    worker, and every worker that took its partition after it."""
+    factory, w1 = worker
+    pid = w1.proc.pid
+    customer = f"cust-{uuid.uuid4().hex[:6]}"
+    topic = factory.topic("orders.events")
+    hostile = encode(order_created(customer))  # a valid event, under a key no client writes
+    sent = asyncio.run(_produce_with_header_key(factory.bootstrap, topic, customer.encode(),
+                                                hostile, b"\xff\xfe"))  # fmt: skip
+    asyncio.run(_produce(factory.bootstrap, topic, customer.encode(),
+                         [encode(order_created(customer))]))  # fmt: skip
+
+    def stats() -> Any:
+        status, body = w1.get(f"/customers/{customer}/stats")
+        return body if status == 200 else None
+
+    # The order behind it, on the same partition, is applied; the hostile one is not.
+    assert wait_for(stats, 60, "the order behind the hostile record")["order_count"] == 1
+
+    def letters() -> list[Any]:
+        records = asyncio.run(consume(factory.bootstrap, factory.topic("dead-letters"),
+                                      count=1000, timeout=3))  # fmt: skip
+        mine = [r for r in records if r.key == customer.encode()]
+        return mine if len(mine) >= len(READERS) else []
+
+    mine = wait_for(letters, 60, "the record on the dead-letter topic, once per agent")
+    assert sorted(dict(r.headers)["x-agent"].decode() for r in mine) == sorted(READERS)
+    for record in mine:
+        headers = dict(record.headers)
+        expected = {
+            "x-dead-letter-reason": b"poison",
+            "x-original-topic": topic.encode(),
+            "x-original-partition": str(sent.partition).encode(),
+            "x-original-offset": str(sent.offset).encode(),
+            "x-exception-type": b"pipeline.domain.events.InvalidEvent",
+            "\\xff\\xfe": b"x",  # the key, escaped: Kafka would not take its bytes back
+        }
+        assert {k: headers.get(k) for k in expected} == expected
+        assert record.value == hostile
+        assert b"not UTF-8" in headers["x-exception-message"]
+    assert stats()["order_count"] == 1
+    # The worker neither crashed nor restarted.
+    assert w1.proc.poll() is None and w1.proc.pid == pid

@@ -11,7 +11,23 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from aiokafka.errors import InvalidTimestampError, KafkaTimeoutError
+from aiokafka.errors import (
+    BrokerNotAvailableError,
+    InvalidTimestampError,
+    InvalidTopicError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    LeaderNotAvailableError,
+    MessageSizeTooLargeError,
+    NotEnoughReplicasError,
+    NotLeaderForPartitionError,
+    RecordTooLargeError,
+    RequestTimedOutError,
+    TopicAuthorizationFailedError,
+    UnknownError,
+    UnsupportedVersionError,
+)
 
 from pipeline.adapters.kafka.egress import Egress, event_headers
 from pipeline.domain.events import encode
@@ -68,19 +84,22 @@ async def test_a_handled_event_is_not_kept_alive_while_the_next_is_awaited() -> 
 
 
 class Producer:
-    """aiokafka's producer as ``send_reliably`` uses it; the first ``fail`` sends raise, and
-    the broker refuses timestamps before ``oldest_ms`` as it does with
-    ``message.timestamp.before.max.ms``."""
+    """aiokafka's producer as ``send_reliably`` uses it; the first ``fail`` sends raise
+    ``error`` (a timeout, by default), and the broker refuses timestamps before ``oldest_ms``
+    as it does with ``message.timestamp.before.max.ms``."""
 
-    def __init__(self, fail: int = 0, oldest_ms: int = 0) -> None:
+    def __init__(self, fail: int = 0, oldest_ms: int = 0, error: KafkaError | None = None) -> None:
         self.fail = fail
         self.oldest_ms = oldest_ms
+        self.error = error or KafkaTimeoutError("no metadata yet")
+        self.tried = 0
         self.sent: list[dict[str, Any]] = []
 
     async def send(self, topic: str, value: bytes | None, **kwargs: Any) -> asyncio.Future[None]:
+        self.tried += 1
         if self.fail:
             self.fail -= 1
-            raise KafkaTimeoutError("no metadata yet")
+            raise self.error
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if (kwargs["timestamp_ms"] or self.oldest_ms) < self.oldest_ms:
             done.set_exception(InvalidTimestampError())
@@ -147,6 +166,52 @@ async def test_an_operator_replay_gives_up_after_its_attempts_a_worker_never(
     producer = Producer(fail=20)
     await Egress(producer).deliver_reliably("t.x", b"v", key=b"k")
     assert len(producer.sent) == 1
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        MessageSizeTooLargeError(),  # over the topic's max.message.bytes, or max_request_size
+        RecordTooLargeError(),
+        InvalidTopicError(),
+        TopicAuthorizationFailedError("t.x"),
+        UnsupportedVersionError(),
+        UnknownError(),  # an error code aiokafka does not know
+    ],
+    ids=lambda exc: type(exc).__name__,
+)
+async def test_a_record_refused_for_good_raises_at_once(
+    monkeypatch: pytest.MonkeyPatch, refusal: KafkaError
+) -> None:
+    """Retrying it would block the agent or holder setting a record aside, for ever and
+    without a word."""
+    monkeypatch.setattr(asyncio, "sleep", _no_sleep)
+    producer = Producer(fail=1_000, error=refusal)
+    with pytest.raises(type(refusal)):
+        await asyncio.wait_for(Egress(producer).deliver_reliably("t.x", b"v", key=b"k"), 5)
+    assert producer.tried == 1
+
+
+@pytest.mark.parametrize(
+    "passing",
+    [
+        KafkaTimeoutError(),  # the broker is down: aiokafka's batch expired
+        NotEnoughReplicasError(),
+        LeaderNotAvailableError(),
+        NotLeaderForPartitionError(),
+        RequestTimedOutError(),
+        KafkaConnectionError(),
+        BrokerNotAvailableError(),
+    ],
+    ids=lambda exc: type(exc).__name__,
+)
+async def test_a_transient_failure_is_retried_until_the_record_is_delivered(
+    monkeypatch: pytest.MonkeyPatch, passing: KafkaError
+) -> None:
+    monkeypatch.setattr(asyncio, "sleep", _no_sleep)
+    producer = Producer(fail=7, error=passing)
+    await Egress(producer).deliver_reliably("t.x", b"v", key=b"k")
+    assert producer.tried == 8 and len(producer.sent) == 1
 
 
 async def _no_sleep(_seconds: float) -> None:

@@ -13,6 +13,19 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiokafka.errors import (
+    InvalidTopicError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    LeaderNotAvailableError,
+    MessageSizeTooLargeError,
+    NotEnoughReplicasError,
+    RecordTooLargeError,
+    RequestTimedOutError,
+    TopicAuthorizationFailedError,
+    UnsupportedVersionError,
+)
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from pipeline.domain import failures
@@ -25,6 +38,7 @@ from pipeline.domain.dead_letters import (
 )
 from pipeline.domain.events import InvalidEvent, OrderCreated, encode
 from pipeline.streaming import consume
+from pipeline.streaming.topics import egress
 from tests.conftest import order_created
 
 
@@ -40,6 +54,35 @@ def test_errors_are_classified_by_their_most_specific_listed_type() -> None:
     assert not policy.is_transient(failures.NonRetryableError("never"))
     # Unknown errors are retried, then dead-lettered: retrying a bug costs a minute at most.
     assert policy.is_transient(RuntimeError("who knows"))
+
+
+def test_a_kafka_error_is_transient_unless_it_refuses_the_record_for_good() -> None:
+    policy = consume.policy_for("analytics")
+    for passing in (KafkaTimeoutError(), NotEnoughReplicasError(), LeaderNotAvailableError(),
+                    KafkaConnectionError(), RequestTimedOutError(), KafkaError()):  # fmt: skip
+        assert policy.is_transient(passing), passing
+    for refusal in (MessageSizeTooLargeError(), RecordTooLargeError(), InvalidTopicError(),
+                    TopicAuthorizationFailedError(), UnsupportedVersionError()):  # fmt: skip
+        assert not policy.is_transient(refusal), refusal
+
+
+def test_a_record_the_producer_refuses_as_too_large_is_dead_lettered_at_once(
+    sent: list[Any],
+) -> None:
+    """aiokafka's ``send`` raises ``MessageSizeTooLargeError`` for a derived record over its
+    ``max_request_size``: no retry makes the record smaller."""
+    event = order_created("cust-a")
+    handle, applied = _flaky(99, MessageSizeTooLargeError("the message is 2000000 bytes"))
+    policy = consume.policy_for("analytics", in_place_backoff=0.001)
+    _run(Message(encode(event), headers=[("event_id", event.event_id.encode())]), handle, policy)
+    assert applied == []
+    [(topic, headers)] = sent
+    assert topic.endswith("dead-letters")
+    assert headers[failures.REASON] == b"permanent"
+    assert headers[failures.ATTEMPTS] == b"1"
+    assert headers[failures.EXCEPTION_TYPE] == b"aiokafka.errors.MessageSizeTooLargeError"
+    assert headers["event_id"] == event.event_id.encode()
+    assert headers[failures.ORIGINAL_OFFSET] == b"99"
 
 
 def test_classification_is_configurable_per_agent() -> None:
@@ -187,6 +230,27 @@ def test_a_poison_pill_is_dead_lettered_without_calling_the_handler(sent: list[A
     _run(Message(b'{"event_type": "Unheard", "event_id": "x"}'), handle, FAST)
     assert applied == []
     assert [h[failures.REASON] for _, h in sent] == [b"poison", b"poison"]
+
+
+def test_a_record_whose_header_key_is_not_utf8_is_poison_and_keeps_it_escaped(
+    sent: list[Any],
+) -> None:
+    """The fetcher hands such a key over with surrogate escapes (its bytes,
+    ``pipeline.streaming.faust_patches.header_keys``); the value may be a valid event, but the
+    record is nothing a pipeline producer wrote. Kafka would not take the key back as it is."""
+    event = order_created("cust-a")
+    handle, applied = _flaky(0, TimeoutError())
+    key = b"\xff\xfeid".decode("utf-8", "surrogateescape")
+    headers = [(key, b"1"), ("event_id", event.event_id.encode())]
+    _run(Message(encode(event), headers=headers), handle, FAST)
+    assert applied == []
+    [(topic, out)] = sent
+    assert topic.endswith("dead-letters")
+    assert out[failures.REASON] == b"poison"
+    assert out[failures.EXCEPTION_TYPE] == b"pipeline.domain.events.InvalidEvent"
+    assert b"not UTF-8" in out[failures.EXCEPTION_MESSAGE]
+    assert out["\\xff\\xfeid"] == b"1" and out["event_id"] == event.event_id.encode()
+    assert all(k.encode() for k in out)  # every key is text a producer can send
 
 
 def test_a_dead_letter_record_is_indexed_and_replayed_with_its_original_bytes() -> None:
@@ -472,7 +536,19 @@ def test_a_replay_is_sent_with_the_original_timestamp(monkeypatch: pytest.Monkey
 
     sends: list[Sent] = []
     collect = _collector(sends)
-    monkeypatch.setattr(consume, "send_reliably", collect)
+
+    async def deliver(
+        topic: str,
+        value: Any,
+        *,
+        key: Any = None,
+        headers: Any = (),
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> None:
+        await collect(topic, key, value, headers, partition=partition, timestamp_ms=timestamp_ms)
+
+    monkeypatch.setattr(egress, "deliver_reliably", deliver)
     first = failures.Origin("orders.events", 2, 41, MS / 1000)
     state = failures.Failure("analytics", first, 6, 2, 0, datetime(2026, 11, 26, tzinfo=UTC))
     headers = failures.dead_letter_headers([], state, "retries-exhausted", TimeoutError("t"),

@@ -23,9 +23,9 @@ from aiokafka.structs import RecordMetadata, TopicPartition
 from faust.types import TP
 
 from pipeline.app import app
-from pipeline.streaming import faust_patches, versions
+from pipeline.streaming import consume, faust_patches, versions
 from pipeline.streaming.faust_patches import failed_sends
-from pipeline.streaming.topics import analytics_events_topic, publish
+from pipeline.streaming.topics import analytics_events_topic, dead_letters_topic, publish
 from tables.customer_stats import customer_stats_table
 from tests.conftest import order_created
 
@@ -270,6 +270,30 @@ async def test_a_record_the_producer_refuses_to_send_leaves_the_table_as_it_was(
         assert versions.stored(customer_stats_table, b"dave") is None
     with handling(offset=50), pytest.raises(MessageSizeTooLargeError):
         await publish(analytics_events_topic, "dave", order_created("dave"))
+
+
+async def test_a_dead_letter_the_broker_refuses_for_good_stops_the_worker_uncommitted(
+    kafka: KafkaClient,
+) -> None:
+    """The dead-letter topic's ``max.message.bytes`` refuses the record being set aside: no
+    retry can cure that, so the agent hears of it at once and, since Faust acknowledges the
+    event an agent crashed on, no offset is committed over it any more."""
+    dead_letters = dead_letters_topic.get_topic_name()
+    with handling(offset=80):
+        setting_aside = asyncio.ensure_future(
+            consume.send_reliably(dead_letters, b"frank", b"{}", [("x-agent", b"analytics")])
+        )
+        for _ in range(3):
+            await asyncio.sleep(0)
+        kafka.fail(dead_letters, MessageSizeTooLargeError())
+        with pytest.raises(MessageSizeTooLargeError):
+            await asyncio.wait_for(setting_aside, 5)
+    assert [r.topic for r in kafka.sent] == [dead_letters]  # sent once, not again
+    consumer = Consumer()
+    assert await consumer.commit_offsets({SOURCE: 81}) is False
+    assert consumer.committed == []
+    assert isinstance(consumer.crashed, faust_patches.DeliveryFailed)
+    assert dead_letters in str(consumer.crashed)
 
 
 async def test_a_derived_event_sent_outside_an_agent_is_awaited(kafka: KafkaClient) -> None:

@@ -173,6 +173,27 @@ def test_a_default_derived_from_a_bad_variable_is_not_reported_again() -> None:
     assert caught.value.problems == ("PIPELINE_KAFKA_PORT='port' is not an integer",)
 
 
+@pytest.mark.parametrize(
+    ("env", "instead"),
+    [
+        ({"PIPELINE_DEDUPE_WINDOW": "8"}, "set PIPELINE_DEDUPE_HORIZON_SECONDS"),
+        ({"PIPELINE_PROCESSING_GUARANTEE": "exactly_once"}, "at-least-once"),
+    ],
+)
+def test_a_retired_variable_still_set_is_refused_saying_what_replaces_it(
+    env: dict[str, str], instead: str
+) -> None:
+    [name] = env
+    with pytest.raises(SettingsError) as caught:
+        load_settings({**env, "PIPELINE_WEB_PORT": "80"})
+    # Reported beside the other problems, each on its own line.
+    [retired] = [p for p in caught.value.problems if p.startswith(name)]
+    assert retired.startswith(f"{name} is no longer read: ") and instead in retired
+    assert any(p.startswith("PIPELINE_WEB_PORT=80") for p in caught.value.problems)
+    # Set but blank, it asks for nothing.
+    assert load_settings({name: " "}).dedupe_horizon_seconds == 300
+
+
 def test_a_blank_variable_means_its_default_except_where_empty_is_a_value() -> None:
     s = load_settings({"PIPELINE_PARTITIONS": "", "PIPELINE_WEB_HOST": "  "})
     assert s.partitions == 4 and s.web_host == "127.0.0.1"

@@ -13,7 +13,9 @@ replay. Three ways to send:
 - :meth:`Egress.deliver` waits for the broker's acknowledgement and raises its refusal.
 - :meth:`Egress.deliver_reliably` retries until the broker acknowledges (a record being set
   aside must not be lost), keeps the original record time where the topic allows it, and
-  stamps the current time where retention would delete the record before it is read.
+  stamps the current time where retention would delete the record before it is read. A record
+  refused for good (:mod:`.refusals`: over a size limit, an invalid or unauthorized topic...)
+  raises at once: retrying it would block the sender for ever, silently.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 
 from aiokafka.errors import InvalidTimestampError, KafkaError
 
+from pipeline.adapters.kafka.refusals import refused_for_good
 from pipeline.domain.events import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -76,7 +79,10 @@ class Egress:
     ) -> None:  # fmt: skip
         """Send and wait for the acknowledgement, retrying with back-off; ``attempts`` bounds
         the tries (None: until acknowledged). ``timestamp_ms`` is the original record's, so a
-        retried or replayed record keeps its place in windows by record time."""
+        retried or replayed record keeps its place in windows by record time.
+
+        Raises a refusal for good (:func:`.refusals.refused_for_good`) at once, whatever
+        ``attempts`` says: the caller must not go on as if the record were sent."""
         if key is None and value is None:
             value = b""  # Kafka holds a record with neither (a tombstone); aiokafka sends none
         timestamp_ms = self.kept_by_retention(timestamp_ms)
@@ -94,6 +100,8 @@ class Egress:
                                 topic, timestamp_ms, exc)  # fmt: skip
                     timestamp_ms = None
                     continue
+                if refused_for_good(exc):
+                    raise
                 tried += 1
                 if attempts is not None and tried >= attempts:
                     raise

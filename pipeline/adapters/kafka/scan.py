@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
+from pipeline.domain.reconcile import TopicIds
 
-async def scan_event_ids(bootstrap: str, topic: str, **client: Any) -> tuple[set[str], int]:
-    """Every ``event_id`` header in ``topic`` from its start to its current end, and how many
-    records carried one (the difference is the duplicates the consumers absorbed)."""
+
+async def scan_event_ids(bootstrap: str, topic: str, **client: Any) -> TopicIds:
+    """Every ``event_id`` header in ``topic`` from its start to its current end, how many
+    records carried one (the difference is the duplicates the consumers absorbed), and how many
+    carried none that reads as an id: missing, empty or not UTF-8 (anybody can write to the
+    topic; such a record is counted, not a reason to stop reading)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
 
-    ids: set[str] = set()
-    records = 0
+    found = TopicIds()
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client)
     await admin.start()
     try:
@@ -21,7 +25,7 @@ async def scan_event_ids(bootstrap: str, topic: str, **client: Any) -> tuple[set
         await admin.close()
     tps = [TopicPartition(topic, p["partition"]) for p in described.get("partitions") or ()]
     if not tps:
-        return ids, 0
+        return found
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 group_id=None, **client)  # fmt: skip
     await consumer.start()
@@ -34,10 +38,12 @@ async def scan_event_ids(bootstrap: str, topic: str, **client: Any) -> tuple[set
             batch = await consumer.getmany(*remaining, timeout_ms=1000)
             for tp, batch_records in batch.items():
                 for record in batch_records:
-                    event_id = dict(record.headers or ()).get("event_id")
-                    if event_id is not None:
-                        ids.add(event_id.decode())
-                        records += 1
+                    event_id = _event_id(record.headers)
+                    if event_id is None:
+                        found.undecodable += 1
+                    else:
+                        found.ids.add(event_id)
+                        found.records += 1
                 if batch_records and batch_records[-1].offset + 1 >= ends[tp]:
                     remaining.discard(tp)
             for tp in list(remaining):
@@ -45,4 +51,18 @@ async def scan_event_ids(bootstrap: str, topic: str, **client: Any) -> tuple[set
                     remaining.discard(tp)
     finally:
         await consumer.stop()
-    return ids, records
+    return found
+
+
+def _event_id(headers: Iterable[tuple[str, bytes | None]] | None) -> str | None:
+    """The record's ``event_id`` header as text, or None when it has none that reads as one."""
+    for key, value in headers or ():
+        if key != "event_id":
+            continue
+        if value is None:
+            return None
+        try:
+            return bytes(value).decode() or None
+        except UnicodeDecodeError:
+            return None
+    return None

@@ -21,6 +21,8 @@ found and what the fix does (``docs/faust-patches.md`` lists them all). Each pin
   faust-streaming#93).
 - :mod:`.dropped_messages`: a rebalance waits for good on a message no agent will handle
   (faust-streaming 0.15.3).
+- :mod:`.header_keys`: a record whose header key is not UTF-8 stops its partition for good
+  (aiokafka 0.14.0).
 - :mod:`.handover`: a cost, four tasks per record handed to the agents (faust-streaming 0.15.3).
 - :mod:`.producer_lookup`: a cost, three loop turns per record published (faust-streaming
   0.15.3).
@@ -43,6 +45,7 @@ from pipeline.streaming.faust_patches import (
     gaps,
     guard,
     handover,
+    header_keys,
     hooks,
     livelock,
     offsets,
@@ -89,6 +92,7 @@ def install() -> None:
     recovery_mark.install()
     failed_sends.install()
     livelock.install()
+    header_keys.install()
     handover.install()
     producer_lookup.install()
     fetch.install()
