@@ -49,8 +49,9 @@ async def update_customer_stats(event: OrderCreated | OrderCancelled) -> None:
                   stats_updated_event(stats, event.event_id), timestamp=at)  # fmt: skip
     for milestone in milestone_events(stats, event.event_id):
         await publish(analytics_events_topic, stats.customer_id, milestone, timestamp=at)
-    # Sent again on a repeat, with the position of the first application: the windows dedupe
-    # by it. A replay that changed nothing (not pending) has none left to send.
+    # Sent again on a repeat, same id (the windows dedupe by it) and the position of the first
+    # application (where it was read: the soak checks the revenue topic's order by it). A
+    # replay that changed nothing (not pending) has none left to send.
     position = applied_at(stats, event.event_id)
     if position is not None:
         revenue = revenue_record(event, position)

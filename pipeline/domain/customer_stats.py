@@ -48,7 +48,7 @@ class CustomerStats:
     first_order_at: datetime | None = None
     last_order_at: datetime | None = None
     # ids of the events applied within the horizon -> (record time, where it was applied:
-    # ``pipeline.streaming.delivery.position``, which the revenue windows dedupe by)
+    # ``pipeline.streaming.delivery.position``, carried by the revenue record for diagnosis)
     seen: dict[str, tuple[int, str]] = field(default_factory=dict)
     # milestone -> the event that reached it: each is reached once per customer, ever.
     milestones: dict[str, str] = field(default_factory=dict)
@@ -221,8 +221,10 @@ def applied_at(stats: CustomerStats, event_id: str) -> str | None:
 
 def revenue_record(event: OrderEvent, position: str) -> RevenueRecorded:
     """Net revenue, in the window of the time the event happened (a cancellation subtracts
-    in the window it happened in). ``position`` is where the event was first applied: a
-    repeat of the record carries the same, which is what the revenue windows dedupe by."""
+    in the window it happened in). Its id derives from the event's, so a repeat has the same
+    id, which the revenue windows dedupe by; ``position`` is where the event was first applied
+    (a repeat carries the same), kept for diagnosis: ``make soak`` checks the revenue topic's
+    order by it."""
     created = isinstance(event, OrderCreated)
     return RevenueRecorded(
         event_id=derived_event_id(event.event_id, RevenueRecorded.event_type),
