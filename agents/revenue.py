@@ -50,7 +50,7 @@ def _current() -> tuple[Any, Window]:
 
 
 def _stage(window_range: Any, window: Window) -> None:
-    size = BYTES_PER_ID * (len(window.seen) + len(window.pending)) + 200
+    size = BYTES_PER_ID * (window.seen_count() + len(window.pending)) + 200
     if size > MAX_VALUE_BYTES:
         raise ValueTooLarge(
             f"revenue window {window_range}: about {size:,} bytes, over {MAX_VALUE_BYTES:,}: "
