@@ -22,7 +22,6 @@ before.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -30,6 +29,7 @@ from dataclasses import dataclass, is_dataclass, replace
 from functools import partial
 from typing import Any, Protocol
 
+import orjson
 from faust.streams import current_event
 
 from pipeline.domain import horizon
@@ -339,8 +339,13 @@ def _move_mark(slot: tuple[int, Any]) -> None:
 
 
 def encode(version: int, value: dict[str, Any]) -> bytes:
-    """A table value's bytes: its version first, then the value's fields."""
-    return json.dumps({VERSION: version, **value}, separators=(",", ":")).encode()
+    """A table value's bytes: its version first, then the value's fields, as compact JSON.
+
+    By orjson: the standard library's encoder took a fifth of the hot SKU's worker in the soak,
+    re-encoding its 8,000-entry ledger at every commit (15 ms against orjson's 1.5). The same
+    JSON but for non-ASCII text, which orjson writes as UTF-8 rather than ``\\u`` escapes.
+    """
+    return orjson.dumps({VERSION: version, **value})
 
 
 def install() -> None:
