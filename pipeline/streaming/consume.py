@@ -95,7 +95,6 @@ async def consume(
     # holding it here kept it alive and the rebalance waited for good (found by the 1-of-3
     # brokers scenario: a worker stuck in ``wait_empty`` until it was stopped).
     async for _ in stream:
-        await faust_patches.commit_gate()  # no new event while the commit's flush runs
         await _handle_current(stream, policy, handle, types)
 
 

@@ -61,7 +61,7 @@ from pipeline.streaming.faust_patches.failed_sends import (
     settle_delivery,
     track_delivery,
 )
-from pipeline.streaming.faust_patches.hooks import before_commit, commit_gate, on_revoked
+from pipeline.streaming.faust_patches.hooks import before_commit, on_revoked
 from pipeline.streaming.faust_patches.producer_buffer import DrainingProducerBuffer
 from pipeline.streaming.faust_patches.recovery_mark import move_recovery_mark
 
@@ -69,7 +69,6 @@ __all__ = [
     "DeliveryFailed",
     "DrainingProducerBuffer",
     "before_commit",
-    "commit_gate",
     "expect_delivery",
     "install",
     "move_recovery_mark",
