@@ -152,7 +152,9 @@ def _seen(raw: Any) -> dict[str, tuple[int, str]]:
     # Values written before the horizon held a list of ids; they count as seen at time 0.
     if isinstance(raw, list):
         return dict.fromkeys(raw, (0, ""))
-    return {event_id: (int(entry[0]), str(entry[1])) for event_id, entry in raw.items()}
+    entries = {event_id: (int(entry[0]), str(entry[1])) for event_id, entry in raw.items()}
+    # Oldest first, as apply_event relies on (values are written so; this keeps any that is not).
+    return dict(sorted(entries.items(), key=lambda item: item[1][0]))
 
 
 def apply_event(
@@ -179,7 +181,9 @@ def apply_event(
     updated = reach_milestones(updated, event_id, lifetime_value)
     cutoff = h.cutoff
     seen = current.seen
-    if seen and min(at for at, _ in seen.values()) < cutoff:
+    # Entries go in at the value's clock, which never runs back: the first is the oldest (a
+    # min over a hot customer's 3,000 entries per event was 4% of its worker).
+    if seen and next(iter(seen.values()))[0] < cutoff:
         seen = {k: entry for k, entry in seen.items() if entry[0] >= cutoff}
     seen = {**seen, event_id: (h.now, position)}
     pending = current.pending
