@@ -171,9 +171,10 @@ class Settings:
         "the longest the broker holds a fetch to gather those bytes: what a record may wait "
         "per hop when traffic is light")
     commit_interval_ms: int = setting("PIPELINE_COMMIT_INTERVAL_MS", read.integer(50, 60_000),
-        1000,
-        "how often a worker commits the offsets its agents have handled (Faust's default is "
-        "2,800): after a crash, the events since the last commit are handled again (and absorbed)")
+        2800,
+        "how often a worker commits the offsets its agents have handled, and writes each table "
+        "value changed since (Faust's default): after a crash, the events since the last commit "
+        "are handled again (and absorbed); shorter means more changelog bytes for hot keys")
     gc_young_threshold: int = setting("PIPELINE_GC_YOUNG_THRESHOLD",
         read.integer(0, 10_000_000), 50_000,
         "a worker's garbage collector looks at its youngest objects every this many allocations "

@@ -134,7 +134,7 @@ def test_bad_security_and_retry_settings_name_the_variable(env: dict[str, str], 
 def test_the_commit_interval_reaches_faust() -> None:
     from pipeline.app import create_app
 
-    assert load_settings({}).commit_interval_ms == 1000
+    assert load_settings({}).commit_interval_ms == 2800
     settings = load_settings({"PIPELINE_COMMIT_INTERVAL_MS": "250"})
     assert create_app(settings).conf.broker_commit_interval == 0.25
 
