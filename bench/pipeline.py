@@ -52,7 +52,7 @@ from pipeline.domain.customer_stats import (
 )
 from pipeline.domain.events import OrderCreated, OrderLine, decode_order_event, encode
 from pipeline.domain.horizon import Horizon
-from pipeline.settings import PROJECT_ROOT
+from pipeline.settings import PROJECT_ROOT, load_settings
 from tests.integration.workers import create_topics, free_port, http_get
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -302,7 +302,8 @@ def quix_app(bootstrap: str, prefix: str, count: int, partitions: int) -> dict[s
     """The Quix Streams application (``bench/quix_app.py``) in a process of its own, committing
     as often as the worker does."""
     group = f"bench-quix-{uuid.uuid4().hex[:8]}"
-    commit_s = str(int(os.environ.get("PIPELINE_COMMIT_INTERVAL_MS", "1000")) / 1000)
+    # The workers run on the defaults (their environment has no PIPELINE_ settings).
+    commit_s = str(load_settings({}).commit_interval_ms / 1000)
 
     def launch(data_dir: Path) -> list[tuple[subprocess.Popen[bytes], int | None]]:
         command = [sys.executable, "-m", "bench.quix_app", bootstrap, prefix, group,
