@@ -181,8 +181,13 @@ async def _output(
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
     try:
-        await consumer.topics()  # the metadata: how many partitions ``topic`` has
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        # How many partitions ``topic`` has: ``consumer.topics()`` fetches the metadata but leaves
+        # the consumer's own cluster view (what ``partitions_for_topic`` reads) without it.
+        metadata = await consumer._client.fetch_all_metadata()
+        numbers = metadata.partitions_for_topic(topic)
+        if not numbers:
+            raise RuntimeError(f"{topic} does not exist")
+        partitions = [TopicPartition(topic, p) for p in sorted(numbers)]
         consumer.assign(partitions)
         deadline = time.monotonic() + 120
         while True:
