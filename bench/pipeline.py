@@ -8,9 +8,15 @@ the same broker by:
 - a real worker process running only the analytics agent (Faust agent, RocksDB table with its
   changelog, the same pure functions), without its one log line per event
   (``PIPELINE_LOG_EVENTS=false``, as the loop writes none);
+- a Quix Streams application doing the same work (``bench/quix_app.py``), the peer a user
+  would compare Faust with, in a process of its own like the worker;
+- the same worker on stock faust-streaming, none of this project's Faust patches installed
+  (``bench/stock_faust.py`` says what stays);
 - two such workers of one app sharing the partitions (one run: on two cores they share the
   CPU with the broker, so this shows how far a second process helps, not linear scaling).
-Each reports events/s (from first to last event processed) and CPU µs per event.
+Each reports events/s (from first to last event processed) and CPU µs per event; the processes
+are measured alike (see :func:`_measure`). The topics are the app's own
+(``python -m pipeline topics create``): the revenue topic has one partition, as the app declares.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -34,6 +41,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from rocksdict import Options, Rdict
 
+from bench.report import against, ratio
 from pipeline.domain.customer_stats import (
     CustomerStats,
     applied_at,
@@ -44,7 +52,7 @@ from pipeline.domain.customer_stats import (
 )
 from pipeline.domain.events import OrderCreated, OrderLine, decode_order_event, encode
 from pipeline.domain.horizon import Horizon
-from pipeline.settings import PROJECT_ROOT
+from pipeline.settings import PROJECT_ROOT, load_settings
 from tests.integration.workers import create_topics, free_port, http_get
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -164,83 +172,90 @@ async def _committed(bootstrap: str, group: str, topic: str, partitions: int) ->
         await admin.close()
 
 
-async def _output(bootstrap: str, topic: str, count: int, beyond: int | None) -> tuple[int, float]:
-    """How many records ``topic`` (``count`` partitions) holds beyond ``beyond``, and when:
-    at once for ``beyond=None`` (then the whole count), else once there are more."""
+async def _output(
+    bootstrap: str, topic: str, beyond: int | None, procs: Sequence[subprocess.Popen[bytes]] = ()
+) -> tuple[int, float]:
+    """How many records ``topic`` holds beyond ``beyond``, and when: at once for ``beyond=None``
+    (then the whole count), else once there are more. Raises if one of ``procs`` (what should
+    produce them) exits or two minutes pass first."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
     try:
-        partitions = [TopicPartition(topic, p) for p in range(count)]
+        # How many partitions ``topic`` has: ``consumer.topics()`` fetches the metadata but leaves
+        # the consumer's own cluster view (what ``partitions_for_topic`` reads) without it.
+        metadata = await consumer._client.fetch_all_metadata()
+        numbers = metadata.partitions_for_topic(topic)
+        if not numbers:
+            raise RuntimeError(f"{topic} does not exist")
+        partitions = [TopicPartition(topic, p) for p in sorted(numbers)]
         consumer.assign(partitions)
+        deadline = time.monotonic() + 120
         while True:
             out = sum((await consumer.end_offsets(partitions)).values()) - (beyond or 0)
             if beyond is None or out > 0:
                 return out, time.perf_counter()
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                raise RuntimeError(f"nothing came out to {topic}")
             await asyncio.sleep(0.02)
     finally:
         await consumer.stop()
 
 
-def faust_worker(
-    bootstrap: str, prefix: str, count: int, partitions: int, extra_env: dict[str, str],
-    workers: int = 1,
-) -> dict[str, float]:  # fmt: skip
-    """Real worker processes (one app, ``workers`` of them sharing the partitions) running the
-    analytics agent over the prefilled topic."""
-    app_id = f"bench-{uuid.uuid4().hex[:8]}"
-    data_dir = Path(tempfile.mkdtemp(prefix="bench-worker-"))
+def _app_env(bootstrap: str, prefix: str, partitions: int) -> dict[str, str]:
+    """The environment of the app's processes: this one's, less its pipeline and Kafka settings,
+    on the bench's broker and topics."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIPELINE_", "KAFKA_"))}
-    env.update(
-        KAFKA_BOOTSTRAP_SERVERS=bootstrap, PIPELINE_APP_ID=app_id, PIPELINE_TOPIC_PREFIX=prefix,
-        PIPELINE_PARTITIONS=str(partitions), PIPELINE_AGENTS="analytics",
-        PIPELINE_FORWARDER_ENABLED="false", PIPELINE_LOG_EVENTS="false", **extra_env,
-    )  # fmt: skip
-    # The loop wrote its revenue records to the same topic first.
-    before, _ = asyncio.run(_output(bootstrap, prefix + "analytics.revenue", partitions, None))
-    procs, ports, logs = [], [], []
-    command = [sys.executable, "-m", "pipeline", "worker", "-l", "warn", "--web-port"]
-    for n in range(workers):
-        (data_dir / f"w{n}").mkdir()
-        ports.append(free_port())
-        logs.append((data_dir / f"worker-{n}.log").open("wb"))
-        procs.append(subprocess.Popen(
-            [*command, str(ports[-1])],
-            cwd=PROJECT_ROOT, env={**env, "PIPELINE_DATA_DIR": str(data_dir / f"w{n}")},
-            stdout=logs[-1], stderr=subprocess.STDOUT,
-        ))  # fmt: skip
+    env.update(KAFKA_BOOTSTRAP_SERVERS=bootstrap, PIPELINE_TOPIC_PREFIX=prefix,
+               PIPELINE_PARTITIONS=str(partitions))  # fmt: skip
+    return env
+
+
+def _measure(
+    bootstrap: str, prefix: str, count: int, partitions: int, group: str,
+    launch: Any, data_dir: Path,
+) -> dict[str, float]:  # fmt: skip
+    """Run the processes ``launch(data_dir)`` starts (a list of (process, web port or None))
+    as consumer group ``group`` over the prefilled topic, and time them.
+
+    The clock starts when the first events come out (one revenue record per event), as the
+    loop's starts at its first record: no side is charged for starting or joining the group.
+    It stops when the group has committed every event, as the loop's after its last commit.
+    (Starting at the first commit instead counted the events handled before it as if handled
+    after: a first commit held back for a while made a short run look several times faster
+    than it was.) CPU is the processes' own, user and system, from /proc over the same span."""
+    # The other runs wrote their revenue records to the same topic first.
+    before, _ = asyncio.run(_output(bootstrap, prefix + "analytics.revenue", None))
+    started_procs: list[tuple[subprocess.Popen[bytes], int | None]] = launch(data_dir)
+    procs = [proc for proc, _ in started_procs]
     try:
         deadline = time.monotonic() + 120
-        for port, proc in zip(ports, procs, strict=True):
-            while True:
+        for proc, port in started_procs:
+            while port is not None:
                 try:
                     if http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200:
                         break
                 except OSError:
                     pass
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    log_text = (data_dir / "worker-0.log").read_text(errors="replace")[-3000:]
-                    raise RuntimeError(f"bench worker did not start:\n{log_text}")
+                    raise RuntimeError("did not start")
                 time.sleep(0.1)
-        source = prefix + "orders.events"
-        # The clock starts when the first events come out (one revenue record per event), as
-        # the loop's starts at its first record: neither side is charged for joining the group.
-        # It stops when the group has committed every event, as the loop's after its last
-        # commit. (Starting at the first commit instead counted the events handled before it
-        # as if handled after: a first commit held back for a while made a short run look
-        # several times faster than it was.)
         first, started = asyncio.run(
-            _output(bootstrap, prefix + "analytics.revenue", partitions, before)
+            _output(bootstrap, prefix + "analytics.revenue", before, procs)
         )
         cpu0 = sum(_cpu_seconds(p.pid) for p in procs)
-        done = 0
+        source, done = prefix + "orders.events", 0
         while done < count:
             time.sleep(0.1)
-            done = asyncio.run(_committed(bootstrap, app_id, source, partitions))
+            done = asyncio.run(_committed(bootstrap, group, source, partitions))
             if time.monotonic() > deadline + 600:
-                raise RuntimeError(f"bench worker stalled at {done}/{count}")
+                raise RuntimeError(f"stalled at {done}/{count}")
         elapsed = time.perf_counter() - started
         cpu = sum(_cpu_seconds(p.pid) for p in procs) - cpu0
         count -= first
+    except RuntimeError as exc:
+        logs = sorted(data_dir.glob("*.log"))
+        tail = logs[0].read_text(errors="replace")[-3000:] if logs else ""
+        raise RuntimeError(f"bench {group}: {exc}\n{tail}") from None
     finally:
         for proc in procs:
             proc.terminate()
@@ -249,47 +264,117 @@ def faust_worker(
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        for log in logs:
-            log.close()
         shutil.rmtree(data_dir, ignore_errors=True)
     return {"events_per_s": count / elapsed, "cpu_us_per_event": cpu / count * 1e6}
 
 
-async def _setup(bootstrap: str, prefix: str, partitions: int, events: list[Any]) -> None:
-    names = ["orders.events", "analytics.events", "analytics.revenue", "changelog"]
-    await create_topics(bootstrap, [prefix + n for n in names], partitions=partitions)
-    await prefill(bootstrap, prefix + "orders.events", events)
+def _start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def faust_worker(
+    bootstrap: str, prefix: str, count: int, partitions: int, extra_env: dict[str, str],
+    workers: int = 1, entry: str = "pipeline",
+) -> dict[str, float]:  # fmt: skip
+    """Real worker processes (one app, ``workers`` of them sharing the partitions) running the
+    analytics agent over the prefilled topic; ``entry`` is the module they run
+    (``bench.stock_faust`` for stock Faust)."""
+    app_id = f"bench-{uuid.uuid4().hex[:8]}"
+    env = _app_env(bootstrap, prefix, partitions)
+    env.update(
+        PIPELINE_APP_ID=app_id, PIPELINE_AGENTS="analytics", PIPELINE_FORWARDER_ENABLED="false",
+        PIPELINE_LOG_EVENTS="false", **extra_env,
+    )  # fmt: skip
+
+    def launch(data_dir: Path) -> list[tuple[subprocess.Popen[bytes], int | None]]:
+        started: list[tuple[subprocess.Popen[bytes], int | None]] = []
+        for n in range(workers):
+            (data_dir / f"w{n}").mkdir()
+            port = free_port()
+            command = [sys.executable, "-m", entry, "worker", "-l", "warn", "--web-port", str(port)]
+            proc = _start(command, {**env, "PIPELINE_DATA_DIR": str(data_dir / f"w{n}")},
+                          data_dir / f"worker-{n}.log")  # fmt: skip
+            started.append((proc, port))
+        return started
+
+    data_dir = Path(tempfile.mkdtemp(prefix="bench-worker-"))
+    return _measure(bootstrap, prefix, count, partitions, app_id, launch, data_dir)
+
+
+def quix_app(bootstrap: str, prefix: str, count: int, partitions: int) -> dict[str, float]:
+    """The Quix Streams application (``bench/quix_app.py``) in a process of its own, committing
+    as often as the worker does."""
+    group = f"bench-quix-{uuid.uuid4().hex[:8]}"
+    # The workers run on the defaults (their environment has no PIPELINE_ settings).
+    commit_s = str(load_settings({}).commit_interval_ms / 1000)
+
+    def launch(data_dir: Path) -> list[tuple[subprocess.Popen[bytes], int | None]]:
+        command = [sys.executable, "-m", "bench.quix_app", bootstrap, prefix, group,
+                   str(data_dir / "state"), commit_s]  # fmt: skip
+        return [(_start(command, dict(os.environ), data_dir / "quix.log"), None)]
+
+    data_dir = Path(tempfile.mkdtemp(prefix="bench-quix-"))
+    return _measure(bootstrap, prefix, count, partitions, group, launch, data_dir)
+
+
+def _setup(bootstrap: str, prefix: str, partitions: int, events: list[Any]) -> None:
+    """The app's topics, created by the app's own command (so with its partition counts), the
+    loop's stand-in changelog, and the prefilled orders."""
+    subprocess.run([sys.executable, "-m", "pipeline", "topics", "create"], cwd=PROJECT_ROOT,
+                   env=_app_env(bootstrap, prefix, partitions), check=True,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
+    asyncio.run(create_topics(bootstrap, [prefix + "changelog"], partitions=partitions))
+    asyncio.run(prefill(bootstrap, prefix + "orders.events", events))
 
 
 def run(bootstrap: str, quick: bool, repeats: int, partitions: int = 4) -> dict[str, Any]:
     count = 12_000 if quick else 60_000
     events = make_events(count)
-    loops, workers = [], []
+    loops, workers, quixes, stocks = [], [], [], []
     for _ in range(repeats):
+        # Every side reads the same prefilled topic, each as its own consumer group.
         prefix = f"benchp{uuid.uuid4().hex[:6]}."
-        asyncio.run(_setup(bootstrap, prefix, partitions, events))
+        _setup(bootstrap, prefix, partitions, events)
         loops.append(asyncio.run(plain_loop(bootstrap, prefix + "orders.events", prefix, count)))
         workers.append(faust_worker(bootstrap, prefix, count, partitions, {}))
+        quixes.append(quix_app(bootstrap, prefix, count, partitions))
+        stocks.append(faust_worker(bootstrap, prefix, count, partitions, {},
+                                   entry="bench.stock_faust"))  # fmt: skip
     # Two workers of one app share the partitions; one run (it is the slowest part).
     prefix = f"benchp{uuid.uuid4().hex[:6]}."
-    asyncio.run(_setup(bootstrap, prefix, partitions, events))
+    _setup(bootstrap, prefix, partitions, events)
     two = faust_worker(bootstrap, prefix, count, partitions, {}, workers=2)
     median = _median_by("events_per_s")
-    loop, worker = median(loops), median(workers)
+    loop, worker, quix, stock = median(loops), median(workers), median(quixes), median(stocks)
+    runs = lambda rows: [round(r["events_per_s"], 1) for r in rows]  # noqa: E731
     return {
         "source_topic": prefix + "orders.events",
         "events": count,
         "event_bytes": round(sum(len(v) for _, v in events) / len(events)),
         "events_per_s": round(worker["events_per_s"], 1),
-        "events_per_s_runs": [round(w["events_per_s"], 1) for w in workers],
+        "events_per_s_runs": runs(workers),
         "cpu_us_per_event": round(worker["cpu_us_per_event"], 1),
         "baseline_loop_events_per_s": round(loop["events_per_s"], 1),
-        "baseline_loop_events_per_s_runs": [round(w["events_per_s"], 1) for w in loops],
+        "baseline_loop_events_per_s_runs": runs(loops),
         "baseline_loop_cpu_us_per_event": round(loop["cpu_us_per_event"], 1),
-        "ratio": round(worker["events_per_s"] / loop["events_per_s"], 3),
+        "ratio": ratio(worker["events_per_s"], loop["events_per_s"]),
+        "quix_events_per_s": round(quix["events_per_s"], 1),
+        "quix_events_per_s_runs": runs(quixes),
+        "quix_cpu_us_per_event": round(quix["cpu_us_per_event"], 1),
+        "vs_quix": ratio(worker["events_per_s"], quix["events_per_s"]),
+        "quix_vs_loop": ratio(quix["events_per_s"], loop["events_per_s"]),
+        "stock_faust_events_per_s": round(stock["events_per_s"], 1),
+        "stock_faust_events_per_s_runs": runs(stocks),
+        "stock_faust_cpu_us_per_event": round(stock["cpu_us_per_event"], 1),
+        "stock_faust_ratio": ratio(stock["events_per_s"], loop["events_per_s"]),
+        "stock_faust_vs_quix": ratio(stock["events_per_s"], quix["events_per_s"]),
         "two_workers_events_per_s": round(two["events_per_s"], 1),
         "two_workers_cpu_us_per_event": round(two["cpu_us_per_event"], 1),
-        "two_workers_scaling": round(two["events_per_s"] / worker["events_per_s"], 3),
+        "two_workers_ratio": ratio(two["events_per_s"], worker["events_per_s"]),
+        # The same figure under its earlier name, for readers of older results.
+        "two_workers_scaling": ratio(two["events_per_s"], worker["events_per_s"]),
     }
 
 
@@ -301,16 +386,25 @@ def _median_by(key: str) -> Any:
 
 
 def table(result: dict[str, Any]) -> str:
+    """Each row's events/s and CPU, and its ratio to the plain loop and to Quix."""
+    loop, quix = result["baseline_loop_events_per_s"], result.get("quix_events_per_s")
     rows = [
-        ("plain aiokafka loop (same work)",
-         f"{result['baseline_loop_events_per_s']:,.0f} events/s, "
-         f"{result['baseline_loop_cpu_us_per_event']:.0f} us CPU/event"),
-        ("Faust worker, analytics agent",
-         f"{result['events_per_s']:,.0f} events/s, {result['cpu_us_per_event']:.0f} us CPU/event"),
-        ("worker / plain loop", f"{result['ratio']:.2f}x  (target >= 0.5x)"),
-        ("two Faust workers, one app",
-         f"{result['two_workers_events_per_s']:,.0f} events/s "
-         f"({result['two_workers_scaling']:.2f}x one worker)"),
+        ("plain aiokafka loop (same work)", "baseline_loop_events_per_s",
+         "baseline_loop_cpu_us_per_event", ""),
+        ("Quix Streams app (same work)", "quix_events_per_s", "quix_cpu_us_per_event", ""),
+        ("Faust worker, analytics agent", "events_per_s", "cpu_us_per_event", ""),
+        ("the same on stock Faust", "stock_faust_events_per_s", "stock_faust_cpu_us_per_event",
+         ""),
+        ("two Faust workers, one app", "two_workers_events_per_s",
+         "two_workers_cpu_us_per_event",
+         f", {result.get('two_workers_ratio') or float('nan'):.2f}x one worker"),
     ]  # fmt: skip
-    width = max(len(r[0]) for r in rows)
-    return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
+    lines = []
+    for name, rate_key, cpu_key, extra in rows:
+        if result.get(rate_key) is None:
+            continue
+        rate = result[rate_key]
+        lines.append((name, f"{rate:>9,.0f} events/s  {result[cpu_key]:>4.0f} us CPU/event  "
+                            f"{against(rate, {'loop': loop, 'Quix': quix})}{extra}"))  # fmt: skip
+    width = max(len(name) for name, _ in lines)
+    return "\n".join(f"  {name:<{width}}  {value}" for name, value in lines)

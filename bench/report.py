@@ -15,6 +15,11 @@ REQUIRED_KEYS = (
     "pipeline.events_per_s",
     "pipeline.baseline_loop_events_per_s",
     "pipeline.ratio",
+    # issue 17: the peer (a Quix Streams application doing the same work), stock Faust, scaling
+    "pipeline.quix_events_per_s",
+    "pipeline.vs_quix",
+    "pipeline.stock_faust_events_per_s",
+    "pipeline.two_workers_ratio",
     "forwarder.rows_per_s",
     "forwarder.baseline_insert_rows_per_s",
     "forwarder.ratio",
@@ -47,6 +52,22 @@ def open_loop_schedule(rate: float, seconds: float) -> list[float]:
     if rate <= 0 or seconds <= 0:
         return []
     return [n / rate for n in range(int(rate * seconds))]
+
+
+def ratio(value: float | None, baseline: float | None) -> float | None:
+    """``value / baseline`` to three places; None when either is missing or the baseline is not
+    positive (a ratio to nothing is no figure)."""
+    if value is None or baseline is None or not baseline > 0 or math.isnan(value):
+        return None
+    return round(value / baseline, 3)
+
+
+def against(value: float | None, baselines: Mapping[str, float | None]) -> str:
+    """``value`` as a ratio to each named baseline: ``0.46x loop, 0.52x Quix`` (``-`` for a
+    baseline not measured)."""
+    return ", ".join(
+        f"{_num(ratio(value, baseline), '.2f')}x {name}" for name, baseline in baselines.items()
+    )
 
 
 def get_path(result: Mapping[str, Any], dotted: str) -> Any:
@@ -91,6 +112,7 @@ class Target:
 
 TARGETS = {
     "pipeline.ratio": Target(0.5, True, ">= 0.5x"),
+    "pipeline.vs_quix": Target(1.0, True, ">= 1.0x"),
     "forwarder.ratio": Target(1.0, True, ">= 1.0x"),
     "forwarder.commit_to_ack_p99_ms": Target(50.0, False, "p99 < 50 ms"),
     "e2e.p99_ms_half_load": Target(100.0, False, "p99 < 100 ms"),
@@ -129,9 +151,23 @@ def summary_rows(r: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
             f"aiokafka loop {_num(g('pipeline.baseline_loop_events_per_s'), ',.0f')}/s",
         )
         add("pipeline / plain loop", f"{_num(g('pipeline.ratio'), '.2f')}x", "", "pipeline.ratio")
+        if g("pipeline.quix_events_per_s") is not None:
+            add(
+                "pipeline / Quix Streams",
+                f"{_num(g('pipeline.vs_quix'), '.2f')}x",
+                f"Quix {_num(g('pipeline.quix_events_per_s'), ',.0f')}/s",
+                "pipeline.vs_quix",
+            )
+        if g("pipeline.stock_faust_events_per_s") is not None:
+            add(
+                "pipeline, stock Faust",
+                f"{_num(g('pipeline.stock_faust_events_per_s'), ',.0f')} events/s",
+                f"one worker {_num(g('pipeline.events_per_s'), ',.0f')}/s",
+            )
         if g("pipeline.two_workers_events_per_s") is not None:
             add("pipeline, two workers",
-                f"{_num(g('pipeline.two_workers_events_per_s'), ',.0f')} events/s",
+                f"{_num(g('pipeline.two_workers_events_per_s'), ',.0f')} events/s "
+                f"({_num(g('pipeline.two_workers_ratio'), '.2f')}x)",
                 f"one worker {_num(g('pipeline.events_per_s'), ',.0f')}/s")  # fmt: skip
     if g("forwarder") is not None:
         add(

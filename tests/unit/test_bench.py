@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 from collections import Counter
 from datetime import UTC, datetime
 from decimal import Decimal
 from itertools import islice
 from pathlib import Path
+from types import SimpleNamespace
+from unittest.mock import patch
 
 import pytest
 
@@ -16,9 +22,11 @@ from bench.kafka_tools import java_command, parse_consumer, parse_producer
 from bench.report import (
     REQUIRED_KEYS,
     Target,
+    against,
     missing_keys,
     open_loop_schedule,
     percentile,
+    ratio,
     render,
     spread,
     summary_rows,
@@ -59,7 +67,10 @@ rebalance.time.ms, fetch.time.ms, fetch.MB.sec, fetch.nMsg.sec
 
 def full_result() -> dict[str, object]:
     return {
-        "pipeline": {"events_per_s": 1500.0, "baseline_loop_events_per_s": 4000.0, "ratio": 0.375},
+        "pipeline": {"events_per_s": 1500.0, "baseline_loop_events_per_s": 4000.0, "ratio": 0.375,
+                     "quix_events_per_s": 3000.0, "vs_quix": 0.5,
+                     "stock_faust_events_per_s": 900.0, "two_workers_ratio": 1.2,
+                     "two_workers_events_per_s": 1800.0},
         "forwarder": {"rows_per_s": 17000.0, "baseline_insert_rows_per_s": 2500.0, "ratio": 6.8,
                       "commit_to_ack_p99_ms": 24.7, "commit_to_ack_p50_ms": 8.0},
         "e2e": {"p99_ms_half_load": 80.0, "max_orders_per_s": 100.0},
@@ -124,6 +135,57 @@ def test_summary_table_shows_each_figure_with_its_baseline_and_verdict() -> None
     assert "p99 < 100 ms: met" in e2e
     recovery = next(line for line in lines if line.startswith("recovery of 1,000,000 keys"))
     assert "15,000 keys/s" in recovery and "MISSED by 85%" in recovery
+    quix = next(line for line in lines if line.startswith("pipeline / Quix Streams"))
+    assert "0.50x" in quix and "Quix 3,000/s" in quix and ">= 1.0x: MISSED by 50%" in quix
+    assert any(line.startswith("pipeline, stock Faust") and "900 events/s" in line
+               for line in lines)  # fmt: skip
+    assert any("1,800 events/s (1.20x)" in line for line in lines)
+
+
+def test_ratios_are_to_each_baseline_and_none_without_one() -> None:
+    assert ratio(1500.0, 4000.0) == 0.375
+    assert ratio(1500.0, None) is None and ratio(1500.0, 0.0) is None
+    assert ratio(float("nan"), 2.0) is None
+    assert against(1500.0, {"loop": 4000.0, "Quix": 3000.0}) == "0.38x loop, 0.50x Quix"
+    assert against(1500.0, {"loop": 4000.0, "Quix": None}) == "0.38x loop, -x Quix"
+
+
+def test_the_quix_app_counts_a_repeated_event_once_and_sends_the_same_records() -> None:
+    from bench import quix_app  # Quix Streams is a dev dependency, as the benchmarks are
+    from bench.pipeline import make_events
+
+    class State(dict[str, object]):  # the part of Quix's State the app uses
+        def set(self, key: str, value: object) -> None:
+            self[key] = value
+
+    ((key, value),) = make_events(1)
+    state = State()
+    context = SimpleNamespace(partition=1, offset=7)
+    with patch.object(quix_app, "message_context", return_value=context):
+        first = quix_app.analytics(value, key, 1_790_000_000_000, None, state)
+        stored = json.loads(json.dumps(state["stats"]))
+        again = quix_app.analytics(value, key, 1_790_000_000_000, None, state)
+    assert again == first and state["stats"] == stored
+    assert stored["order_count"] == 1 and first[1] is not None
+    assert json.loads(first[1])["event_type"] == "RevenueRecorded"
+    assert json.loads(first[0][0])["event_type"] == "CustomerStatsUpdated"
+
+
+def test_the_stock_faust_entry_installs_no_fix_but_the_commit_hooks() -> None:
+    """What the stock-Faust row runs: Faust's own classes, but for the hook that writes the
+    tables' values before a commit (in a fresh interpreter: installing is process-wide)."""
+    code = """
+import faust.transport.consumer as c, faust.tables.base as t
+import bench.stock_faust, pipeline.app
+from pipeline.streaming.faust_patches import failed_sends, hooks, recovery_mark
+assert c.Consumer._commit_tps is hooks._commit_tps
+assert c.ThreadDelegateConsumer._commit is failed_sends.STOCK_COMMIT
+assert t.Collection._on_changelog_sent is recovery_mark.STOCK_ON_CHANGELOG_SENT
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIPELINE_", "KAFKA_"))}
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[2], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_producer_tool_summary_is_parsed() -> None:
