@@ -38,6 +38,7 @@ stall that holds the sender back is counted.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import random
@@ -312,6 +313,7 @@ async def open_loop(tracker: Tracker, orders: Any, rate: float, seconds: float, 
     await asyncio.gather(*list(tasks))
     drained = await tracker.drained(120) if drain else False
     done = tracker.seen.done.get(phase, [])
+    dump(phase, done)
     return {
         "orders_per_s": round(rate, 1),
         "orders": len(schedule),
@@ -409,6 +411,21 @@ async def _measure(workers: list[Worker], quick: bool, bootstrap: str,
             await consumer.stop()
     return {"max_orders_per_s": max_rate, "phases": phases, "steps": steps, "seconds": seconds,
             "profiled": profiled}  # fmt: skip
+
+
+def dump(phase: str, done: list[Hops]) -> None:
+    """Every order's hops of ``phase`` as JSON lines into the directory ``BENCH_E2E_DUMP``
+    names, if set: to line a tail up with the commit interval, a partition or a worker."""
+    folder = os.environ.get("BENCH_E2E_DUMP")
+    if not folder or not done:
+        return
+    start = min(h.intended for h in done)
+    path = Path(folder) / f"{phase.replace(' ', '-')}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for h in sorted(done, key=lambda h: h.intended):
+            row = {"at_s": round(h.intended - start, 4), "partition": h.partition, **h.split_ms()}
+            f.write(json.dumps(row) + "\n")
 
 
 def worker_env() -> dict[str, str]:
