@@ -17,7 +17,7 @@ from unittest.mock import patch
 
 import pytest
 
-from bench.e2e import kept_up
+from bench.e2e import Hops, Visibility, kept_up, phase_figures, worker_env
 from bench.kafka_tools import java_command, parse_consumer, parse_producer
 from bench.report import (
     REQUIRED_KEYS,
@@ -103,6 +103,74 @@ def test_a_step_is_kept_up_only_with_a_short_backlog_and_no_errors() -> None:
     assert kept_up(backlog=40, rate=100, errors=0)
     assert not kept_up(backlog=60, rate=100, errors=0)
     assert not kept_up(backlog=0, rate=100, errors=1)
+
+
+def test_an_order_is_visible_when_its_stats_update_arrives_whatever_the_order_of_arrival() -> None:
+    seen = Visibility()
+    # 1: the usual order: answer, order event, stats update.
+    seen.posted("o1", "half", intended=1.0, answered=1.010)
+    seen.order_event("e1", "o1", published=1.020, read=1.025, partition=2)
+    assert seen.in_flight() == 1
+    seen.stats_updated("e1", at=1.050, partition=2)
+    # 2: the stats update read before its order event (partitions are read in no fixed
+    # order), and both before the POST's answer came back.
+    seen.stats_updated("e2", at=2.100, partition=0)
+    seen.order_event("e2", "o2", published=2.050, read=2.090, partition=0)
+    assert seen.in_flight() == 0  # o1 is done; o2 is not ours until its answer comes back
+    seen.posted("o2", "half", intended=2.0, answered=2.060)
+    assert seen.in_flight() == 0
+    assert seen.latencies("half") == pytest.approx([50.0, 100.0])
+    assert seen.visible_at == pytest.approx(2.100)
+    assert not seen.early and not seen.orders
+
+
+def test_repeats_of_an_order_event_or_a_stats_update_count_once() -> None:
+    seen = Visibility()
+    seen.posted("o1", "80pct", intended=0.0, answered=0.01)
+    seen.order_event("e1", "o1", published=0.02, read=0.03, partition=1)
+    seen.order_event("e1", "o1", published=0.50, read=0.60, partition=1)  # re-published
+    seen.stats_updated("e1", at=0.04, partition=1)
+    seen.stats_updated("e1", at=0.70, partition=1)  # sent again on the redelivery
+    assert seen.latencies("80pct") == pytest.approx([40.0])
+    assert seen.done["80pct"][0].read == pytest.approx(0.03)
+
+
+def test_orders_count_in_the_phase_they_were_sent_in() -> None:
+    seen = Visibility()
+    seen.posted("o1", "ramp 20.0", intended=0.0, answered=0.01)
+    seen.posted("o2", "half", intended=1.0, answered=1.01)
+    for n, at in ((2, 1.2), (1, 1.3)):  # the ramp's order is seen during the next phase
+        seen.order_event(f"e{n}", f"o{n}", published=at - 0.1, read=at - 0.05, partition=0)
+        seen.stats_updated(f"e{n}", at=at, partition=0)
+    assert seen.latencies("half") == pytest.approx([200.0])
+    assert seen.latencies("ramp 20.0") == pytest.approx([1300.0])
+
+
+def test_phase_figures_split_each_order_into_hops_and_show_the_slowest() -> None:
+    done = [Hops(intended=n, answered=n + 0.01, published=n + 0.02, read=n + 0.025,
+                 visible=n + 0.05, partition=n % 4) for n in range(99)]  # fmt: skip
+    done.append(Hops(intended=99, answered=99.01, published=99.02, read=99.03, visible=101.03,
+                     partition=3))  # fmt: skip
+    figures = phase_figures(done, slowest=2)
+    assert figures["p50_ms"] == pytest.approx(50.0)
+    assert figures["p99_ms"] == pytest.approx(50.0)
+    assert figures["max_ms"] == pytest.approx(2030.0)
+    assert figures["hops_p50_p99_ms"]["post"] == pytest.approx([10.0, 10.0])
+    assert figures["hops_p50_p99_ms"]["analytics"] == pytest.approx([25.0, 25.0])
+    slowest = figures["slowest"][0]
+    assert slowest["at_s"] == 99 and slowest["partition"] == 3
+    assert slowest["analytics"] == pytest.approx(2000.0)
+    assert len(figures["slowest"]) == 2
+    assert math.isnan(phase_figures([])["p99_ms"])
+
+
+def test_the_workers_environment_takes_settings_to_try_from_bench_e2e_env() -> None:
+    env = {"BENCH_E2E_ENV": "PIPELINE_COMMIT_INTERVAL_MS=500 PIPELINE_X=a=b"}
+    with patch.dict(os.environ, env):
+        got = worker_env()
+    assert got["PIPELINE_COMMIT_INTERVAL_MS"] == "500"
+    assert got["PIPELINE_X"] == "a=b"
+    assert got["PIPELINE_LOG_EVENTS"] == "false"
 
 
 def test_target_verdicts_say_by_how_much_a_target_is_missed() -> None:
