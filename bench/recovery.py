@@ -10,7 +10,8 @@ producer's default partitioner does. Then:
   ``/readyz``, which answers 200 only once table recovery has completed. Recovery time is the
   difference, so start-up is not charged to it; RSS after recovery, less the empty worker's,
   per million keys is the memory figure, with the bounded RocksDB options of
-  ``pipeline.app.ROCKSDB_OPTIONS``;
+  ``pipeline.app.ROCKSDB_OPTIONS``; the same again with five times the keys, and the ratio of the
+  two RSS (``memory.rss_growth_ratio``: flat is 1);
 - beside it, ``kafka-consumer-perf-test`` reads the same changelog.
 """
 
@@ -31,7 +32,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
-from bench import kafka_tools, profile
+from bench import kafka_tools, profile, report
 from pipeline.app import ROCKSDB_OPTIONS
 from pipeline.domain.customer_stats import CustomerStats
 from tests.integration.workers import Worker, WorkerFactory, create_topics, http_get
@@ -113,6 +114,7 @@ def time_to_ready(
 
 
 PROFILE_SECONDS = 30
+GROWTH = 5
 _spies: list[Any] = []
 
 
@@ -177,7 +179,8 @@ def one_run(
 
 def run(bootstrap: str, libs_dir: Path | None, quick: bool, repeats: int,
         partitions: int = 4) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
-    """Returns the ``recovery`` and ``memory`` results."""
+    """Returns the ``recovery`` and ``memory`` results; ``memory.rss_growth_ratio`` is the RSS
+    after recovering ``GROWTH`` times the keys over the RSS after the keys (1M; quick: 100k)."""
     keys = 100_000 if quick else 1_000_000
     runs = sorted((one_run(bootstrap, libs_dir, keys, partitions) for _ in range(repeats)),
                   key=lambda r: r["keys_per_s"])  # fmt: skip
@@ -195,11 +198,18 @@ def run(bootstrap: str, libs_dir: Path | None, quick: bool, repeats: int,
         "changelog_fill_s": round(mid["fill_s"], 2),
     }
     grown = mid["rss_mib"] - mid["empty_rss_mib"]
+    # RSS flat in the key count: the same recovery with GROWTH times the keys, once.
+    big = one_run(bootstrap, None, keys * GROWTH, partitions)
+    recovery["keys_per_s_at_growth"] = round(big["keys_per_s"], 1)
+    recovery["vs_consumer_tool"] = report.ratio(mid["keys_per_s"], mid["consumer_records_per_s"])
     memory = {
         "keys": keys,
         "rss_mib": round(mid["rss_mib"], 1),
         "empty_rss_mib": round(mid["empty_rss_mib"], 1),
         "rss_mib_per_million_keys": round(grown / keys * 1_000_000, 1),
+        "growth_keys": keys * GROWTH,
+        "growth_rss_mib": round(big["rss_mib"], 1),
+        "rss_growth_ratio": round(big["rss_mib"] / mid["rss_mib"], 2),
         "rocksdb_options": dict(ROCKSDB_OPTIONS),
         "rocksdb_note": "per partition database: block cache, write buffer size and count",
     }

@@ -26,6 +26,9 @@ REQUIRED_KEYS = (
     "forwarder.commit_to_ack_p99_ms",
     "e2e.p99_ms_half_load",
     "recovery.keys_per_s",
+    # issue 17: recovery against Kafka's consumer tool, and RSS flat in the key count
+    "recovery.vs_consumer_tool",
+    "memory.rss_growth_ratio",
 )
 
 
@@ -117,6 +120,8 @@ TARGETS = {
     "forwarder.commit_to_ack_p99_ms": Target(50.0, False, "p99 < 50 ms"),
     "e2e.p99_ms_half_load": Target(100.0, False, "p99 < 100 ms"),
     "recovery.keys_per_s": Target(100_000.0, True, ">= 100k keys/s"),
+    "recovery.vs_consumer_tool": Target(0.1, True, ">= 0.1x"),
+    "memory.rss_growth_ratio": Target(1.5, False, "<= 1.5x"),
 }
 
 
@@ -203,11 +208,18 @@ def summary_rows(r: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
             f"({_num(g('recovery.seconds'), '.1f')} s)",
             f"consumer tool {_num(g('recovery.baseline_consumer_records_per_s'), ',.0f')} rec/s",
             "recovery.keys_per_s")  # fmt: skip
+        add("recovery / consumer tool", f"{_num(g('recovery.vs_consumer_tool'), '.3f')}x", "",
+            "recovery.vs_consumer_tool")  # fmt: skip
     if g("memory") is not None:
         add("worker RSS per million keys",
             f"{_num(g('memory.rss_mib_per_million_keys'), ',.0f')} MiB",
             f"RSS {_num(g('memory.rss_mib'), ',.0f')} MiB, "
             f"empty {_num(g('memory.empty_rss_mib'), ',.0f')} MiB")  # fmt: skip
+        add(f"RSS at {_num(g('memory.growth_keys'), ',.0f')} keys / at "
+            f"{_num(g('memory.keys'), ',.0f')}",
+            f"{_num(g('memory.rss_growth_ratio'), '.2f')}x",
+            f"RSS {_num(g('memory.growth_rss_mib'), ',.0f')} MiB",
+            "memory.rss_growth_ratio")  # fmt: skip
     return rows
 
 

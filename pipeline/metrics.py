@@ -94,6 +94,18 @@ class Metrics:
             registry=r,
         )
 
+        self.restored_in_batches = Gauge(
+            "pipeline_table_records_restored_in_batches",
+            "Changelog records this worker applied to a table's store a fetch at a time "
+            "(pipeline.streaming.faust_patches.restore), since it started, by table",
+            ["table"],
+            registry=r,
+        )
+
+    def set_restored(self, restored: Mapping[str, int]) -> None:
+        for table, records in restored.items():
+            self.restored_in_batches.labels(table).set(records)
+
     def set_lag(self, lag: Mapping[tuple[str, int], int]) -> None:
         """Replace the lag samples with ``lag`` (partitions no longer assigned disappear)."""
         self.consumer_lag.clear()

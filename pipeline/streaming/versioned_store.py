@@ -55,31 +55,40 @@ class VersionedRocksDBStore(faust_rocksdb.Store):
         to_key: Callable[[Any], Any],
         to_value: Callable[[Any], Any],
     ) -> None:
-        events = list(batch)
-        newest: dict[tuple[int, bytes], int | None] = {}
-        kept = []
-        for event in events:
+        """One RocksDB write batch per partition: the records kept, and the offset read up to.
+
+        The stored versions of the batch's keys are read in one multi-get per partition (the
+        values as they were before the batch; a key met again in the batch is checked against
+        the version kept for it here). The offset goes into the same write batch, so the data
+        and the mark recovery resumes from are written together."""
+        by_partition: dict[int, list[Any]] = {}
+        for event in batch:
             msg = event.message
-            slot = (msg.partition, msg.key)
-            incoming = None if msg.value is None else version_of(msg.value)
-            if incoming is not None:
-                if slot in newest:
-                    current = newest[slot]
-                else:
-                    current = version_of(self._db_for_partition(msg.partition).get(msg.key))
-                if current is not None and incoming <= current:
-                    log.warning(
-                        "%s: changelog %s[%d]@%d has version %d of a key already at %d (a late "
-                        "write of a worker that lost the partition): not applied",
-                        self.table.name, msg.topic, msg.partition, msg.offset, incoming, current,
-                    )  # fmt: skip
+            by_partition.setdefault(msg.partition, []).append(msg)
+        for partition, messages in by_partition.items():
+            db = self._db_for_partition(partition)
+            stored = db.get([msg.key for msg in messages])
+            write = faust_rocksdb.rocksdict.WriteBatch(raw_mode=True)
+            newest: dict[bytes, int | None] = {}
+            read_up_to = -1
+            for msg, raw in zip(messages, stored, strict=True):
+                read_up_to = max(read_up_to, msg.offset)
+                key, value = msg.key, msg.value
+                if value is None:
+                    write.delete(key)
+                    newest[key] = None
                     continue
-            newest[slot] = incoming
-            kept.append(event)
-        super().apply_changelog_batch(kept, to_key, to_value)
-        read_up_to: dict[Any, int] = {}
-        for event in events:
-            tp, offset = event.message.tp, event.message.offset
-            read_up_to[tp] = max(offset, read_up_to.get(tp, offset))
-        for tp, offset in read_up_to.items():
-            self.set_persisted_offset(tp, offset)
+                incoming = version_of(value)
+                if incoming is not None:
+                    current = newest[key] if key in newest else version_of(raw)
+                    if current is not None and incoming <= current:
+                        log.warning(
+                            "%s: changelog %s[%d]@%d has version %d of a key already at %d (a "
+                            "late write of a worker that lost the partition): not applied",
+                            self.table.name, msg.topic, partition, msg.offset, incoming, current,
+                        )  # fmt: skip
+                        continue
+                write.put(key, value)
+                newest[key] = incoming
+            write.put(self.offset_key, str(read_up_to).encode())
+            db.write(write)

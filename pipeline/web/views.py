@@ -31,6 +31,7 @@ from pipeline.services.orders import (
     Created,
     Placed,
 )
+from pipeline.streaming import faust_patches
 from pipeline.streaming.topics import inventory_commands_topic, publish
 from pipeline.web.answers import answer
 from pipeline.web.http import HttpError, error, not_sent, read_json, require_token
@@ -133,6 +134,7 @@ class MetricsView(View):
     async def get(self, request: Request) -> Response:
         with contextlib.suppress(Exception):  # no assignment yet (starting, rebalancing)
             runtime.metrics.set_lag(runtime.consumer_lag())
+        runtime.metrics.set_restored(faust_patches.restore.restored)
         return self.bytes(runtime.metrics.render(), content_type="text/plain; version=0.0.4")
 
 

@@ -74,7 +74,11 @@ def full_result() -> dict[str, object]:
         "forwarder": {"rows_per_s": 17000.0, "baseline_insert_rows_per_s": 2500.0, "ratio": 6.8,
                       "commit_to_ack_p99_ms": 24.7, "commit_to_ack_p50_ms": 8.0},
         "e2e": {"p99_ms_half_load": 80.0, "max_orders_per_s": 100.0},
-        "recovery": {"keys_per_s": 15000.0, "keys": 1_000_000, "seconds": 66.0},
+        "recovery": {"keys_per_s": 15000.0, "keys": 1_000_000, "seconds": 66.0,
+                     "vs_consumer_tool": 0.015},
+        "memory": {"keys": 1_000_000, "rss_mib": 201.0, "empty_rss_mib": 88.0,
+                   "rss_mib_per_million_keys": 113.0, "growth_keys": 5_000_000,
+                   "growth_rss_mib": 650.0, "rss_growth_ratio": 3.23},
         "meta": {"mode": "full"},
     }  # fmt: skip
 
@@ -188,7 +192,7 @@ def test_required_keys_are_checked_as_numbers() -> None:
     assert missing_keys(result) == []
     del result["meta"]
     result["recovery"] = {"keys_per_s": "fast"}
-    assert missing_keys(result) == ["recovery.keys_per_s", "meta"]
+    assert missing_keys(result) == ["recovery.keys_per_s", "recovery.vs_consumer_tool", "meta"]
     assert "e2e.p99_ms_half_load" in REQUIRED_KEYS
 
 
@@ -203,6 +207,10 @@ def test_summary_table_shows_each_figure_with_its_baseline_and_verdict() -> None
     assert "p99 < 100 ms: met" in e2e
     recovery = next(line for line in lines if line.startswith("recovery of 1,000,000 keys"))
     assert "15,000 keys/s" in recovery and "MISSED by 85%" in recovery
+    tool = next(line for line in lines if line.startswith("recovery / consumer tool"))
+    assert "0.015x" in tool and ">= 0.1x: MISSED by 85%" in tool
+    growth = next(line for line in lines if line.startswith("RSS at 5,000,000 keys / at 1,000,000"))
+    assert "3.23x" in growth and "RSS 650 MiB" in growth and "<= 1.5x: MISSED by 115%" in growth
     quix = next(line for line in lines if line.startswith("pipeline / Quix Streams"))
     assert "0.50x" in quix and "Quix 3,000/s" in quix and ">= 1.0x: MISSED by 50%" in quix
     assert any(line.startswith("pipeline, stock Faust") and "900 events/s" in line

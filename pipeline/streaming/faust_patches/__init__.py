@@ -1,4 +1,4 @@
-"""Fixes for faust-streaming bugs that break our guarantees (and two costs), each small, tested
+"""Fixes for faust-streaming bugs that break our guarantees (and some costs), each small, tested
 and removable: one module per upstream bug, whose docstring says what goes wrong, how it was
 found and what the fix does (``docs/faust-patches.md`` lists them all). Each pins the bug in
 ``tests/unit/faust_patches/``; :func:`install` installs them all.
@@ -27,6 +27,8 @@ found and what the fix does (``docs/faust-patches.md`` lists them all). Each pin
 - :mod:`.producer_lookup`: a cost, three loop turns per record published (faust-streaming
   0.15.3).
 - :mod:`.fetch`: a cost, a fetch answered per record under load (faust-streaming 0.15.3).
+- :mod:`.restore`: a cost, tables restored from their changelogs one record at a time
+  (faust-streaming 0.15.3).
 
 :mod:`.hooks` is no fix: it runs the flush of the staged table values before each offset commit
 and the forgetting of revoked partitions after a revocation (:func:`before_commit`,
@@ -52,6 +54,7 @@ from pipeline.streaming.faust_patches import (
     producer_buffer,
     producer_lookup,
     recovery_mark,
+    restore,
     seek,
 )
 from pipeline.streaming.faust_patches.failed_sends import (
@@ -96,5 +99,6 @@ def install() -> None:
     handover.install()
     producer_lookup.install()
     fetch.install()
+    restore.install()
     assignment.install()
     dropped_messages.install()
