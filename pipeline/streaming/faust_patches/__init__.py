@@ -1,4 +1,4 @@
-"""Fixes for faust-streaming bugs that break our guarantees (and two costs), each small, tested
+"""Fixes for faust-streaming bugs that break our guarantees (and costs), each small, tested
 and removable: one module per upstream bug, whose docstring says what goes wrong, how it was
 found and what the fix does (``docs/faust-patches.md`` lists them all). Each pins the bug in
 ``tests/unit/faust_patches/``; :func:`install` installs them all.
@@ -27,6 +27,8 @@ found and what the fix does (``docs/faust-patches.md`` lists them all). Each pin
 - :mod:`.producer_lookup`: a cost, three loop turns per record published (faust-streaming
   0.15.3).
 - :mod:`.fetch`: a cost, a fetch answered per record under load (faust-streaming 0.15.3).
+- :mod:`.batches`: a cost, an agent's stream handled and acknowledged per event, a turn of the
+  event loop each (faust-streaming 0.15.3).
 
 :mod:`.hooks` is no fix: it runs the flush of the staged table values before each offset commit
 and the forgetting of revoked partitions after a revocation (:func:`before_commit`,
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 from pipeline.streaming.faust_patches import (
     assignment,
+    batches,
     dropped_messages,
     failed_sends,
     fetch,
@@ -54,6 +57,7 @@ from pipeline.streaming.faust_patches import (
     recovery_mark,
     seek,
 )
+from pipeline.streaming.faust_patches.batches import Batch, at_batch_end, current_batch
 from pipeline.streaming.faust_patches.failed_sends import (
     DeliveryFailed,
     expect_delivery,
@@ -66,9 +70,12 @@ from pipeline.streaming.faust_patches.producer_buffer import DrainingProducerBuf
 from pipeline.streaming.faust_patches.recovery_mark import move_recovery_mark
 
 __all__ = [
+    "Batch",
     "DeliveryFailed",
     "DrainingProducerBuffer",
+    "at_batch_end",
     "before_commit",
+    "current_batch",
     "expect_delivery",
     "install",
     "move_recovery_mark",
@@ -96,5 +103,6 @@ def install() -> None:
     handover.install()
     producer_lookup.install()
     fetch.install()
+    batches.install()
     assignment.install()
     dropped_messages.install()
