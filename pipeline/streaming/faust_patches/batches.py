@@ -159,6 +159,10 @@ async def _batched_aiter(self: Any) -> AsyncIterator[Any]:
                 handled.append((event, state))
         if handled:
             await _end(batch, handled, self)
+    except StopAsyncIteration:
+        # The channel ended (the worker stops): not allowed out of an async generator, where
+        # Python makes it a RuntimeError and the agent a crash. Faust returns, and so does this.
+        return
     finally:
         if handled:
             # Closed mid-batch (the agent crashed or stops): Faust acknowledges the event the

@@ -133,3 +133,18 @@ async def test_the_current_batch_is_known_only_inside_the_stream(hooks: list[Any
     batch = batches.current_batch()
     assert batch is not None and batch.size == 1
     await iteration.aclose()
+
+
+async def test_the_iteration_ends_when_its_channel_does(hooks: list[Any]) -> None:
+    """As Faust's: a channel that stops iterating ends the stream, not the agent with a crash."""
+    stream, messages = _stream(1)
+
+    async def ended() -> Any:
+        raise StopAsyncIteration
+
+    stream.channel.__anext__ = ended  # asked once its queue is empty
+    iteration = batches._batched_aiter(stream)
+    assert await _take(iteration) == 0
+    with pytest.raises(StopAsyncIteration):
+        await _take(iteration)
+    assert messages[0].acked
