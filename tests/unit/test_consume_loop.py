@@ -28,6 +28,7 @@ from aiokafka.errors import (
     UnknownError,
     UnsupportedVersionError,
 )
+from aiokafka.partitioner import DefaultPartitioner
 
 from pipeline.adapters.kafka.egress import Egress, event_headers
 from pipeline.domain.events import encode
@@ -221,3 +222,72 @@ async def _no_sleep(_seconds: float) -> None:
 def test_every_event_record_carries_the_same_headers() -> None:
     assert dict(event_headers("e-1", "OrderCreated")) == {
         "event_id": b"e-1", "event_type": b"OrderCreated", "schema_version": b"1"}  # fmt: skip
+
+
+class BatchingProducer:
+    """aiokafka's producer as :meth:`Egress.send_staged` uses it: four partitions per topic,
+    keys partitioned as ``send`` does, batches of at most ``capacity`` records."""
+
+    _max_request_size = 1_000
+
+    def __init__(self, capacity: int = 100) -> None:
+        self.capacity = capacity
+        self.batches: list[tuple[str, int, list[tuple[bytes, bytes | None]]]] = []
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1, 2, 3}
+
+    def _partition(self, topic: str, partition: Any, key: bytes, *_: Any) -> int:
+        return int(DefaultPartitioner()(key, [0, 1, 2, 3], [0, 1, 2, 3]))
+
+    def create_batch(self) -> Any:
+        records: list[tuple[bytes, bytes | None]] = []
+
+        def append(*, timestamp: Any, key: bytes, value: bytes | None, headers: Any) -> Any:
+            if len(records) >= self.capacity:
+                return None
+            records.append((key, value))
+            return object()
+
+        return SimpleNamespace(append=append, records=records)
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        self.batches.append((topic, partition, batch.records))
+        return asyncio.get_running_loop().create_future()
+
+
+async def test_staged_records_go_out_as_one_batch_per_partition_in_order() -> None:
+    producer, staged = BatchingProducer(), []
+    egress = Egress(producer)
+    keys = [b"customer-1", b"customer-2", b"customer-1", b"customer-3", b"customer-1"]
+    for n, key in enumerate(keys):
+        egress.stage(staged, "t.x", str(n).encode(), key=key)
+    deliveries = await egress.send_staged(staged)
+    assert staged == [] and len(deliveries) == len(producer.batches)
+    partition = DefaultPartitioner()
+    for topic, number, records in producer.batches:
+        assert topic == "t.x"
+        assert all(partition(key, [0, 1, 2, 3], []) == number for key, _ in records)
+    sent = {number: records for _, number, records in producer.batches}
+    first = partition(b"customer-1", [0, 1, 2, 3], [])
+    assert [value for key, value in sent[first] if key == b"customer-1"] == [b"0", b"2", b"4"]
+    assert sum(len(records) for records in sent.values()) == 5
+
+
+async def test_a_full_produce_batch_continues_in_the_next() -> None:
+    producer, staged = BatchingProducer(capacity=2), []
+    egress = Egress(producer)
+    for n in range(5):
+        egress.stage(staged, "t.x", str(n).encode(), key=b"k")
+    assert len(await egress.send_staged(staged)) == 3
+    assert [value for _, _, records in producer.batches for _, value in records] == [
+        b"0", b"1", b"2", b"3", b"4"
+    ]  # fmt: skip
+
+
+async def test_a_record_over_the_request_size_is_refused_when_staged() -> None:
+    """As ``send`` refuses it at once: the agent's failure policy sees it, with its event."""
+    staged: list[Any] = []
+    with pytest.raises(MessageSizeTooLargeError):
+        Egress(BatchingProducer()).stage(staged, "t.x", b"x" * 2_000, key=b"k")
+    assert staged == []

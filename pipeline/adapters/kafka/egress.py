@@ -10,6 +10,9 @@ replay. Three ways to send:
   refuses at once, over ``max_request_size`` say, raises here). Inside an agent the future is
   held until it settles and no offset is committed over a failed one
   (``pipeline.streaming.faust_patches``); the forwarder awaits its batch's futures itself.
+- :meth:`Egress.stage` keeps a record for :meth:`Egress.send_staged`, which hands everything
+  staged to the producer as one produce batch per partition (an agent's derived events, once a
+  batch of events: ``pipeline.streaming.topics.publish``).
 - :meth:`Egress.deliver` waits for the broker's acknowledgement and raises its refusal.
 - :meth:`Egress.deliver_reliably` retries until the broker acknowledges (a record being set
   aside must not be lost), keeps the original record time where the topic allows it, and
@@ -26,7 +29,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from aiokafka.errors import InvalidTimestampError, KafkaError
+from aiokafka.errors import InvalidTimestampError, KafkaError, MessageSizeTooLargeError
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from pipeline.adapters.kafka.refusals import refused_for_good
 from pipeline.domain.events import SCHEMA_VERSION
@@ -34,6 +38,8 @@ from pipeline.domain.events import SCHEMA_VERSION
 log = logging.getLogger(__name__)
 
 Headers = Sequence[tuple[str, bytes]]
+# A record staged for :meth:`Egress.send_staged`: topic, key, value, headers, timestamp (ms).
+Staged = tuple[str, bytes, bytes | None, list[tuple[str, bytes]], int | None]
 
 
 def event_headers(event_id: str, event_type: str, schema_version: int = SCHEMA_VERSION) -> Headers:
@@ -63,6 +69,49 @@ class Egress:
             headers=list(headers) or None,
         )  # fmt: skip
         return future
+
+    def stage(
+        self, staged: list[Staged], topic: str, value: bytes | None, *, key: bytes,
+        headers: Headers = (), timestamp_ms: int | None = None,
+    ) -> None:  # fmt: skip
+        """Add a keyed record to ``staged``, for :meth:`send_staged`.
+
+        A record the client would refuse at once (over ``max_request_size``) raises here, as
+        :meth:`submit` raises it, so the caller's failure handling sees it with its cause."""
+        headers = list(headers)
+        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
+        if size > self._get()._max_request_size:
+            raise MessageSizeTooLargeError(
+                f"The message is {size} bytes when serialized which is larger than the maximum "
+                "request size you have configured with the max_request_size configuration"
+            )
+        staged.append((topic, key, value, headers, timestamp_ms))
+
+    async def send_staged(self, staged: list[Staged]) -> list[tuple[asyncio.Future[Any], str]]:
+        """Hand the records of ``staged`` to the producer, in order, one produce batch per
+        partition (``create_batch``/``send_batch``): a delivery future per batch, not per
+        record. The partition is the one ``send`` picks for the key. Empties ``staged``."""
+        producer = self._get()
+        by_partition: dict[tuple[str, int], list[Staged]] = {}
+        for record in staged:
+            topic = record[0]
+            await producer.partitions_for(topic)  # the topic's metadata, as ``send`` waits for it
+            partition = producer._partition(topic, None, record[1], record[2], record[1], record[2])
+            by_partition.setdefault((topic, partition), []).append(record)
+        staged.clear()
+        deliveries = []
+        for (topic, partition), records in by_partition.items():
+            batch = producer.create_batch()
+            for _, key, value, headers, timestamp_ms in records:
+                fields = {"timestamp": timestamp_ms, "key": key, "value": value,
+                          "headers": headers}  # fmt: skip
+                if batch.append(**fields) is None:  # full: the next batch takes it (a first fits)
+                    sent = await producer.send_batch(batch, topic, partition=partition)
+                    deliveries.append((sent, topic))
+                    batch = producer.create_batch()
+                    batch.append(**fields)
+            deliveries.append((await producer.send_batch(batch, topic, partition=partition), topic))
+        return deliveries
 
     async def deliver(
         self, topic: str, value: bytes | None, *, key: bytes | None = None,

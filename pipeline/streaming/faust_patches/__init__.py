@@ -1,4 +1,4 @@
-"""Fixes for faust-streaming bugs that break our guarantees (and some costs), each small, tested
+"""Fixes for faust-streaming bugs that break our guarantees (and costs), each small, tested
 and removable: one module per upstream bug, whose docstring says what goes wrong, how it was
 found and what the fix does (``docs/faust-patches.md`` lists them all). Each pins the bug in
 ``tests/unit/faust_patches/``; :func:`install` installs them all.
@@ -29,6 +29,8 @@ found and what the fix does (``docs/faust-patches.md`` lists them all). Each pin
 - :mod:`.fetch`: a cost, a fetch answered per record under load (faust-streaming 0.15.3).
 - :mod:`.restore`: a cost, tables restored from their changelogs one record at a time
   (faust-streaming 0.15.3).
+- :mod:`.batches`: a cost, an agent's stream handled and acknowledged per event, a turn of the
+  event loop each (faust-streaming 0.15.3).
 
 :mod:`.hooks` is no fix: it runs the flush of the staged table values before each offset commit
 and the forgetting of revoked partitions after a revocation (:func:`before_commit`,
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 from pipeline.streaming.faust_patches import (
     assignment,
+    batches,
     dropped_messages,
     failed_sends,
     fetch,
@@ -57,6 +60,7 @@ from pipeline.streaming.faust_patches import (
     restore,
     seek,
 )
+from pipeline.streaming.faust_patches.batches import Batch, at_batch_end, current_batch
 from pipeline.streaming.faust_patches.failed_sends import (
     DeliveryFailed,
     expect_delivery,
@@ -69,9 +73,12 @@ from pipeline.streaming.faust_patches.producer_buffer import DrainingProducerBuf
 from pipeline.streaming.faust_patches.recovery_mark import move_recovery_mark
 
 __all__ = [
+    "Batch",
     "DeliveryFailed",
     "DrainingProducerBuffer",
+    "at_batch_end",
     "before_commit",
+    "current_batch",
     "expect_delivery",
     "install",
     "move_recovery_mark",
@@ -100,5 +107,6 @@ def install() -> None:
     producer_lookup.install()
     fetch.install()
     restore.install()
+    batches.install()
     assignment.install()
     dropped_messages.install()

@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
 from typing import Any
+
+import pytest
 
 from pipeline.streaming.faust_patches.producer_lookup import STOCK_GET_PRODUCER, _get_producer
 
@@ -17,6 +21,17 @@ def _steps(coro: Any) -> tuple[int, Any]:
             turns += 1
     except StopIteration as done:
         return turns, done.value
+
+
+@pytest.fixture(autouse=True)
+def _loop() -> Iterator[None]:
+    """A current loop for the synchronous tests (mode's ``@stampede`` asks for one), whatever
+    earlier tests left the thread with (``asyncio.run`` leaves none)."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    yield
+    asyncio.set_event_loop(None)
+    loop.close()
 
 
 def _topic_of_a_running_app() -> Any:
