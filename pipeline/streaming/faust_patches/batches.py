@@ -69,6 +69,16 @@ def at_batch_end(hook: Callable[[Batch], Awaitable[None]]) -> None:
         _hooks.append(hook)
 
 
+async def _processed(value: Any, processors: Any, on_merge: Any, skipped: Any) -> Any:
+    """``value`` through the stream's processors and ``on_merge``; ``skipped`` on ``Skip``."""
+    try:
+        for processor in processors:
+            value = await maybe_async(processor(value))
+        return await on_merge(value)
+    except Skip:
+        return skipped
+
+
 async def _end(batch: Batch, handled: list[tuple[Any, Any]], stream: Any) -> None:
     """The hooks, then the acknowledgements of ``handled`` in order (Faust's ``after``)."""
     for hook in _hooks:
@@ -119,13 +129,7 @@ async def _batched_aiter(self: Any) -> AsyncIterator[Any]:
             channel_value = quick_get() if not empty() else await slow_get()
             if not isinstance(channel_value, EventT):  # a value put on the channel directly
                 self.current_event = None
-                value = channel_value
-                try:
-                    for processor in processors:
-                        value = await maybe_async(processor(value))
-                    value = await on_merge(value)
-                except Skip:
-                    value = skipped
+                value = await _processed(channel_value, processors, on_merge, skipped)
                 if value is not skipped and value is not None:
                     self.events_total += 1
                     yield value
@@ -142,13 +146,7 @@ async def _batched_aiter(self: Any) -> AsyncIterator[Any]:
             state = on_stream_event_in(message.tp, message.offset, self, event)
             current_event.set(weakref.ref(event))
             self.current_event = event
-            value = event.value
-            try:
-                for processor in processors:
-                    value = await maybe_async(processor(value))
-                value = await on_merge(value)
-            except Skip:
-                value = skipped
+            value = await _processed(event.value, processors, on_merge, skipped)
             try:
                 if value is not skipped:
                     self.events_total += 1
