@@ -241,8 +241,11 @@ class Settings:
         read.integer(1024, 65535),
         Derived(lambda v: v["kafka_port"] + 1, "`PIPELINE_KAFKA_PORT + 1`"),
         "local KRaft controller port")
-    kafka_data_dir: Path = setting("PIPELINE_KAFKA_DATA_DIR", read.path, in_data_dir("kafka"),
-        "local broker log dirs, pid file and server log")
+    kafka_data_dir: Path = setting("PIPELINE_KAFKA_DATA_DIR", read.path,
+        Derived(lambda v: (v["data_dir"] / "kafka" / v["kafka_version"]).resolve(),
+                "`$PIPELINE_DATA_DIR/kafka/$PIPELINE_KAFKA_VERSION`"),
+        "local broker log dirs, pid file and server log; one per Kafka release, as a release "
+        "cannot read the storage another formatted")
     kafka_heap: str = setting("PIPELINE_KAFKA_HEAP", read.text, "1G", "local broker JVM heap")
     cache_dir: Path = setting("PIPELINE_CACHE_DIR", read.path, PROJECT_ROOT / ".cache",
         "resolved Kafka jars, one folder per version")

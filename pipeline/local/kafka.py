@@ -239,6 +239,25 @@ class LocalKafka:
             *args,
         ]
 
+    @property
+    def release_file(self) -> Path:
+        """Which Kafka release formatted this data directory (written when formatting)."""
+        return self.data_dir / "kafka-release"
+
+    def _check_release(self) -> None:
+        """Refuse, in one line, storage another release formatted: Kafka 3.9 dies with a Java
+        stack trace ("Can't read version 4 of BrokerEndpoint") on what 4.x formatted."""
+        try:
+            formatted_by = self.release_file.read_text().strip()
+        except FileNotFoundError:
+            return
+        if formatted_by != self.version:
+            raise LocalKafkaError(
+                f"{self.data_dir} holds the storage of Kafka {formatted_by}, which Kafka "
+                f"{self.version} cannot read; unset PIPELINE_KAFKA_DATA_DIR (each release gets "
+                f"its own directory) or point it at an empty directory"
+            )
+
     def _format_storage(self, props: Path) -> None:
         if (self.data_dir / "logs" / "meta.properties").exists():
             return
@@ -256,6 +275,7 @@ class LocalKafka:
                 f"formatting Kafka storage in {self.data_dir} failed:\n"
                 + (result.stdout + result.stderr).strip()[-2000:]
             )
+        self.release_file.write_text(self.version + "\n")
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -290,6 +310,7 @@ class LocalKafka:
                     f"port {port} on {self.host} is already in use by another process; stop it "
                     f"or choose another port with {what}"
                 )
+        self._check_release()
         self.ensure_jars()
         props = self._write_config()
         self._format_storage(props)

@@ -41,6 +41,7 @@ def test_start_is_reentrant_and_stop_is_clean(tmp_path: Path, kafka_version: str
         assert broker.start() == broker.bootstrap_servers  # reused, not a second process
         assert broker.running_pid() == pid
         assert broker_answers(broker.bootstrap_servers)
+        assert broker.release_file.read_text().strip() == kafka_version
     finally:
         assert broker.stop()
     assert broker.running_pid() is None

@@ -23,7 +23,8 @@ def test_defaults_run_locally_on_embedded_storage(tmp_path: Path) -> None:
     assert s.database_url == f"sqlite+aiosqlite:///{tmp_path / 'pipeline.db'}"
     assert s.store == "rocksdb://"
     assert s.web_host == "127.0.0.1" and s.web_is_loopback
-    assert s.kafka_data_dir == tmp_path / "kafka"
+    # One directory per release: a release cannot read the storage another formatted.
+    assert s.kafka_data_dir == tmp_path / "kafka" / s.kafka_version
     assert s.kafka_controller_port == 9093
 
 
