@@ -18,7 +18,7 @@ export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 PYTEST_ARGS ?=
 
 .PHONY: help install lint format test unit integration demo bench kafka-jars kafka-up kafka-down \
-	postgres-up postgres-down chromium clean soak nemesis configuration-doc
+	postgres-up postgres-down chromium clean soak nemesis stress configuration-doc
 
 help:
 	@echo "make demo         run the pipeline locally (Kafka, SQLite, two workers); Ctrl-C stops it"
@@ -28,6 +28,7 @@ help:
 	@echo "make integration  tests on the real local Kafka and PostgreSQL"
 	@echo "make bench        benchmarks beside their baselines (BENCH_QUICK=1: short run)"
 	@echo "make nemesis      random faults under load, judged (SEED=n DURATION=600 seconds)"
+	@echo "make stress       workers joining and leaving under load and CPU contention, judged"
 	@echo "make soak         200,000 orders with faults, then judged (SOAK_ORDERS=20000: short run)"
 	@echo "make kafka-up     start the local broker (prints its bootstrap address)"
 	@echo "make kafka-down   stop it"
@@ -116,6 +117,13 @@ nemesis: install kafka-jars postgres-up
 	TEST_POSTGRES_PORT=$(TEST_POSTGRES_PORT) NEMESIS_SEED=$(SEED) NEMESIS_SECONDS=$(DURATION) \
 		NEMESIS_DATABASE=$(NEMESIS_DATABASE) $(BIN)/pytest tests/integration/test_nemesis.py \
 		-m nemesis -s -ra $(PYTEST_ARGS)
+
+# Not part of `make test`: workers joining and leaving round after round under load and CPU
+# contention, judged (tests/integration/test_stress.py). STRESS_ROUNDS=6 by default.
+STRESS_ROUNDS ?= 6
+stress: install kafka-jars postgres-up
+	TEST_POSTGRES_PORT=$(TEST_POSTGRES_PORT) STRESS_ROUNDS=$(STRESS_ROUNDS) $(BIN)/pytest \
+		tests/integration/test_stress.py -m stress -s -ra $(PYTEST_ARGS)
 
 # Not part of `make test`: about half an hour on two cores (bench/soak.py says what it does).
 soak: install kafka-jars postgres-up
