@@ -31,7 +31,11 @@ from pipeline.environment import Secret as Secret
 from pipeline.environment import SettingsError as SettingsError
 from pipeline.environment import normalize_database_url as normalize_database_url
 
+# Where the packages live: a source checkout's root, or the installation's site-packages.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# A checkout keeps its caches in its own ``.cache`` (the Makefile and CI rely on it); an
+# installed package never writes beside its code (see :func:`default_cache_dir`).
+SOURCE_CHECKOUT = (PROJECT_ROOT / "pyproject.toml").is_file()
 
 DEFAULT_KAFKA_VERSION = "4.4.0"
 
@@ -39,9 +43,10 @@ DEFAULT_KAFKA_VERSION = "4.4.0"
 class Resolved(dict[str, Any]):
     """The settings read so far, by field name, and which of them the environment gave."""
 
-    def __init__(self) -> None:
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
         super().__init__()
         self.given: set[str] = set()
+        self.env: Mapping[str, str] = {} if env is None else env
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,19 @@ def setting(
     if isinstance(default, Derived):
         return field(metadata={"setting": spec})
     return field(default=default, metadata={"setting": spec})
+
+
+def default_cache_dir(env: Mapping[str, str]) -> Path:
+    """``./.cache`` of a source checkout; else the user's cache directory
+    (``$XDG_CACHE_HOME/orders-pipeline``, or ``~/.cache/orders-pipeline``): an installed
+    package must not write into site-packages."""
+    if SOURCE_CHECKOUT:
+        return PROJECT_ROOT / ".cache"
+    xdg = env.get("XDG_CACHE_HOME", "").strip()
+    home = Path(env["HOME"]) if env.get("HOME", "").strip() else Path.home()
+    # The XDG spec ignores a relative XDG_CACHE_HOME.
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else home / ".cache"
+    return (base / "orders-pipeline").resolve()
 
 
 def in_data_dir(name: str) -> Derived:
@@ -244,8 +262,12 @@ class Settings:
     kafka_data_dir: Path = setting("PIPELINE_KAFKA_DATA_DIR", read.path, in_data_dir("kafka"),
         "local broker log dirs, pid file and server log")
     kafka_heap: str = setting("PIPELINE_KAFKA_HEAP", read.text, "1G", "local broker JVM heap")
-    cache_dir: Path = setting("PIPELINE_CACHE_DIR", read.path, PROJECT_ROOT / ".cache",
-        "resolved Kafka jars, one folder per version")
+    cache_dir: Path = setting("PIPELINE_CACHE_DIR", read.path,
+        Derived(lambda v: default_cache_dir(v.env),
+                "`./.cache` of a source checkout; installed: `$XDG_CACHE_HOME/orders-pipeline` "
+                "(`~/.cache/orders-pipeline`)"),
+        "resolved Kafka jars, one folder per version, and the private PostgreSQL's data; "
+        "never inside the installed package")
     # fmt: on
 
     def __post_init__(self) -> None:
@@ -353,7 +375,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
     Every bad variable is reported at once: one :class:`SettingsError`, one line per problem."""
     env = os.environ if environ is None else environ
-    values = Resolved()
+    values = Resolved(env)
     problems: list[str] = list(_retired(env))
     derived: list[tuple[str, Derived]] = []
     for f, spec in declared():
@@ -403,8 +425,6 @@ def _spelled(value: Any) -> str:
         return ",".join(_spelled(item) for item in value)
     if isinstance(value, Secret):
         return value.get()
-    if isinstance(value, Path):
-        return f"./{value.relative_to(PROJECT_ROOT)}"
     return str(value)
 
 
@@ -441,6 +461,13 @@ nothing set. The settings are read once, when a worker or a command starts; a ba
 it with one message naming every variable to fix and what each expects.
 
 {configuration_table()}
+Where files go: data (the SQLite file, table state, the local broker's data, logs) under
+`PIPELINE_DATA_DIR`, `./data` of the directory a command starts in; downloads and the private
+PostgreSQL under `PIPELINE_CACHE_DIR`. Run from a source checkout (its root has
+`pyproject.toml`), the cache is the checkout's `.cache`, which `make test` and CI rely on.
+Installed with `pip install`, the package never writes beside its own code: the cache is
+`$XDG_CACHE_HOME/orders-pipeline`, or `~/.cache/orders-pipeline` when that is unset.
+
 Retired: these are no longer read, and a worker or command started with one set stops, saying
 what to do instead.
 
