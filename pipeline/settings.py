@@ -166,6 +166,10 @@ class Settings:
         read.number(0.001, 60.0), 0.2, "seconds between polls when no NOTIFY/wake-up arrives")
     outbox_retention_seconds: int = setting("PIPELINE_OUTBOX_RETENTION_SECONDS",
         read.integer(0, 365 * 86400), 86400, "published rows are deleted after this")
+    outbox_topics: tuple[str, ...] = setting("PIPELINE_OUTBOX_TOPICS", read.topic_patterns, (),
+        "topics other services may publish to through the outbox (`OutboxWriter`, see "
+        "docs/outbox.md): names, or prefixes ending in `*`, comma-separated, each under "
+        "`PIPELINE_TOPIC_PREFIX`; the forwarder parks a row for any other topic")
     outbox_max_message_bytes: int = setting("PIPELINE_OUTBOX_MAX_MESSAGE_BYTES",
         read.integer(1024, 64 << 20), 1024 * 1024,
         "largest event the forwarder sends; larger rows are parked")

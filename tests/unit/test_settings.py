@@ -268,3 +268,11 @@ def test_an_installed_package_caches_in_the_users_cache_dir(
     cache = load_settings(env).cache_dir
     assert cache == Path(expected)
     assert not cache.is_relative_to(settings.PROJECT_ROOT)
+
+
+def test_outbox_topics_are_names_or_prefixes() -> None:
+    s = load_settings({"PIPELINE_OUTBOX_TOPICS": " payments.events, audit.* ,"})
+    assert s.outbox_topics == ("payments.events", "audit.*")
+    assert load_settings({}).outbox_topics == ()
+    with pytest.raises(SettingsError, match="PIPELINE_OUTBOX_TOPICS: 'bad topic' is not a Kafka"):
+        load_settings({"PIPELINE_OUTBOX_TOPICS": "ok.events,bad topic"})
