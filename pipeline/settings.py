@@ -33,9 +33,20 @@ from pipeline.environment import normalize_database_url as normalize_database_ur
 
 # Where the packages live: a source checkout's root, or the installation's site-packages.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _is_checkout(root: Path) -> bool:
+    """Whether ``root`` is this project's source tree (its own pyproject.toml, not a stray one
+    some other wheel left in site-packages)."""
+    try:
+        return 'name = "orders-pipeline"' in (root / "pyproject.toml").read_text(encoding="utf-8")
+    except OSError:
+        return False
+
+
 # A checkout keeps its caches in its own ``.cache`` (the Makefile and CI rely on it); an
 # installed package never writes beside its code (see :func:`default_cache_dir`).
-SOURCE_CHECKOUT = (PROJECT_ROOT / "pyproject.toml").is_file()
+SOURCE_CHECKOUT = _is_checkout(PROJECT_ROOT)
 
 DEFAULT_KAFKA_VERSION = "4.4.0"
 
@@ -467,7 +478,7 @@ it with one message naming every variable to fix and what each expects.
 {configuration_table()}
 Where files go: data (the SQLite file, table state, the local broker's data, logs) under
 `PIPELINE_DATA_DIR`, `./data` of the directory a command starts in; downloads and the private
-PostgreSQL under `PIPELINE_CACHE_DIR`. Run from a source checkout (its root has
+PostgreSQL under `PIPELINE_CACHE_DIR`. Run from a source checkout (its root has this project's
 `pyproject.toml`), the cache is the checkout's `.cache`, which `make test` and CI rely on.
 Installed with `pip install`, the package never writes beside its own code: the cache is
 `$XDG_CACHE_HOME/orders-pipeline`, or `~/.cache/orders-pipeline` when that is unset.

@@ -276,3 +276,13 @@ def test_outbox_topics_are_names_or_prefixes() -> None:
     assert load_settings({}).outbox_topics == ()
     with pytest.raises(SettingsError, match="PIPELINE_OUTBOX_TOPICS: 'bad topic' is not a Kafka"):
         load_settings({"PIPELINE_OUTBOX_TOPICS": "ok.events,bad topic"})
+
+
+def test_only_this_projects_pyproject_makes_a_checkout(tmp_path: Path) -> None:
+    from pipeline.settings import _is_checkout
+
+    assert not _is_checkout(tmp_path)
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "something-else"\n')
+    assert not _is_checkout(tmp_path)  # a stray file some wheel left in site-packages
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "orders-pipeline"\n')
+    assert _is_checkout(tmp_path)
