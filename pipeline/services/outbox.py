@@ -80,10 +80,10 @@ class OutboxPublisher:
     ) -> None:  # fmt: skip
         self.producer = producer
         self.egress = Egress(producer)
-        self.topic = topic  # the order events' topic: rows whose topic is NULL
-        self.topics = (
-            topics or OutboxTopics()
-        )  # the other topics rows may name (PIPELINE_OUTBOX_TOPICS)
+        # The order events' topic (rows whose topic is NULL), and the other services' topics
+        # that rows may name (PIPELINE_OUTBOX_TOPICS).
+        self.topic = topic
+        self.topics = topics or OutboxTopics()
         self.metrics = metrics
 
     async def publish(self, rows: list[PendingRow]) -> BatchResult:
@@ -93,13 +93,9 @@ class OutboxPublisher:
             if row.topic is not None and not self.topics.allows(row.topic):
                 # Written by a writer configured otherwise: never sent where this deployment
                 # has not said it may publish.
-                result.parked.append(
-                    (
-                        row,
-                        f"topic {row.topic!r} is not allowed here "
-                        f"(PIPELINE_OUTBOX_TOPICS: {self.topics.described()})",
-                    )
-                )
+                refusal = (f"topic {row.topic!r} is not allowed here "
+                           f"(PIPELINE_OUTBOX_TOPICS: {self.topics.described()})")  # fmt: skip
+                result.parked.append((row, refusal))
                 continue
             try:
                 future = await self.egress.submit(
