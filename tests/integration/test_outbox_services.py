@@ -159,7 +159,7 @@ def test_another_services_events_are_published_once_in_commit_order_per_key(
         forwarder.wait(30)
 
     records = asyncio.run(
-        consume(kafka_bootstrap, factory.topic("payments.events"), count=expected + 5, timeout=10)
+        consume(kafka_bootstrap, factory.topic("payments.events"), count=expected + 5, timeout=6)
     )
     seen: dict[str, list[str]] = defaultdict(list)
     ids = []

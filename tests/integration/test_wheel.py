@@ -81,15 +81,14 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
 
 @pytest.fixture
 def outside(tmp_path: Path) -> dict[str, str]:
-    """An environment for the installed commands: a home of their own, no clone on the path."""
-    home = tmp_path / "home"
-    home.mkdir()
+    """An environment for the installed commands: a cache directory of their own, no clone on
+    the path. HOME stays: Maven's local repository (~/.m2) already holds the Kafka jars."""
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("PIPELINE_", "KAFKA_", "DATABASE_")) and k != "PYTHONPATH"
     }
-    env.update(HOME=str(home), XDG_CACHE_HOME=str(home / "xdg-cache"), PYTHONUNBUFFERED="1")
+    env.update(XDG_CACHE_HOME=str(tmp_path / "xdg-cache"), PYTHONUNBUFFERED="1")
     return env
 
 
