@@ -1,4 +1,5 @@
-"""``python -m pipeline <command>``: our operator commands, else Faust's (``worker``, ...)."""
+"""``python -m pipeline <command>``, or the ``orders-pipeline`` console script: our operator
+commands, else Faust's (``worker``, ...)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,14 @@ import sys
 
 def main() -> int:
     argv = sys.argv[1:]
+    from pipeline.cli import prog
     from pipeline.cli.main import OUR_COMMANDS, build_parser, run
 
     if argv and argv[0] in OUR_COMMANDS:
         return run(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         # Ours and Faust's, in one list; Faust's run below.
-        prog = "orders-pipeline" if sys.argv[0].endswith("orders-pipeline") else None
-        build_parser(prog or "python -m pipeline").print_help()
+        build_parser(prog()).print_help()
         return 0 if argv else 2
 
     from pipeline.settings import SettingsError, load_settings

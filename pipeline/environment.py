@@ -12,6 +12,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from pipeline.domain.outbox import InvalidOutboxEvent, check_topic_pattern
+
 ALL_AGENTS = ("analytics", "inventory", "order_status", "notifications", "revenue")
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -188,6 +190,16 @@ def agent_list(name: str, raw: str) -> tuple[str, ...]:
     if unknown:
         raise SettingsError(f"{name} names unknown agents {unknown}; known: {ALL_AGENTS}")
     return chosen
+
+
+def topic_patterns(name: str, raw: str) -> tuple[str, ...]:
+    patterns = tuple(p.strip() for p in raw.split(",") if p.strip())
+    try:
+        return tuple(check_topic_pattern(p) for p in patterns)
+    except InvalidOutboxEvent as exc:
+        raise SettingsError(
+            f"{name}: {exc.problem}; give topic names or prefixes ending in '*', comma-separated"
+        ) from None
 
 
 def module_list(name: str, raw: str) -> tuple[str, ...]:

@@ -31,7 +31,22 @@ from pipeline.environment import Secret as Secret
 from pipeline.environment import SettingsError as SettingsError
 from pipeline.environment import normalize_database_url as normalize_database_url
 
+# Where the packages live: a source checkout's root, or the installation's site-packages.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _is_checkout(root: Path) -> bool:
+    """Whether ``root`` is this project's source tree (its own pyproject.toml, not a stray one
+    some other wheel left in site-packages)."""
+    try:
+        return 'name = "orders-pipeline"' in (root / "pyproject.toml").read_text(encoding="utf-8")
+    except OSError:
+        return False
+
+
+# A checkout keeps its caches in its own ``.cache`` (the Makefile and CI rely on it); an
+# installed package never writes beside its code (see :func:`default_cache_dir`).
+SOURCE_CHECKOUT = _is_checkout(PROJECT_ROOT)
 
 DEFAULT_KAFKA_VERSION = "4.4.0"
 
@@ -39,9 +54,10 @@ DEFAULT_KAFKA_VERSION = "4.4.0"
 class Resolved(dict[str, Any]):
     """The settings read so far, by field name, and which of them the environment gave."""
 
-    def __init__(self) -> None:
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
         super().__init__()
         self.given: set[str] = set()
+        self.env: Mapping[str, str] = {} if env is None else env
 
 
 @dataclass(frozen=True)
@@ -73,6 +89,19 @@ def setting(
     if isinstance(default, Derived):
         return field(metadata={"setting": spec})
     return field(default=default, metadata={"setting": spec})
+
+
+def default_cache_dir(env: Mapping[str, str]) -> Path:
+    """``./.cache`` of a source checkout; else the user's cache directory
+    (``$XDG_CACHE_HOME/orders-pipeline``, or ``~/.cache/orders-pipeline``): an installed
+    package must not write into site-packages."""
+    if SOURCE_CHECKOUT:
+        return PROJECT_ROOT / ".cache"
+    xdg = env.get("XDG_CACHE_HOME", "").strip()
+    home = Path(env["HOME"]) if env.get("HOME", "").strip() else Path.home()
+    # The XDG spec ignores a relative XDG_CACHE_HOME.
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else home / ".cache"
+    return (base / "orders-pipeline").resolve()
 
 
 def in_data_dir(name: str) -> Derived:
@@ -148,6 +177,10 @@ class Settings:
         read.number(0.001, 60.0), 0.2, "seconds between polls when no NOTIFY/wake-up arrives")
     outbox_retention_seconds: int = setting("PIPELINE_OUTBOX_RETENTION_SECONDS",
         read.integer(0, 365 * 86400), 86400, "published rows are deleted after this")
+    outbox_topics: tuple[str, ...] = setting("PIPELINE_OUTBOX_TOPICS", read.topic_patterns, (),
+        "topics other services may publish to through the outbox (`OutboxWriter`, see "
+        "docs/outbox.md): names, or prefixes ending in `*`, comma-separated, each under "
+        "`PIPELINE_TOPIC_PREFIX`; the forwarder parks a row for any other topic")
     outbox_max_message_bytes: int = setting("PIPELINE_OUTBOX_MAX_MESSAGE_BYTES",
         read.integer(1024, 64 << 20), 1024 * 1024,
         "largest event the forwarder sends; larger rows are parked")
@@ -247,8 +280,12 @@ class Settings:
         "local broker log dirs, pid file and server log; one per Kafka release, as a release "
         "cannot read the storage another formatted")
     kafka_heap: str = setting("PIPELINE_KAFKA_HEAP", read.text, "1G", "local broker JVM heap")
-    cache_dir: Path = setting("PIPELINE_CACHE_DIR", read.path, PROJECT_ROOT / ".cache",
-        "resolved Kafka jars, one folder per version")
+    cache_dir: Path = setting("PIPELINE_CACHE_DIR", read.path,
+        Derived(lambda v: default_cache_dir(v.env),
+                "`./.cache` of a source checkout; installed: `$XDG_CACHE_HOME/orders-pipeline` "
+                "(`~/.cache/orders-pipeline`)"),
+        "resolved Kafka jars, one folder per version, and the private PostgreSQL's data; "
+        "never inside the installed package")
     # fmt: on
 
     def __post_init__(self) -> None:
@@ -356,7 +393,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
     Every bad variable is reported at once: one :class:`SettingsError`, one line per problem."""
     env = os.environ if environ is None else environ
-    values = Resolved()
+    values = Resolved(env)
     problems: list[str] = list(_retired(env))
     derived: list[tuple[str, Derived]] = []
     for f, spec in declared():
@@ -406,8 +443,6 @@ def _spelled(value: Any) -> str:
         return ",".join(_spelled(item) for item in value)
     if isinstance(value, Secret):
         return value.get()
-    if isinstance(value, Path):
-        return f"./{value.relative_to(PROJECT_ROOT)}"
     return str(value)
 
 
@@ -444,6 +479,13 @@ nothing set. The settings are read once, when a worker or a command starts; a ba
 it with one message naming every variable to fix and what each expects.
 
 {configuration_table()}
+Where files go: data (the SQLite file, table state, the local broker's data, logs) under
+`PIPELINE_DATA_DIR`, `./data` of the directory a command starts in; downloads and the private
+PostgreSQL under `PIPELINE_CACHE_DIR`. Run from a source checkout (its root has this project's
+`pyproject.toml`), the cache is the checkout's `.cache`, which `make test` and CI rely on.
+Installed with `pip install`, the package never writes beside its own code: the cache is
+`$XDG_CACHE_HOME/orders-pipeline`, or `~/.cache/orders-pipeline` when that is unset.
+
 Retired: these are no longer read, and a worker or command started with one set stops, saying
 what to do instead.
 

@@ -30,7 +30,8 @@ from typing import Any
 import aiohttp
 
 from pipeline.adapters.db.schema import migrate
-from pipeline.settings import PROJECT_ROOT, Settings, load_settings
+from pipeline.cli import prog
+from pipeline.settings import PROJECT_ROOT, SOURCE_CHECKOUT, Settings, load_settings
 
 ORDER_EVENTS = "orders.events"
 ANALYTICS_EVENTS = "analytics.events"
@@ -73,13 +74,15 @@ def start_workers(settings: Settings, count: int, base_port: int) -> list[Worker
     for i in range(count):
         port = base_port + i
         log = logs / f"worker-{i + 1}.log"
-        # One SQLite database for all, one RocksDB state directory each.
+        # One SQLite database and data directory for all, one RocksDB state directory each.
         env = {**os.environ, "PIPELINE_STATE_DIR": str(settings.data_dir / f"state-{i + 1}"),
+               "PIPELINE_DATA_DIR": str(settings.data_dir),
                "DATABASE_URL": settings.database_url}  # fmt: skip
         with log.open("ab") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "pipeline", "worker", "-l", "info", "--web-port", str(port)],
-                cwd=PROJECT_ROOT,
+                # An installed package runs where the demo was started, never in site-packages.
+                cwd=PROJECT_ROOT if SOURCE_CHECKOUT else None,
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -227,7 +230,7 @@ async def run_flow(settings: Settings, workers: list[Worker], args: argparse.Nam
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline demo")
+    parser = argparse.ArgumentParser(prog=f"{prog()} demo")
     parser.add_argument("--duration", type=float, default=0, help="seconds; 0 runs until Ctrl-C")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rate", type=float, default=50.0, help="orders per second")

@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from pipeline import cli
 from pipeline.settings import Settings, SettingsError, load_settings, redact_url
 
 OUR_COMMANDS = {"migrate", "kafka", "postgres", "demo", "dlt", "reconcile", "load", "stock",
@@ -123,13 +124,11 @@ def faust_commands() -> dict[str, str]:
     }
 
 
-def build_parser(
-    prog: str = "python -m pipeline", *, with_faust: bool = True
-) -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None, *, with_faust: bool = True) -> argparse.ArgumentParser:
     """Our commands, and (for the help) Faust's; running one of ours needs only ours, without
     importing Faust's command line (half a second per command)."""
     parser = argparse.ArgumentParser(
-        prog=prog,
+        prog=prog or cli.prog(),
         description="The order pipeline's commands, and Faust's (run by Faust: see "
         "`<command> --help`). Exit status: 0 done, 1 a check found a problem, 2 a usage error "
         "or a service that does not answer, with what to do.",

@@ -1,16 +1,42 @@
-"""An outbox row as the forwarder sees it, and the states a row goes through.
+"""An outbox row as the forwarder sees it, the states a row goes through, and the rules an
+event from another service must meet to become a row.
 
-A row is ``pending`` from the commit of its order's transaction until Kafka acknowledged it
+A row is ``pending`` from the commit of its writer's transaction until Kafka acknowledged it
 (``published``), or until it proves unpublishable (``parked``, with the error that says why).
+
+The order service's rows go to ``orders.events`` (their ``topic`` is NULL). Any other service
+sharing the database writes rows with a topic of its own through
+``pipeline.adapters.db.outbox.OutboxWriter``, which builds them with :func:`outbox_event`: the
+topic must be one the forwarder is allowed to publish to (:class:`OutboxTopics`, from
+``PIPELINE_OUTBOX_TOPICS``), and every field fits its column, so a bad event fails in the
+writer's own transaction, never later in the forwarder.
 """
 
 from __future__ import annotations
 
+import json
+import re
+import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 PENDING, PUBLISHED, PARKED = "pending", "published", "parked"
 MAX_ERROR_LENGTH = 2000
+
+# The columns' sizes (pipeline.adapters.db.schema.outbox) and Kafka's topic name rule.
+MAX_TOPIC_LENGTH = 249
+MAX_KEY_LENGTH = 64
+MAX_EVENT_TYPE_LENGTH = 64
+MAX_AGGREGATE_TYPE_LENGTH = 32
+MAX_AGGREGATE_ID_LENGTH = 36
+MAX_HEADERS = 16
+MAX_HEADER_NAME_LENGTH = 64
+MAX_HEADERS_BYTES = 4096
+# The forwarder sets these from the row's own columns; a caller's would be ambiguous.
+RESERVED_HEADERS = frozenset({"event_id", "event_type", "schema_version"})
+_TOPIC = re.compile(r"[A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,3 +48,187 @@ class PendingRow:
     schema_version: int
     payload: bytes
     created_at: datetime
+    topic: str | None = None  # None: the order events' topic
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+class InvalidOutboxEvent(ValueError):
+    """An event that cannot become an outbox row; ``field`` names the argument at fault."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+def check_topic_name(field: str, name: str) -> str:
+    if not isinstance(name, str) or not name or name in (".", ".."):
+        raise InvalidOutboxEvent(field, "must be a non-empty topic name")
+    if len(name) > MAX_TOPIC_LENGTH or not _TOPIC.fullmatch(name):
+        raise InvalidOutboxEvent(
+            field, f"{name!r} is not a Kafka topic name (letters, digits, '.', '_', '-'; at "
+            f"most {MAX_TOPIC_LENGTH})",
+        )  # fmt: skip
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxTopics:
+    """The topics the forwarder may publish other services' rows to: exact names, and
+    prefixes (a pattern ending in ``*``). Full names, the deployment's topic prefix included."""
+
+    names: frozenset[str] = frozenset()
+    prefixes: tuple[str, ...] = ()
+
+    @classmethod
+    def from_patterns(cls, patterns: Iterable[str], topic_prefix: str = "") -> OutboxTopics:
+        """``patterns`` as ``PIPELINE_OUTBOX_TOPICS`` spells them (``payments.events``,
+        ``payments.*``), each under ``topic_prefix``."""
+        names, prefixes = set(), []
+        for pattern in patterns:
+            if pattern.endswith("*"):
+                prefixes.append(topic_prefix + pattern[:-1])
+            else:
+                names.add(topic_prefix + pattern)
+        return cls(frozenset(names), tuple(prefixes))
+
+    def allows(self, topic: str) -> bool:
+        return topic in self.names or any(
+            topic.startswith(prefix) and len(topic) > len(prefix) for prefix in self.prefixes
+        )
+
+    def described(self) -> str:
+        shown = sorted(self.names) + [f"{p}*" for p in self.prefixes]
+        return ", ".join(shown) if shown else "none (PIPELINE_OUTBOX_TOPICS is empty)"
+
+
+def check_topic_pattern(pattern: str) -> str:
+    """A ``PIPELINE_OUTBOX_TOPICS`` entry: a topic name, or a prefix followed by ``*``."""
+    check_topic_name("pattern", pattern.removesuffix("*"))
+    return pattern
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """One event of another service, ready to be an outbox row: use :func:`outbox_event`."""
+
+    topic: str  # the full topic name
+    key: str
+    value: str  # UTF-8 text, published as its bytes
+    event_type: str
+    event_id: str
+    schema_version: int
+    headers: tuple[tuple[str, str], ...]
+    aggregate_type: str
+    aggregate_id: str
+    created_at: datetime
+
+    def headers_json(self) -> str | None:
+        return json.dumps([list(h) for h in self.headers]) if self.headers else None
+
+
+def _text(field: str, value: Any, *, longest: int, empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise InvalidOutboxEvent(field, f"must be a string, not {type(value).__name__}")
+    if not value and not empty:
+        raise InvalidOutboxEvent(field, "must not be empty")
+    if len(value) > longest:
+        raise InvalidOutboxEvent(field, f"is {len(value)} characters; at most {longest}")
+    return value
+
+
+def _utf8(field: str, value: str | bytes | bytearray) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return bytes(value).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidOutboxEvent(field, f"must be UTF-8 (the outbox stores text): {exc}") from None
+
+
+def _value(value: Any, max_bytes: int) -> str:
+    if isinstance(value, Mapping):
+        try:
+            text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise InvalidOutboxEvent("value", f"is not JSON-serialisable: {exc}") from None
+    elif isinstance(value, str | bytes | bytearray):
+        text = _utf8("value", value)
+    else:
+        raise InvalidOutboxEvent("value", "must be bytes, str or a JSON object (a mapping)")
+    size = len(text.encode())
+    if size > max_bytes:
+        raise InvalidOutboxEvent("value", f"is {size} bytes; at most {max_bytes}")
+    return text
+
+
+def _headers(headers: Mapping[str, str | bytes] | None) -> tuple[tuple[str, str], ...]:
+    if not headers:
+        return ()
+    if len(headers) > MAX_HEADERS:
+        raise InvalidOutboxEvent("headers", f"{len(headers)} headers; at most {MAX_HEADERS}")
+    checked = []
+    for name, value in headers.items():
+        _text("headers", name, longest=MAX_HEADER_NAME_LENGTH)
+        if name in RESERVED_HEADERS:
+            raise InvalidOutboxEvent(
+                "headers", f"{name!r} is set by the forwarder from the row; pass it as an argument"
+            )
+        if not isinstance(value, str | bytes):
+            raise InvalidOutboxEvent("headers", f"{name!r} must be str or bytes")
+        checked.append((name, _utf8("headers", value)))
+    size = sum(len(n.encode()) + len(v.encode()) for n, v in checked)
+    if size > MAX_HEADERS_BYTES:
+        raise InvalidOutboxEvent("headers", f"are {size} bytes; at most {MAX_HEADERS_BYTES}")
+    return tuple(checked)
+
+
+def outbox_event(
+    topic: str, key: str, value: Any, *, event_type: str, created_at: datetime,
+    topics: OutboxTopics, max_value_bytes: int, event_id: str | None = None,
+    schema_version: int = 1, headers: Mapping[str, str | bytes] | None = None,
+    aggregate_type: str = "", aggregate_id: str = "",
+) -> OutboxEvent:  # fmt: skip
+    """Validate another service's event; raises :class:`InvalidOutboxEvent` naming the field.
+
+    ``topic`` is a full name that ``topics`` allows; ``key`` (the Kafka key, 1-64 characters)
+    orders the events: the forwarder publishes one key's rows in the order they commit;
+    ``value`` is bytes or str holding UTF-8, or a mapping sent as compact JSON, at most
+    ``max_value_bytes``; ``event_id`` a UUID (a new one when not given), which consumers
+    dedupe on."""
+    check_topic_name("topic", topic)
+    if not topics.allows(topic):
+        raise InvalidOutboxEvent(
+            "topic", f"{topic!r} is not a topic the forwarder may publish to "
+            f"(PIPELINE_OUTBOX_TOPICS allows: {topics.described()})",
+        )  # fmt: skip
+    if event_id is None:
+        event_id = str(uuid.uuid4())
+    else:
+        _text("event_id", event_id, longest=36)
+        try:
+            event_id = str(uuid.UUID(event_id))
+        except ValueError:
+            raise InvalidOutboxEvent("event_id", f"{event_id!r} is not a UUID") from None
+    if (
+        isinstance(schema_version, bool)
+        or not isinstance(schema_version, int)
+        or not (1 <= schema_version <= 32767)
+    ):
+        raise InvalidOutboxEvent("schema_version", "must be an integer from 1 to 32767")
+    if created_at.tzinfo is None:
+        raise InvalidOutboxEvent("created_at", "must be an aware (UTC) datetime")
+    return OutboxEvent(
+        topic=topic,
+        key=_text("key", key, longest=MAX_KEY_LENGTH),
+        value=_value(value, max_value_bytes),
+        event_type=_text("event_type", event_type, longest=MAX_EVENT_TYPE_LENGTH),
+        event_id=event_id,
+        schema_version=schema_version,
+        headers=_headers(headers),
+        aggregate_type=_text("aggregate_type", aggregate_type or "event",
+                             longest=MAX_AGGREGATE_TYPE_LENGTH),
+        aggregate_id=_text("aggregate_id", aggregate_id, longest=MAX_AGGREGATE_ID_LENGTH,
+                           empty=True),
+        created_at=created_at,
+    )  # fmt: skip

@@ -122,12 +122,16 @@ class LocalKafka:
         tmp = self.libs_dir.with_name("libs.partial")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+        # Maven runs on a copy: its project directory (where it may write) is then the cache,
+        # never the installed package.
+        pom = tmp.with_name("pom.xml")
+        shutil.copyfile(POM, pom)
         cmd = [
             "mvn",
             "-B",
             "-q",
             "-f",
-            str(POM),
+            str(pom),
             "dependency:copy-dependencies",
             f"-Dkafka.version={self.version}",
             f"-Dkafka.line={self.line}",

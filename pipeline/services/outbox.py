@@ -12,7 +12,10 @@ Guarantees
   they take turns through a lock that dies with its holder (a PostgreSQL advisory lock held on
   a session, or an exclusive file lock beside the SQLite database).
 - A row Kafka can never take (too large, say) is parked with its error and does not block
-  the rows behind it.
+  the rows behind it; so is a row of another service whose topic ``PIPELINE_OUTBOX_TOPICS``
+  does not allow.
+- Other services' rows (``OutboxWriter``) get the same guarantees, on their own topic, keyed
+  and ordered by their own key (docs/outbox.md).
 
 Assumes: the topic is keyed by customer id and its partition count does not change under a
 running pipeline.
@@ -44,6 +47,7 @@ from pipeline.adapters.db.outbox import OutboxStore, PendingRow
 from pipeline.adapters.kafka.egress import Egress, event_headers
 from pipeline.domain.events import utc_now
 from pipeline.domain.failures import Unavailable
+from pipeline.domain.outbox import OutboxTopics
 from pipeline.metrics import Metrics
 from pipeline.services.ports import Leadership
 from pipeline.settings import Settings
@@ -70,22 +74,38 @@ class BatchResult:
 class OutboxPublisher:
     """Sends one batch of rows and says which were acknowledged; marks nothing itself."""
 
-    def __init__(self, producer: AIOKafkaProducer, topic: str, metrics: Metrics) -> None:
+    def __init__(
+        self, producer: AIOKafkaProducer, topic: str, metrics: Metrics,
+        topics: OutboxTopics | None = None,
+    ) -> None:  # fmt: skip
         self.producer = producer
         self.egress = Egress(producer)
+        # The order events' topic (rows whose topic is NULL), and the other services' topics
+        # that rows may name (PIPELINE_OUTBOX_TOPICS).
         self.topic = topic
+        self.topics = topics or OutboxTopics()
         self.metrics = metrics
 
     async def publish(self, rows: list[PendingRow]) -> BatchResult:
         result = BatchResult()
         in_flight: list[tuple[PendingRow, asyncio.Future[Any]]] = []
         for row in rows:
+            if row.topic is not None and not self.topics.allows(row.topic):
+                # Written by a writer configured otherwise: never sent where this deployment
+                # has not said it may publish.
+                refusal = (f"topic {row.topic!r} is not allowed here "
+                           f"(PIPELINE_OUTBOX_TOPICS: {self.topics.described()})")  # fmt: skip
+                result.parked.append((row, refusal))
+                continue
             try:
                 future = await self.egress.submit(
-                    self.topic,
+                    row.topic or self.topic,
                     row.payload,
                     key=row.partition_key.encode(),
-                    headers=event_headers(row.event_id, row.event_type, row.schema_version),
+                    headers=[
+                        *event_headers(row.event_id, row.event_type, row.schema_version),
+                        *row.headers,
+                    ],
                 )
             except PERMANENT_ERRORS as exc:
                 result.parked.append((row, f"{type(exc).__name__}: {exc}"))
@@ -244,7 +264,12 @@ def forwarder_for(
     is what a NOTIFY calls."""
     return OutboxForwarder(
         store,
-        OutboxPublisher(producer, topic, metrics),
+        OutboxPublisher(
+            producer,
+            topic,
+            metrics,
+            OutboxTopics.from_patterns(settings.outbox_topics, settings.topic_prefix),
+        ),
         leadership_for(settings.database_url, settings.outbox_poll_interval, wake),
         metrics,
         batch_size=settings.outbox_batch_size,

@@ -195,7 +195,8 @@ faust_patches.at_batch_end(_send_staged)
 
 def topic_plan(settings: Settings) -> list[TopicSpec]:
     """Every topic the pipeline reads or writes: the event topics, the dead letters, the retry
-    topics and each agent's redelivery topic. Faust creates its own (table changelogs, the
+    topics, each agent's redelivery topic and the outbox topics of other services
+    (``PIPELINE_OUTBOX_TOPICS``, those named in full). Faust creates its own (table changelogs, the
     leader topic) when a worker starts: they need its compaction settings."""
     for module in settings.extra_modules:  # their agents get redelivery topics too
         importlib.import_module(module)
@@ -210,4 +211,9 @@ def topic_plan(settings: Settings) -> list[TopicSpec]:
             topic.replicas or settings.replication_factor,
             config,
         )
+    # Other services' outbox topics named in full (a prefix names no topic to create).
+    for pattern in settings.outbox_topics:
+        if not pattern.endswith("*"):
+            name = settings.topic_name(pattern)
+            specs[name] = TopicSpec(name, settings.partitions, settings.replication_factor, config)
     return list(specs.values())

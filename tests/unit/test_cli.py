@@ -62,3 +62,21 @@ def test_one_help_lists_our_commands_and_fausts(capsys: pytest.CaptureFixture[st
     for name in (*OUR_COMMANDS, "worker", "agents", "tables", "reset", "send"):
         assert f"\n    {name} " in shown, name
     assert "Exit status: 0 done, 1" in " ".join(shown.split())
+
+
+@pytest.mark.parametrize(
+    ("argv0", "shown"),
+    [
+        ("/venv/bin/orders-pipeline", "orders-pipeline"),
+        ("/work/pipeline/__main__.py", "python -m pipeline"),
+    ],
+)
+def test_usage_names_the_way_the_command_was_called(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv0: str, shown: str
+) -> None:
+    from pipeline.cli.main import run
+
+    monkeypatch.setattr("sys.argv", [argv0, "migrate", "--no-such-option"])
+    with pytest.raises(SystemExit):
+        run(["migrate", "--no-such-option"])
+    assert capsys.readouterr().err.splitlines()[0].startswith(f"usage: {shown} ")

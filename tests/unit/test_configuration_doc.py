@@ -42,6 +42,6 @@ def test_each_row_shows_the_default_the_settings_use() -> None:
     assert rows["PIPELINE_RETRY_DELAYS"] == "`1,10,60`"
     assert rows["PIPELINE_REPLAY_MAX_AGE_SECONDS"] == "`518400` (6 days)"
     assert rows["PIPELINE_API_TOKEN"] == "*(unset)*"
-    assert rows["PIPELINE_CACHE_DIR"] == "`./.cache`"
+    assert rows["PIPELINE_CACHE_DIR"].startswith("`./.cache` of a source checkout; installed: ")
     assert rows["PIPELINE_KAFKA_DATA_DIR"] == "`$PIPELINE_DATA_DIR/kafka/$PIPELINE_KAFKA_VERSION`"
     assert rows["PIPELINE_KAFKA_CONTROLLER_PORT"] == "`PIPELINE_KAFKA_PORT + 1`"

@@ -310,6 +310,13 @@ def test_topic_plan_has_every_topic_with_its_partitions_and_retention() -> None:
     assert {s.config["retention.ms"] for s in forever} == {"-1"}
 
 
+def test_topic_plan_has_the_outbox_topics_named_in_full() -> None:
+    env = {"PIPELINE_OUTBOX_TOPICS": "payments.events,audit.*", "PIPELINE_TOPIC_PREFIX": "p."}
+    names = {s.name for s in topic_plan(load_settings(env))}
+    assert "p.payments.events" in names
+    assert not any(name.startswith("p.audit") for name in names)  # a prefix names no topic
+
+
 def test_existing_topics_are_kept_and_a_different_shape_is_a_problem() -> None:
     plan = [TopicSpec("a", 4, 1), TopicSpec("b", 4, 1), TopicSpec("c", 1, 1), TopicSpec("d", 4, 3)]
     outcomes = compare(plan, {"b": (4, 1), "c": (4, 1), "d": (4, 1)})

@@ -241,3 +241,49 @@ def test_local_url_takes_the_port_the_worker_really_serves_on() -> None:
     s = load_settings({"PIPELINE_WEB_HOST": "::", "PIPELINE_WEB_PORT": "7000"})
     assert s.local_url() == "http://[::1]:7000"
     assert s.local_url(7003) == "http://[::1]:7003"
+
+
+def test_a_checkout_keeps_its_cache_in_its_own_dot_cache() -> None:
+    from pipeline import settings
+
+    assert settings.SOURCE_CHECKOUT  # the tests run from the clone
+    assert load_settings({}).cache_dir == settings.PROJECT_ROOT / ".cache"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"XDG_CACHE_HOME": "/var/cache/u"}, "/var/cache/u/orders-pipeline"),
+        ({"HOME": "/home/u"}, "/home/u/.cache/orders-pipeline"),
+        # The XDG spec ignores a relative XDG_CACHE_HOME.
+        ({"HOME": "/home/u", "XDG_CACHE_HOME": "rel"}, "/home/u/.cache/orders-pipeline"),
+        ({"HOME": "/home/u", "PIPELINE_CACHE_DIR": "/srv/c"}, "/srv/c"),
+    ],
+)
+def test_an_installed_package_caches_in_the_users_cache_dir(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
+) -> None:
+    from pipeline import settings
+
+    monkeypatch.setattr(settings, "SOURCE_CHECKOUT", False)
+    cache = load_settings(env).cache_dir
+    assert cache == Path(expected)
+    assert not cache.is_relative_to(settings.PROJECT_ROOT)
+
+
+def test_outbox_topics_are_names_or_prefixes() -> None:
+    s = load_settings({"PIPELINE_OUTBOX_TOPICS": " payments.events, audit.* ,"})
+    assert s.outbox_topics == ("payments.events", "audit.*")
+    assert load_settings({}).outbox_topics == ()
+    with pytest.raises(SettingsError, match="PIPELINE_OUTBOX_TOPICS: 'bad topic' is not a Kafka"):
+        load_settings({"PIPELINE_OUTBOX_TOPICS": "ok.events,bad topic"})
+
+
+def test_only_this_projects_pyproject_makes_a_checkout(tmp_path: Path) -> None:
+    from pipeline.settings import _is_checkout
+
+    assert not _is_checkout(tmp_path)
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "something-else"\n')
+    assert not _is_checkout(tmp_path)  # a stray file some wheel left in site-packages
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "orders-pipeline"\n')
+    assert _is_checkout(tmp_path)

@@ -8,16 +8,29 @@ marked ``published`` (after Kafka acknowledged it) or ``parked`` (it can never b
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, insert, literal, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from pipeline.adapters.db.errors import translated
 from pipeline.adapters.db.schema import outbox
-from pipeline.domain.events import SCHEMA_VERSION, OrderCancelled, OrderCreated, encode
-from pipeline.domain.outbox import MAX_ERROR_LENGTH, PARKED, PENDING, PUBLISHED, PendingRow
+from pipeline.domain.events import SCHEMA_VERSION, OrderCancelled, OrderCreated, encode, utc_now
+from pipeline.domain.outbox import (
+    MAX_ERROR_LENGTH,
+    PARKED,
+    PENDING,
+    PUBLISHED,
+    InvalidOutboxEvent,
+    OutboxEvent,
+    OutboxTopics,
+    PendingRow,
+    outbox_event,
+)
+from pipeline.settings import Settings
 
 NOTIFY_CHANNEL = "pipeline_outbox"
 
@@ -32,26 +45,106 @@ _INSERT_ROW_AND_NOTIFY = insert(outbox).returning(
 )
 
 
-async def add_event(conn: AsyncConnection, event: OrderCreated | OrderCancelled) -> None:
+async def add_event(
+    conn: AsyncConnection, event: OrderCreated | OrderCancelled | OutboxEvent
+) -> None:
     """Write ``event``'s outbox row inside the caller's transaction, and (on PostgreSQL) a
-    NOTIFY that is delivered when, and only if, that transaction commits."""
-    created_at = event.created_at if isinstance(event, OrderCreated) else event.cancelled_at
-    row = {
-        "event_id": event.event_id,
-        "aggregate_type": "order",
-        "aggregate_id": event.order_id,
-        "partition_key": event.customer_id,
-        "event_type": event.event_type,
-        "schema_version": SCHEMA_VERSION,
-        "payload": encode(event).decode(),
-        "created_at": created_at,
-        "status": PENDING,
-        "attempts": 0,
-    }
+    NOTIFY that is delivered when, and only if, that transaction commits.
+
+    An order event goes to ``orders.events`` keyed by its customer; an :class:`OutboxEvent`
+    (another service's, validated by :func:`pipeline.domain.outbox.outbox_event`: use
+    :class:`OutboxWriter`) to its own topic, keyed and with headers as it says."""
+    if isinstance(event, OutboxEvent):
+        row = {
+            "event_id": event.event_id,
+            "aggregate_type": event.aggregate_type,
+            "aggregate_id": event.aggregate_id,
+            "partition_key": event.key,
+            "event_type": event.event_type,
+            "schema_version": event.schema_version,
+            "payload": event.value,
+            "created_at": event.created_at,
+            "status": PENDING,
+            "attempts": 0,
+            "topic": event.topic,
+            "headers": event.headers_json(),
+        }
+    else:
+        row = {
+            "event_id": event.event_id,
+            "aggregate_type": "order",
+            "aggregate_id": event.order_id,
+            "partition_key": event.customer_id,
+            "event_type": event.event_type,
+            "schema_version": SCHEMA_VERSION,
+            "payload": encode(event).decode(),
+            "created_at": (
+                event.created_at if isinstance(event, OrderCreated) else event.cancelled_at
+            ),
+            "status": PENDING,
+            "attempts": 0,
+        }
     if conn.dialect.name == "postgresql":
         await conn.execute(_INSERT_ROW_AND_NOTIFY, row)
     else:
         await conn.execute(_INSERT_ROW, row)
+
+
+class OutboxWriter:
+    """How another service sharing the database publishes its events with the order service's
+    guarantees: it writes each event as an outbox row in its own transaction, beside its own
+    rows, and the forwarder publishes what commits (at least once, in commit order per key) and
+    nothing of what rolls back. See docs/outbox.md.
+
+    Built once from the settings (the topics the forwarder may publish to, their prefix and the
+    size limit); :meth:`add_event` validates each event before it writes, so a bad one raises
+    :class:`~pipeline.domain.outbox.InvalidOutboxEvent` in the caller's transaction."""
+
+    def __init__(self, topics: OutboxTopics, *, topic_prefix: str = "",
+                 max_value_bytes: int = 1024 * 1024) -> None:  # fmt: skip
+        self.topics = topics
+        self.topic_prefix = topic_prefix
+        self.max_value_bytes = max_value_bytes
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OutboxWriter:
+        return cls(
+            OutboxTopics.from_patterns(settings.outbox_topics, settings.topic_prefix),
+            topic_prefix=settings.topic_prefix,
+            max_value_bytes=settings.outbox_max_message_bytes,
+        )
+
+    async def add_event(
+        self, conn: AsyncConnection | AsyncSession, topic: str, key: str, value: Any, *,
+        event_type: str, event_id: str | None = None, schema_version: int = 1,
+        headers: Mapping[str, str | bytes] | None = None, aggregate_type: str = "",
+        aggregate_id: str = "",
+    ) -> str:  # fmt: skip
+        """Add one event to the outbox inside the transaction of ``conn`` (an async connection
+        or session with a transaction begun), and return its event id.
+
+        ``topic`` is the topic's name without the deployment's ``PIPELINE_TOPIC_PREFIX`` (that
+        is added), one ``PIPELINE_OUTBOX_TOPICS`` allows; ``key`` is the record key (str,
+        1-64 characters); ``value`` bytes or str holding UTF-8, or a mapping sent as JSON."""
+        event = outbox_event(
+            self.topic_prefix + topic if isinstance(topic, str) else topic, key, value,
+            event_type=event_type, created_at=utc_now(), topics=self.topics,
+            max_value_bytes=self.max_value_bytes, event_id=event_id,
+            schema_version=schema_version, headers=headers, aggregate_type=aggregate_type,
+            aggregate_id=aggregate_id,
+        )  # fmt: skip
+        connection = await conn.connection() if isinstance(conn, AsyncSession) else conn
+        if not connection.in_transaction():
+            raise InvalidOutboxEvent(
+                "conn", "has no transaction begun: the event must commit (or roll back) with "
+                "the caller's own writes",
+            )  # fmt: skip
+        await add_event(connection, event)
+        return event.event_id
+
+
+def _headers(stored: str | None) -> tuple[tuple[str, bytes], ...]:
+    return tuple((name, value.encode()) for name, value in json.loads(stored)) if stored else ()
 
 
 @translated
@@ -73,6 +166,8 @@ class OutboxStore:
                 outbox.c.schema_version,
                 outbox.c.payload,
                 outbox.c.created_at,
+                outbox.c.topic,
+                outbox.c.headers,
             )
             .where(outbox.c.status == PENDING)
             .order_by(outbox.c.id)
@@ -89,6 +184,8 @@ class OutboxStore:
                 r.schema_version,
                 r.payload.encode(),
                 r.created_at,
+                r.topic,
+                _headers(r.headers),
             )
             for r in rows
         ]

@@ -53,7 +53,7 @@ class ReconcileStore:
                         outbox.c.event_type,
                         outbox.c.event_id,
                         outbox.c.status,
-                    )
+                    ).where(outbox.c.topic.is_(None))  # the order events' rows only
                 )
             ).all()
             letters = (

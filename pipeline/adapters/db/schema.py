@@ -112,6 +112,10 @@ outbox = Table(
     Column("status", String(16), nullable=False, server_default="pending"),
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("last_error", Text, nullable=True),
+    # Rows of other services (OutboxWriter): their topic (NULL: orders.events) and headers (a
+    # JSON list of [name, value] pairs, or NULL).
+    Column("topic", String(249), nullable=True),
+    Column("headers", Text, nullable=True),
     Index("ix_outbox_status_id", "status", "id"),
 )
 
