@@ -38,12 +38,14 @@ from pipeline.domain.orders import (
 from pipeline.domain.outbox import (
     DISCARDED,
     MAX_ERROR_LENGTH,
+    OLDER_THAN_RETENTION,
     PARKED,
     PENDING,
     PUBLISHED,
     ParkedRow,
     PendingRow,
     Settled,
+    sent_after_later_events,
 )
 
 
@@ -242,15 +244,15 @@ class MemoryOutboxAdmin:
     ) -> Settled:
         result = Settled()
         for row in self._found(ids, result):
-            later = [i for i, r in sorted(self.db.outbox.items())
-                     if r.row.partition_key == row.row.partition_key and i > row.row.id
-                     and r.status in (PUBLISHED, PENDING)]  # fmt: skip
+            key = row.row.partition_key
+            later = [(i, r.status) for i, r in sorted(self.db.outbox.items())
+                     if r.row.partition_key == key and i > row.row.id
+                     and r.status in (PUBLISHED, PENDING)][:5]  # fmt: skip
             if not out_of_order and later:
-                reason = f"later events of its key went out or are going out first (rows {later})"
+                reason = sent_after_later_events(key, later)
                 result.refused.append({"id": row.row.id, "reason": reason})
             elif not out_of_order and row.row.created_at < verifiable_since:
-                reason = "older than the outbox retention: later events may have been purged"
-                result.refused.append({"id": row.row.id, "reason": reason})
+                result.refused.append({"id": row.row.id, "reason": OLDER_THAN_RETENTION})
             else:
                 row.status = PENDING
                 self._record(OUTBOX_REQUEUE, row, audit, out_of_order=out_of_order)

@@ -86,6 +86,22 @@ class Settled:
         return {verb: self.done, "refused": self.refused}
 
 
+def sent_after_later_events(key: str, later: list[tuple[int, str]]) -> str:
+    """Why a requeue leaves a row: ``later`` rows of its key (id, status) went or are going out."""
+    shown = ", ".join(f"{row_id} ({status})" for row_id, status in later)
+    return (
+        f"later events of its key {key!r} went out or are going out first (rows {shown}); "
+        "requeue with out_of_order to send it after them, or discard it"
+    )
+
+
+OLDER_THAN_RETENTION = (
+    "older than the outbox retention (PIPELINE_OUTBOX_RETENTION_SECONDS): later events of its "
+    "key may have been published and purged; requeue with out_of_order to send it after them, "
+    "or discard it"
+)
+
+
 def _ids(raw: Any, problems: list[dict[str, str]]) -> tuple[int, ...]:
     valid = isinstance(raw, list) and all(
         isinstance(v, int) and not isinstance(v, bool) and 1 <= v < 2**63 for v in raw
@@ -119,10 +135,10 @@ def parse_requeue_request(body: Any, *, by: str) -> Requeue:
     body = _object(body, {"ids", "all", "out_of_order", "why", "by"})
     problems: list[dict[str, str]] = []
     everything = body.get("all", False)
-    if everything not in (True, False):
+    if not isinstance(everything, bool):  # not `in (True, False)`: 1 == True
         problems.append({"field": "all", "message": "must be true or false"})
     out_of_order = body.get("out_of_order", False)
-    if out_of_order not in (True, False):
+    if not isinstance(out_of_order, bool):
         problems.append({"field": "out_of_order", "message": "must be true or false"})
     ids: tuple[int, ...] = ()
     if "ids" in body:

@@ -19,7 +19,16 @@ from pipeline.adapters.db.errors import translated
 from pipeline.adapters.db.outbox import NOTIFY_CHANNEL
 from pipeline.adapters.db.schema import operator_actions, outbox
 from pipeline.domain.audit import OUTBOX_DISCARD, OUTBOX_REQUEUE, Audit
-from pipeline.domain.outbox import DISCARDED, PARKED, PENDING, PUBLISHED, ParkedRow, Settled
+from pipeline.domain.outbox import (
+    DISCARDED,
+    OLDER_THAN_RETENTION,
+    PARKED,
+    PENDING,
+    PUBLISHED,
+    ParkedRow,
+    Settled,
+    sent_after_later_events,
+)
 
 _PARKED_COLUMNS = (
     outbox.c.id,
@@ -138,17 +147,9 @@ async def _out_of_order(
         )
     ).all()
     if later:
-        shown = ", ".join(f"{r.id} ({r.status})" for r in later)
-        return (
-            f"later events of its key {row.partition_key!r} went out or are going out first "
-            f"(rows {shown}); requeue with out_of_order to send it after them, or discard it"
-        )
+        return sent_after_later_events(row.partition_key, [(r.id, r.status) for r in later])
     if row.created_at < verifiable_since:
-        return (
-            "older than the outbox retention (PIPELINE_OUTBOX_RETENTION_SECONDS): later events "
-            "of its key may have been published and purged; requeue with out_of_order to send "
-            "it after them, or discard it"
-        )
+        return OLDER_THAN_RETENTION
     return None
 
 
