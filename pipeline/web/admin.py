@@ -286,6 +286,6 @@ class InventoryList(View):
             detail = ("not every stock partition answered (a worker is down or partitions "
                       f"move): {'; '.join(missing) or 'partitions ' + str(sorted(covered))}; "
                       "retry shortly")  # fmt: skip
-            return HttpError(503, "incomplete", detail, {"Retry-After": "2"}).response(self)
+            return HttpError(503, "owner_unavailable", detail, {"Retry-After": "2"}).response(self)
         skus, after_last = merge_pages([s["skus"] for s in shares], "sku", limit)
         return self.json({"skus": skus, "next": after_last})
