@@ -191,6 +191,17 @@ class OperationsContract:
         assert record["detail"]["parked_reason"] == "too large"
         assert record["detail"]["out_of_order"] is True
 
+    async def test_rows_of_one_key_requeued_together_go_back_in_id_order(
+        self, operations: Operations
+    ) -> None:
+        _, outbox, admin = operations
+        a1, a2 = await self._rows(operations, ["a", "a"])
+        await outbox.record([], [(a1, "too large"), (a2, "too large")], T0)
+        done = await admin.requeue([a2, a1], OPERATOR, out_of_order=False,
+                                   verifiable_since=LONG_AGO)  # fmt: skip
+        assert done.done == [a1, a2] and done.refused == []
+        assert [r.id for r in await outbox.pending(10)] == [a1, a2]
+
     async def test_a_pending_later_row_of_the_key_also_holds_a_requeue_back(
         self, operations: Operations
     ) -> None:

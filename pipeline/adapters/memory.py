@@ -243,7 +243,7 @@ class MemoryOutboxAdmin:
         self, ids: list[int], audit: Audit, *, out_of_order: bool, verifiable_since: datetime
     ) -> Settled:
         result = Settled()
-        for row in self._found(ids, result):
+        for row in sorted(self._found(ids, result), key=lambda r: r.row.id):
             key = row.row.partition_key
             later = [(i, r.status) for i, r in sorted(self.db.outbox.items())
                      if r.row.partition_key == key and i > row.row.id

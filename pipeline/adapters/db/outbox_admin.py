@@ -73,10 +73,9 @@ class OutboxAdmin:
         lock (BEGIN IMMEDIATE), which does the same."""
         result = Settled()
         async with self.engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                await conn.execute(text("LOCK TABLE outbox IN SHARE ROW EXCLUSIVE MODE"))
-            found = await _parked(conn, ids, result)
-            for row in found:
+            await _lock(conn)
+            # By id: a key's earlier row goes back first, and is no later row to the next.
+            for row in sorted(await _parked(conn, ids, result), key=lambda r: r.id):
                 if not out_of_order:
                     why = await _out_of_order(conn, row, verifiable_since)
                     if why is not None:
@@ -97,6 +96,7 @@ class OutboxAdmin:
         """Mark the parked rows ``ids`` ``discarded`` (never published), each with its record."""
         result = Settled()
         async with self.engine.begin() as conn:
+            await _lock(conn)  # as a requeue does, so the two never wait for each other
             for row in await _parked(conn, ids, result):
                 await conn.execute(
                     update(outbox)
@@ -114,6 +114,11 @@ class OutboxAdmin:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query.order_by(a.id))).all()
         return [{**r._mapping, "detail": json.loads(r.detail)} for r in rows]
+
+
+async def _lock(conn: AsyncConnection) -> None:
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("LOCK TABLE outbox IN SHARE ROW EXCLUSIVE MODE"))
 
 
 async def _parked(conn: AsyncConnection, ids: Sequence[int], result: Settled) -> list[ParkedRow]:
