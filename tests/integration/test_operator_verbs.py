@@ -306,8 +306,10 @@ def test_skus_and_a_customers_orders_come_a_page_at_a_time(
     assert table.returncode == 0 and [line.split() for line in table.stdout.splitlines()] == [
         ["SKU", "AVAILABLE", "RESERVED"], *[[s["sku"], str(s["available"]), "0"]
                                            for s in want[5:]]]  # fmt: skip
-    status, body = request("GET", f"{first.url}/inventory?limit=0&page=2")
-    assert status == 422 and [p["field"] for p in body["detail"]] == ["page", "limit"]
+    status, body = request("GET", f"{first.url}/inventory?limit=0&after=")
+    assert status == 422 and [p["field"] for p in body["detail"]] == ["after", "limit"]
+    status, body = request("GET", f"{first.url}/inventory?page=2")
+    assert status == 422 and [p["field"] for p in body["detail"]] == ["page"]
     assert request("GET", f"{first.url}/inventory", token=None)[0] == 401
 
     # A customer's orders, newest first, from the database.
