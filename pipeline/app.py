@@ -60,6 +60,7 @@ def create_app(settings: Settings) -> faust.App:
             "tables",
             "pipeline.web.views",
             "pipeline.web.dashboard",
+            "pipeline.web.admin",
         ],
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pipeline.adapters.db.dead_letters import DeadLetterStore
 from pipeline.adapters.db.orders import OrderStore
 from pipeline.adapters.db.outbox import OutboxStore
+from pipeline.adapters.db.outbox_admin import OutboxAdmin
 from pipeline.adapters.db.reconcile import ReconcileStore
 from pipeline.adapters.db.schema import make_bookkeeping_engine, make_engine
 from pipeline.adapters.kafka.producer import producer_for
@@ -32,6 +33,7 @@ from pipeline.metrics import Metrics
 from pipeline.services.dead_letters import DeadLetters
 from pipeline.services.orders import OrderService
 from pipeline.services.outbox import OutboxForwarder, forwarder_for
+from pipeline.services.outbox_admin import OutboxOperations
 from pipeline.services.reconcile import reconcile
 from pipeline.settings import Settings
 from pipeline.streaming import consume
@@ -69,6 +71,13 @@ class Runtime(Service):
     @cached_property
     def outbox_store(self) -> OutboxStore:
         return OutboxStore(make_bookkeeping_engine(self.settings.database_url))
+
+    @cached_property
+    def outbox_operations(self) -> OutboxOperations:
+        # The order engine: a requeue is one transaction, which the bookkeeping engine
+        # (autocommit on PostgreSQL) cannot hold.
+        retention = timedelta(seconds=self.settings.outbox_retention_seconds)
+        return OutboxOperations(OutboxAdmin(self.engine), retention=retention)
 
     @cached_property
     def dead_letter_store(self) -> DeadLetterStore:

@@ -14,7 +14,7 @@ from pipeline.domain.events import (
 )
 from pipeline.domain.horizon import ValueTooLarge
 from pipeline.domain.stock import Stock, set_aside
-from pipeline.streaming import delivery
+from pipeline.streaming import delivery, versions
 from pipeline.streaming.versioned_table import VersionedTable
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,31 @@ stock_table = app.Table(
 stock: VersionedTable[Stock] = VersionedTable(
     stock_table, lambda _key, fields: Stock.from_value(fields), lambda value: value.sku
 )
+
+
+def local_skus(after: str | None, limit: int) -> list[dict[str, Any]]:
+    """The SKUs of the stock partitions this worker owns (not its standbys), with their stock,
+    in byte order of the SKU, the first ``limit`` after ``after``.
+
+    The store holds each partition in its own RocksDB database, so this reads every key this
+    worker owns and sorts them (values only for those it answers): its cost per page grows
+    with the SKUs the worker owns. For a catalogue too large for that, a seek per partition
+    database would be the next step."""
+    start = None if after is None else after.encode()
+    keys = {*stock_table.keys(), *versions.staged_keys(stock_table)}
+    wanted = (k for k in keys if start is None or k > start)
+    found: list[dict[str, Any]] = []
+    for key in sorted(wanted):
+        if len(found) == limit:
+            break
+        try:
+            sku = key.decode()
+        except UnicodeDecodeError:  # not set through the API (which takes text): not listable
+            continue
+        value = stock.get(sku)
+        if value is not None:
+            found.append(value.public())
+    return found
 
 
 async def note_dead_letter(message: Any) -> None:

@@ -1,24 +1,34 @@
 """The contract every order and outbox repository keeps (pipeline.services.ports), whatever
 holds the rows: run against memory (tests/unit/test_repositories.py), SQLite and PostgreSQL
 (tests/integration/test_repositories.py). A subclass provides the ``repos`` fixture: an
-order repository and an outbox repository over one empty database."""
+order repository and an outbox repository over one empty database (``operations``: those and
+the operator's outbox repository)."""
 
 from __future__ import annotations
 
 import dataclasses
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import pytest
 
+from pipeline.domain.audit import Audit
 from pipeline.domain.dead_letters import DeadLetter, Filter
 from pipeline.domain.events import OrderCancelled, OrderCreated, decode_order_event
 from pipeline.domain.orders import CancelOutcome, IdempotencyConflict, OrderRow, StoredResponse
-from pipeline.services.ports import DeadLetterRepository, OrderRepository, OutboxRepository
+from pipeline.services.ports import (
+    DeadLetterRepository,
+    OrderRepository,
+    OutboxAdminRepository,
+    OutboxRepository,
+)
 from tests.conftest import T0, order_created
 
 Repos = tuple[OrderRepository, OutboxRepository]
+Operations = tuple[OrderRepository, OutboxRepository, OutboxAdminRepository]
+OPERATOR = Audit("alice", "the topic's limit was raised", T0 + timedelta(hours=1))
+LONG_AGO = T0 - timedelta(days=1)  # rows created after this are within retention
 ANSWER = {"order_id": "o", "status": "created", "total": "10.50"}
 
 
@@ -132,6 +142,125 @@ class RepositoryContract:
             line.sku for line in lines]  # fmt: skip
 
 
+class OperationsContract:
+    """The operator's outbox verbs and a customer's orders (``operations`` fixture)."""
+
+    async def _rows(self, ops: Operations, customers: list[str]) -> list[int]:
+        orders, outbox, _ = ops
+        for n, customer in enumerate(customers):
+            await orders.create_order(order_created(customer, at=T0 + timedelta(seconds=n)))
+        return [r.id for r in await outbox.pending(100)]
+
+    async def test_parked_rows_are_listed_a_page_at_a_time(self, operations: Operations) -> None:
+        _, outbox, admin = operations
+        ids = await self._rows(operations, ["a", "b", "c", "d", "e"])
+        await outbox.record([ids[1]], [(i, f"too large {i}") for i in ids if i != ids[1]], T0)
+        first = await admin.parked_page(None, 2)
+        assert [r.id for r in first] == [ids[0], ids[2]]
+        assert (first[0].partition_key, first[0].attempts, first[0].last_error) == (
+            "a", 1, f"too large {ids[0]}")  # fmt: skip
+        second = await admin.parked_page(first[-1].id, 2)
+        assert [r.id for r in second] == [ids[3], ids[4]]
+        assert await admin.parked_page(second[-1].id, 2) == []
+
+    async def test_a_requeue_never_sends_a_row_after_a_later_one_of_its_key_unasked(
+        self, operations: Operations
+    ) -> None:
+        _, outbox, admin = operations
+        a1, b1, a2, c1 = await self._rows(operations, ["a", "b", "a", "c"])
+        await outbox.record([a2], [(a1, "too large"), (b1, "too large"), (c1, "too large")], T0)
+        done = await admin.requeue([a1, b1, 999_999, a2], OPERATOR, out_of_order=False,
+                                   verifiable_since=LONG_AGO)  # fmt: skip
+        assert done.done == [b1]
+        refused = {r["id"]: r["reason"] for r in done.refused}
+        assert set(refused) == {a1, 999_999, a2}
+        assert f"{a2} (published)" in refused[a1] and "out_of_order" in refused[a1]
+        assert refused[a2] == "not parked: it is published"
+        assert [r.id for r in await outbox.pending(10)] == [b1]
+        # A row older than the outbox retention cannot be checked: refused too.
+        old = await admin.requeue([c1], OPERATOR, out_of_order=False,
+                                  verifiable_since=T0 + timedelta(days=1))  # fmt: skip
+        assert old.done == [] and "retention" in old.refused[0]["reason"]
+        forced = await admin.requeue([a1, c1], OPERATOR, out_of_order=True,
+                                     verifiable_since=T0 + timedelta(days=1))  # fmt: skip
+        assert forced.done == [a1, c1] and forced.refused == []
+        assert [r.id for r in await outbox.pending(10)] == [a1, b1, c1]
+        [record] = await admin.actions(str(a1))
+        assert (record["actor"], record["action"], record["reason"]) == (
+            "alice", "outbox.requeue", "the topic's limit was raised")  # fmt: skip
+        assert record["detail"]["parked_reason"] == "too large"
+        assert record["detail"]["out_of_order"] is True
+
+    async def test_rows_of_one_key_requeued_together_go_back_in_id_order(
+        self, operations: Operations
+    ) -> None:
+        _, outbox, admin = operations
+        a1, a2 = await self._rows(operations, ["a", "a"])
+        await outbox.record([], [(a1, "too large"), (a2, "too large")], T0)
+        done = await admin.requeue([a2, a1], OPERATOR, out_of_order=False,
+                                   verifiable_since=LONG_AGO)  # fmt: skip
+        assert done.done == [a1, a2] and done.refused == []
+        assert [r.id for r in await outbox.pending(10)] == [a1, a2]
+
+    async def test_a_pending_later_row_of_the_key_also_holds_a_requeue_back(
+        self, operations: Operations
+    ) -> None:
+        _, outbox, admin = operations
+        a1, _a2 = await self._rows(operations, ["a", "a"])
+        await outbox.record([], [(a1, "too large")], T0)  # a2 pending: maybe in flight
+        done = await admin.requeue([a1], OPERATOR, out_of_order=False, verifiable_since=LONG_AGO)
+        assert done.done == [] and "(pending)" in done.refused[0]["reason"]
+
+    async def test_a_discarded_row_is_never_pending_again_and_is_recorded(
+        self, operations: Operations
+    ) -> None:
+        _, outbox, admin = operations
+        a1, b1 = await self._rows(operations, ["a", "b"])
+        await outbox.record([], [(a1, "too large")], T0)
+        why = Audit("bob", "a test order, worthless", T0 + timedelta(hours=2))
+        done = await admin.discard([a1, b1], why)
+        assert done.done == [a1] and done.refused == [
+            {"id": b1, "reason": "not parked: it is pending"}
+        ]
+        assert await outbox.counts() == {"discarded": 1, "pending": 1}
+        assert await admin.parked_page(None, 10) == []
+        again = await admin.requeue([a1], OPERATOR, out_of_order=True, verifiable_since=LONG_AGO)
+        assert again.done == [] and again.refused[0]["reason"] == "not parked: it is discarded"
+        [record] = await admin.actions(str(a1))
+        assert (record["actor"], record["action"], record["reason"]) == (
+            "bob", "outbox.discard", "a test order, worthless")  # fmt: skip
+        assert record["at"] == T0 + timedelta(hours=2)
+        assert await admin.actions(str(b1)) == []
+
+    async def test_a_customers_orders_come_newest_first_a_page_at_a_time(
+        self, operations: Operations
+    ) -> None:
+        orders, _, _ = operations
+        made = []
+        for n in range(7):
+            # Two orders share each second: the id breaks the tie.
+            event = order_created("dana", f"{n}.00", at=T0 + timedelta(seconds=n // 2))
+            await orders.create_order(event)
+            made.append(event)
+        await orders.create_order(order_created("other", at=T0 + timedelta(seconds=9)))
+        newest_first = sorted(made, key=lambda e: (e.created_at, e.order_id), reverse=True)
+        seen, before = [], None
+        while True:
+            page = await orders.customer_orders("dana", before, 3)
+            assert len(page) <= 3
+            if not page:
+                break
+            seen += page
+            last = page[-1]
+            before = (datetime.fromisoformat(last["created_at"]), last["order_id"])
+        assert [o["order_id"] for o in seen] == [e.order_id for e in newest_first]
+        assert (
+            seen[0]["status"] == "created"
+            and seen[0]["total"] == newest_first[0].total.to_eng_string()
+        )
+        assert await orders.customer_orders("nobody", None, 3) == []
+
+
 def letter(n: int, *, agent: str = "analytics", reason: str = "poison", minute: int = 0,
            event_id: str | None = None) -> DeadLetter:  # fmt: skip
     at = T0 + timedelta(minutes=minute)
@@ -194,3 +323,15 @@ class DeadLetterContract:
         assert [r["requested_by"] for r in await letters.replays("0-1")] == ["cli", "http"]
         assert [d.id for d in await letters.find(Filter(status="replayed"))] == ["0-1"]
         assert [d.id for d in await letters.find(Filter(status="open"))] == ["0-2"]
+
+    async def test_a_discarded_letter_is_marked_once_and_stays_so(
+        self, letters: DeadLetterRepository
+    ) -> None:
+        one, other = letter(1, event_id="e-1"), letter(2)
+        await letters.add(one)
+        await letters.add(other)
+        assert await letters.discard([one], OPERATOR) == ["0-1"]
+        assert await letters.discard([one], OPERATOR) == []  # discarded already: unchanged
+        assert [d.id for d in await letters.find(Filter(status="discarded"))] == ["0-1"]
+        assert [d.id for d in await letters.find(Filter(status="open"))] == ["0-2"]
+        assert sorted(await letters.counts()) == [("poison", "discarded", 1), ("poison", "open", 1)]

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pipeline.domain.audit import DEAD_LETTER_DISCARD, OUTBOX_DISCARD, OUTBOX_REQUEUE, Audit
+from pipeline.domain.dead_letters import DISCARDED as LETTER_DISCARDED
 from pipeline.domain.dead_letters import REPLAYED, DeadLetter, Filter
 from pipeline.domain.events import (
     SCHEMA_VERSION,
@@ -31,8 +33,20 @@ from pipeline.domain.orders import (
     IdempotencyConflict,
     OrderRow,
     StoredResponse,
+    order_summary,
 )
-from pipeline.domain.outbox import MAX_ERROR_LENGTH, PARKED, PENDING, PUBLISHED, PendingRow
+from pipeline.domain.outbox import (
+    DISCARDED,
+    MAX_ERROR_LENGTH,
+    OLDER_THAN_RETENTION,
+    PARKED,
+    PENDING,
+    PUBLISHED,
+    ParkedRow,
+    PendingRow,
+    Settled,
+    sent_after_later_events,
+)
 
 
 @dataclass(slots=True)
@@ -58,6 +72,7 @@ class MemoryDatabase:
     keys: dict[str, tuple[str, StoredResponse, datetime]] = field(default_factory=dict)
     dead_letters: dict[str, DeadLetter] = field(default_factory=dict)
     replays: list[tuple[str, str, str, datetime, str]] = field(default_factory=list)
+    actions: list[dict[str, Any]] = field(default_factory=list)
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def add_event(self, event: OrderCreated | OrderCancelled) -> None:
@@ -140,6 +155,18 @@ class MemoryOrderStore:
             ],
         }
 
+    async def customer_orders(
+        self, customer_id: str, before: tuple[datetime, str] | None, limit: int
+    ) -> list[dict[str, Any]]:
+        mine = sorted(
+            ((o.event.created_at, o.event.order_id, o) for o in self.db.orders.values()
+             if o.event.customer_id == customer_id),
+            key=lambda t: (t[0], t[1]), reverse=True,
+        )  # fmt: skip
+        page = [o for at, oid, o in mine if before is None or (at, oid) < before][:limit]
+        return [order_summary(o.event.order_id, o.status, o.event.total, o.event.created_at,
+                              o.updated_at) for o in page]  # fmt: skip
+
     async def purge_idempotency_keys(self, older_than: datetime | None = None) -> int:
         cutoff = older_than or utc_now()
         old = [k for k, (_, _, at) in self.db.keys.items() if at < cutoff]
@@ -201,6 +228,88 @@ class MemoryOutboxStore:
         return [r for _, r in sorted(self.db.outbox.items()) if r.status == status]
 
 
+class MemoryOutboxAdmin:
+    """:class:`pipeline.adapters.db.outbox_admin.OutboxAdmin` in memory."""
+
+    def __init__(self, db: MemoryDatabase) -> None:
+        self.db = db
+
+    async def parked_page(self, after: int | None, limit: int) -> list[ParkedRow]:
+        rows = [(i, r) for i, r in sorted(self.db.outbox.items())
+                if r.status == PARKED and (after is None or i > after)]  # fmt: skip
+        return [self._parked(r) for _, r in rows[:limit]]
+
+    async def requeue(
+        self, ids: list[int], audit: Audit, *, out_of_order: bool, verifiable_since: datetime
+    ) -> Settled:
+        result = Settled()
+        for row in sorted(self._found(ids, result), key=lambda r: r.row.id):
+            key = row.row.partition_key
+            later = [(i, r.status) for i, r in sorted(self.db.outbox.items())
+                     if r.row.partition_key == key and i > row.row.id
+                     and r.status in (PUBLISHED, PENDING)][:5]  # fmt: skip
+            if not out_of_order and later:
+                reason = sent_after_later_events(key, later)
+                result.refused.append({"id": row.row.id, "reason": reason})
+            elif not out_of_order and row.row.created_at < verifiable_since:
+                result.refused.append({"id": row.row.id, "reason": OLDER_THAN_RETENTION})
+            else:
+                row.status = PENDING
+                self._record(OUTBOX_REQUEUE, row, audit, out_of_order=out_of_order)
+                result.done.append(row.row.id)
+        return result
+
+    async def discard(self, ids: list[int], audit: Audit) -> Settled:
+        result = Settled()
+        for row in self._found(ids, result):
+            row.status = DISCARDED
+            self._record(OUTBOX_DISCARD, row, audit)
+            result.done.append(row.row.id)
+        return result
+
+    async def actions(self, subject: str) -> list[dict[str, Any]]:
+        return [dict(a) for a in self.db.actions if a["subject"] == subject]
+
+    def _found(self, ids: list[int], result: Settled) -> list[_OutboxRow]:
+        found = []
+        for row_id in ids:
+            row = self.db.outbox.get(row_id)
+            if row is None:
+                result.refused.append({"id": row_id, "reason": "no such outbox row"})
+            elif row.status != PARKED:
+                result.refused.append({"id": row_id, "reason": f"not parked: it is {row.status}"})
+            else:
+                found.append(row)
+        return found
+
+    def _parked(self, r: _OutboxRow) -> ParkedRow:
+        p = r.row
+        return ParkedRow(p.id, p.event_id, p.event_type, p.partition_key, p.created_at,
+                         r.attempts, r.last_error)  # fmt: skip
+
+    def _record(self, action: str, r: _OutboxRow, audit: Audit, **extra: Any) -> None:
+        p = r.row
+        detail = {
+            "event_id": p.event_id,
+            "event_type": p.event_type,
+            "key": p.partition_key,
+            "created_at": p.created_at.isoformat(),
+            "attempts": r.attempts,
+            "parked_reason": r.last_error,
+            **extra,
+        }
+        self.db.actions.append(
+            {
+                "subject": str(p.id),
+                "at": audit.at,
+                "actor": audit.by,
+                "action": action,
+                "reason": audit.reason,
+                "detail": detail,
+            }
+        )
+
+
 class MemoryDeadLetterStore:
     def __init__(self, db: MemoryDatabase) -> None:
         self.db = db
@@ -242,6 +351,34 @@ class MemoryDeadLetterStore:
             self.db.dead_letters[letter.id] = dataclasses.replace(
                 self.db.dead_letters[letter.id], status=REPLAYED
             )
+
+    async def discard(self, letters: list[DeadLetter], audit: Audit) -> list[str]:
+        done = []
+        for letter in letters:
+            stored = self.db.dead_letters.get(letter.id)
+            if stored is None or stored.status == LETTER_DISCARDED:
+                continue
+            self.db.dead_letters[letter.id] = dataclasses.replace(stored, status=LETTER_DISCARDED)
+            detail = {
+                "agent": letter.agent,
+                "event_id": letter.event_id,
+                "event_type": letter.event_type,
+                "dead_letter_reason": letter.reason,
+                "error_type": letter.error_type,
+                "status_before": letter.status,
+            }
+            self.db.actions.append(
+                {
+                    "subject": letter.id,
+                    "at": audit.at,
+                    "actor": audit.by,
+                    "action": DEAD_LETTER_DISCARD,
+                    "reason": audit.reason,
+                    "detail": detail,
+                }
+            )
+            done.append(letter.id)
+        return done
 
     async def replays(self, dead_letter_id: str) -> list[dict[str, Any]]:
         return [

@@ -1,7 +1,9 @@
-"""``python -m pipeline dlt list|replay``: the dead letters from a shell, like the HTTP views.
+"""``python -m pipeline dlt list|replay|discard``: the dead letters from a shell, like the HTTP
+views.
 
 Reads the same index (the database) and replays through the same code; sends with its own
-idempotent producer, so no worker needs to be reachable, only Kafka and the database.
+idempotent producer, so no worker needs to be reachable, only Kafka and the database (only the
+database for ``list`` and ``discard``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pipeline.settings import Settings
 
 
 def add_parser(sub: Any) -> None:
-    dlt = sub.add_parser("dlt", help="list and replay dead letters")
+    dlt = sub.add_parser("dlt", help="list, replay and discard dead letters")
     actions = dlt.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="list dead letters, oldest first")
     replay = actions.add_parser(
@@ -26,7 +28,13 @@ def add_parser(sub: Any) -> None:
         description="Select by --id, --event-id, a filter, or --all. Exits 1 if any selected "
                     "dead letter was refused (e.g. the replay limit was reached).",
     )  # fmt: skip
-    for p in (listing, replay):
+    discard = actions.add_parser(
+        "discard", help="discard dead letters judged worthless: never replayed, not counted open",
+        description="Select as replay does (--id, --event-id, a filter, or --all; without "
+                    "--id only open ones). Each discard is recorded with --by and --why. "
+                    "Exits 1 if any selected dead letter was discarded already.",
+    )  # fmt: skip
+    for p in (listing, replay, discard):
         p.add_argument("--agent", help="only this agent's dead letters")
         p.add_argument("--error-type", help="exception type, e.g. builtins TimeoutError")
         p.add_argument("--reason", choices=["poison", "permanent", "retries-exhausted"])
@@ -34,14 +42,23 @@ def add_parser(sub: Any) -> None:
         p.add_argument("--since", help="dead-lettered at or after this ISO 8601 time (UTC)")
         p.add_argument("--until", help="dead-lettered before this ISO 8601 time (UTC)")
         p.add_argument("--limit", help="at most this many (1-1000)")
-    listing.add_argument("--status", choices=["open", "replayed"])
+    listing.add_argument("--status", choices=["open", "replayed", "discarded"])
     listing.add_argument("--json", action="store_true", help="full records as JSON")
-    replay.add_argument("--id", action="append", dest="ids", help="a dead-letter id (repeatable)")
-    replay.add_argument("--all", action="store_true", help="every open dead letter")
+    for p in (replay, discard):
+        p.add_argument("--id", action="append", dest="ids", help="a dead-letter id (repeatable)")
+        p.add_argument("--all", action="store_true", help="every open dead letter")
+    discard.add_argument("--why", required=True, help="why they are thrown away (recorded)")
+    discard.add_argument("--by", help="who asks (default: cli:USER@HOST)")
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline.domain.dead_letters import BadFilter, parse_filter, parse_replay_request
+    from pipeline.cli.database import operator
+    from pipeline.domain.dead_letters import (
+        BadFilter,
+        parse_discard_request,
+        parse_filter,
+        parse_replay_request,
+    )
 
     raw = {name: getattr(args, name, None) for name in FILTER_FIELDS}
     try:
@@ -53,6 +70,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                 body["ids"] = args.ids
             if args.all:
                 body["all"] = True
+            if args.action == "discard":
+                body |= {"why": args.why, "by": args.by or operator()}
+                where, by, why = parse_discard_request(body, by=operator())
+                return _discard(settings, where, by, why)
             where = parse_replay_request(body)
     except BadFilter as exc:
         for problem in exc.problems:
@@ -62,6 +83,31 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     return asyncio.run(_list(settings, where, args.json) if args.action == "list"
                        else _replay(settings, where))  # fmt: skip
+
+
+def _discard(settings: Settings, where: Any, by: str, why: str) -> int:
+    from pipeline.adapters.db.dead_letters import DeadLetterStore
+    from pipeline.cli.database import with_database
+    from pipeline.cli.errors import CommandError
+    from pipeline.domain.audit import Audit
+    from pipeline.domain.events import utc_now
+    from pipeline.services.dead_letters import discard
+
+    async def act(engine: Any) -> Any:
+        return await discard(DeadLetterStore(engine), where, Audit(by, why, utc_now()))
+
+    try:
+        result = with_database(settings, act)
+    except CommandError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not result.discarded and not result.refused:
+        print("nothing to discard: no open dead letters match")
+        return 0
+    print(f"discarded {len(result.discarded)}: {' '.join(result.discarded) or '-'}")
+    for refusal in result.refused:
+        print(f"refused {refusal['id']}: {refusal['reason']}")
+    return 1 if result.refused else 0
 
 
 async def _list(settings: Settings, where: Any, as_json: bool) -> int:

@@ -1,5 +1,5 @@
 """The operator commands that are not Faust's own: ``migrate``, ``kafka``, ``postgres``,
-``dlt``, ``reconcile``, ``load``, ``stock``, ``outbox``, ``topics``, ``forwarder``.
+``dlt``, ``reconcile``, ``load``, ``stock``, ``outbox``, ``orders``, ``topics``, ``forwarder``.
 
 Everything else (``worker``, ``send``, ...) goes to Faust's command line in ``__main__``.
 Each command exits non-zero with a message saying what to do when it cannot do its job.
@@ -15,7 +15,7 @@ from pipeline import cli
 from pipeline.settings import Settings, SettingsError, load_settings, redact_url
 
 OUR_COMMANDS = {"migrate", "kafka", "postgres", "demo", "dlt", "reconcile", "load", "stock",
-                "outbox", "topics", "forwarder"}  # fmt: skip
+                "outbox", "orders", "topics", "forwarder"}  # fmt: skip
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
@@ -158,6 +158,9 @@ def build_parser(prog: str | None = None, *, with_faust: bool = True) -> argpars
 
     load.add_parser(sub)
     ops.add_parsers(sub)
+    from pipeline.cli import orders
+
+    orders.add_parser(sub)
     from pipeline.cli import forwarder
 
     forwarder.add_parser(sub)
@@ -189,6 +192,10 @@ def run(argv: Sequence[str]) -> int:
         from pipeline.cli import forwarder
 
         return forwarder.run(settings, args)
+    if args.command == "orders":
+        from pipeline.cli import orders
+
+        return orders.run(settings, args)
     if args.command == "load":
         from pipeline.cli import load
 

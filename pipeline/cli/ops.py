@@ -2,7 +2,8 @@
 
 ``stock`` goes through a worker's HTTP API, like any client: the stock lives in a table that
 only its owner holds, and a change must be applied in order with the reservations. ``outbox``
-reads the database, so it answers with no worker running. ``topics create`` talks to Kafka
+reads (and, for parked rows, changes: :mod:`pipeline.cli.outbox`) the database, so it
+answers with no worker running. ``topics create`` talks to Kafka
 (``pipeline.cli.topics``). Each exits 2 when it cannot reach what it needs (with a message
 saying what to do), and 1 when what it found is wrong.
 """
@@ -13,6 +14,7 @@ import argparse
 import asyncio
 import json
 import math
+import shlex
 import sys
 import time
 import urllib.error
@@ -23,7 +25,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pipeline.cli.database import page_limit, print_table
 from pipeline.cli.errors import CommandError
+from pipeline.domain.paging import DEFAULT_PAGE, MAX_PAGE
 from pipeline.settings import Settings
 
 MAX_STOCK = 1_000_000_000  # what PUT /inventory/{sku} accepts
@@ -149,10 +153,12 @@ def cmd_stock(settings: Settings, args: argparse.Namespace) -> int:
             "it in order with reservations)"
         )
         return 0
+    if args.action == "list":
+        return _stock_list(base, token, args)
     if not args.skus:
         raise CommandError(
-            "name the SKUs to show, e.g. `stock show sku-000 sku-001`: the API answers "
-            "GET /inventory/{sku} per SKU and has no list of every SKU"
+            "name the SKUs to show, e.g. `stock show sku-000 sku-001`, or list them all "
+            "with `stock list`"
         )
     found: list[dict[str, Any]] = []
     for sku in args.skus:
@@ -189,6 +195,27 @@ def cmd_stock(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if any("error" in s for s in found) else 0
 
 
+def _stock_list(base: str, token: str, args: argparse.Namespace) -> int:
+    query = {"limit": str(args.limit), **({"after": args.after} if args.after else {})}
+    url = f"{base}/inventory?{urllib.parse.urlencode(query)}"
+    status, reply = call_when_ready("GET", url, token, timeout=args.timeout)
+    if status != 200 or not isinstance(reply, dict):
+        print(f"error: GET /inventory answered {status}: {json.dumps(reply)}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(reply, indent=2))
+        return 0
+    if not reply["skus"]:
+        print("no SKUs" if args.after is None else f"no SKUs after {args.after!r}")
+        return 0
+    rows = [("SKU", "AVAILABLE", "RESERVED")]
+    rows += [(s["sku"], str(s["available"]), str(s["reserved"])) for s in reply["skus"]]
+    print_table(rows, right=(1, 2))
+    if reply["next"] is not None:
+        print(f"more: stock list --after {shlex.quote(reply['next'])}")
+    return 0
+
+
 # -- outbox ----------------------------------------------------------------------------------
 
 
@@ -218,6 +245,10 @@ async def outbox_status(database_url: str, retention_seconds: int) -> dict[str, 
 
 
 def cmd_outbox(settings: Settings, args: argparse.Namespace) -> int:
+    if args.action != "status":
+        from pipeline.cli.outbox import cmd_outbox_verb
+
+        return cmd_outbox_verb(settings, args)
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import DBAPIError
 
@@ -292,11 +323,23 @@ def add_parsers(sub: Any) -> None:
     )
     show.add_argument("skus", nargs="*", metavar="SKU", help="the SKUs to show")
     show.add_argument("--json", action="store_true", help="a JSON list instead of a table")
-    for p in (setting, show):
+    listing = actions.add_parser(
+        "list",
+        help="every SKU with its stock, a page at a time (GET /inventory)",
+        description="SKUs in order, gathered from every worker's partitions; pass the printed "
+        "--after for the next page. Exits 1 if the workers cannot answer for every partition.",
+    )
+    listing.add_argument("--after", type=_sku, help="start after this SKU (paging)")
+    listing.add_argument("--limit", type=page_limit, default=DEFAULT_PAGE,
+                         help=f"SKUs per page, 1-{MAX_PAGE} ({DEFAULT_PAGE})")  # fmt: skip
+    listing.add_argument("--json", action="store_true", help="the page as JSON")
+    for p in (setting, show, listing):
         add_worker_options(p)
         p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (30)")
 
-    outbox = sub.add_parser("outbox", help="the outbox's backlog, from the database")
+    outbox = sub.add_parser(
+        "outbox", help="the outbox's backlog and parked rows, from the database"
+    )
     outbox_actions = outbox.add_subparsers(dest="action", required=True)
     status = outbox_actions.add_parser(
         "status",
@@ -306,6 +349,9 @@ def add_parsers(sub: Any) -> None:
         "published within PIPELINE_OUTBOX_RETENTION_SECONDS.",
     )
     status.add_argument("--json", action="store_true", help="the figures as JSON")
+    from pipeline.cli import outbox as outbox_verbs
+
+    outbox_verbs.add_parsers(outbox_actions)
 
     from pipeline.cli import topics
 

@@ -13,8 +13,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.domain import failures
+from pipeline.domain.audit import parse_audit
+from pipeline.domain.paging import BadRequest
 
-OPEN, REPLAYED = "open", "replayed"
+OPEN, REPLAYED, DISCARDED = "open", "replayed", "discarded"
 
 
 MAX_LIST = 1000
@@ -190,10 +192,8 @@ class Filter:
 FILTER_FIELDS = ("agent", "error_type", "reason", "status", "event_id", "since", "until", "limit")
 
 
-class BadFilter(ValueError):
-    def __init__(self, problems: list[dict[str, str]]) -> None:
-        super().__init__("; ".join(f"{p['field']}: {p['message']}" for p in problems))
-        self.problems = problems
+class BadFilter(BadRequest):
+    """A filter, a replay or a discard request with fields at fault."""
 
 
 def parse_filter(raw: dict[str, Any], *, allow: Sequence[str] = FILTER_FIELDS) -> Filter:
@@ -236,10 +236,10 @@ def parse_filter(raw: dict[str, Any], *, allow: Sequence[str] = FILTER_FIELDS) -
     return Filter(**values)
 
 
-def parse_replay_request(body: Any) -> Filter:
+def parse_replay_request(body: Any, verb: str = "replay") -> Filter:
     """``{"ids": [...]}``, ``{"event_id": ...}``, a filter (``agent``, ``error_type``,
     ``reason``, ``since``, ``until``), or ``{"all": true}``; an empty request is refused so
-    that nothing is replayed by accident."""
+    that nothing is replayed (or discarded) by accident."""
     if not isinstance(body, dict):
         raise BadFilter([{"field": "body", "message": "must be a JSON object"}])
     body = dict(body)
@@ -251,10 +251,29 @@ def parse_replay_request(body: Any) -> Filter:
     if not body and everything is not True:
         raise BadFilter([{
             "field": "body",
-            "message": 'say what to replay: "ids", "event_id", a filter '
+            "message": f'say what to {verb}: "ids", "event_id", a filter '
                        '("agent", "error_type", "reason", "since", "until") or "all": true',
         }])  # fmt: skip
     return where if "limit" in body else replace(where, limit=MAX_LIST)
+
+
+def parse_discard_request(body: Any, *, by: str) -> tuple[Filter, str, str]:
+    """The selection of :func:`parse_replay_request`, ``why`` (required) and ``by``
+    (default: ``by``): the filter, who, and why."""
+    if not isinstance(body, dict):
+        raise BadFilter([{"field": "body", "message": "must be a JSON object"}])
+    body = dict(body)
+    problems: list[dict[str, str]] = []
+    who, reason = parse_audit(body.pop("by", by), body.pop("why", None), problems,
+                              reason_required=True)  # fmt: skip
+    try:
+        where = parse_replay_request(body, "discard")
+    except BadFilter as exc:
+        raise BadFilter([*exc.problems, *problems]) from None
+    if problems:
+        raise BadFilter(problems)
+    assert reason is not None
+    return where, who, reason
 
 
 def replay_headers(letter: DeadLetter, replays: int) -> failures.Headers:

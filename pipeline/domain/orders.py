@@ -9,10 +9,11 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from pipeline.domain.events import CENTS, OrderLine
+from pipeline.domain.events import CENTS, OrderLine, money
 
 MAX_ID_LENGTH = 64
 
@@ -232,3 +233,16 @@ class OrderRow:
 
 # (key, request fingerprint, status code, response body) to remember with the order.
 Idempotency = tuple[str, str, int, dict[str, Any]]
+
+
+def order_summary(
+    order_id: str, status: str, total: Decimal, created_at: datetime, updated_at: datetime
+) -> dict[str, Any]:
+    """An order in a customer's list of orders (``GET /orders/{id}`` has its items)."""
+    return {
+        "order_id": order_id,
+        "status": status,
+        "total": money(total),
+        "created_at": created_at.isoformat(),
+        "updated_at": updated_at.isoformat(),
+    }

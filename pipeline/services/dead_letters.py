@@ -23,7 +23,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.domain import failures
-from pipeline.domain.dead_letters import OPEN, DeadLetter, Filter, replay_headers
+from pipeline.domain.audit import Audit
+from pipeline.domain.dead_letters import DISCARDED, OPEN, DeadLetter, Filter, replay_headers
 from pipeline.services.ports import DeadLetterRepository
 
 Send = Callable[[str, bytes | None, bytes | None, failures.Headers, int], Awaitable[None]]
@@ -36,6 +37,15 @@ class ReplayResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"replayed": self.replayed, "refused": self.refused}
+
+
+@dataclass(slots=True)
+class DiscardResult:
+    discarded: list[str] = field(default_factory=list)
+    refused: list[dict[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"discarded": self.discarded, "refused": self.refused}
 
 
 class DeadLetters:
@@ -64,6 +74,9 @@ class DeadLetters:
             where = replace(where, status=OPEN)
         result = ReplayResult()
         for letter in await self.store.find(where):
+            if letter.status == DISCARDED:
+                result.refused.append({"id": letter.id, "reason": "discarded: never replayed"})
+                continue
             if letter.agent not in self.known_agents():
                 result.refused.append(
                     {"id": letter.id, "reason": f"unknown agent {letter.agent!r}"}
@@ -89,6 +102,9 @@ class DeadLetters:
             result.replayed.append(letter.id)
         return result
 
+    async def discard(self, where: Filter, audit: Audit) -> DiscardResult:
+        return await discard(self.store, where, audit)
+
     def _too_old(self, letter: DeadLetter) -> str | None:
         """Why ``letter`` is past the replay horizon, or None. Its key noted it as pending for
         ``PIPELINE_REPLAY_MAX_AGE_SECONDS`` of record time from the original record's time; past
@@ -109,3 +125,22 @@ class DeadLetters:
             "(GET the order, the customer's stats, the SKU) and send a correcting order or "
             "stock set if it is missing"
         )
+
+
+async def discard(store: DeadLetterRepository, where: Filter, audit: Audit) -> DiscardResult:
+    """Discard the open dead letters ``where`` selects (by id, replayed ones too): they are
+    no longer replayed nor counted open, and each discard is recorded with who and why."""
+    if not where.ids and where.status is None:
+        where = replace(where, status=OPEN)
+    result = DiscardResult()
+    chosen = []
+    for letter in await store.find(where):
+        if letter.status == DISCARDED:
+            result.refused.append({"id": letter.id, "reason": "discarded already"})
+        else:
+            chosen.append(letter)
+    result.discarded = await store.discard(chosen, audit)
+    gone = set(result.discarded)
+    result.refused += [{"id": d.id, "reason": "discarded meanwhile"} for d in chosen
+                       if d.id not in gone]  # fmt: skip
+    return result

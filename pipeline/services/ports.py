@@ -11,10 +11,11 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
 
+from pipeline.domain.audit import Audit
 from pipeline.domain.dead_letters import DeadLetter, Filter
 from pipeline.domain.events import OrderCancelled, OrderCreated
 from pipeline.domain.orders import CancelOutcome, Idempotency, OrderRow, StoredResponse
-from pipeline.domain.outbox import PendingRow
+from pipeline.domain.outbox import ParkedRow, PendingRow, Settled
 
 
 class OrderRepository(Protocol):
@@ -41,6 +42,13 @@ class OrderRepository(Protocol):
 
     async def get_order(self, order_id: str) -> dict[str, Any] | None: ...
 
+    async def customer_orders(
+        self, customer_id: str, before: tuple[datetime, str] | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """Up to ``limit`` of the customer's orders, newest first (by time, then id), those
+        after the cursor ``before`` (the last order of the previous page)."""
+        ...
+
     async def purge_idempotency_keys(self, older_than: datetime | None = None) -> int: ...
 
 
@@ -64,6 +72,23 @@ class OutboxRepository(Protocol):
     async def purge_published(self, older_than: datetime, chunk: int = 5000) -> int: ...
 
 
+class OutboxAdminRepository(Protocol):
+    """The operator's verbs on parked outbox rows, each change recorded with who and why."""
+
+    async def parked_page(self, after: int | None, limit: int) -> list[ParkedRow]: ...
+
+    async def requeue(
+        self, ids: list[int], audit: Audit, *, out_of_order: bool, verifiable_since: datetime
+    ) -> Settled:
+        """Parked rows back to pending, unless a later row of their key went out (or may
+        have: the row is older than ``verifiable_since``) and ``out_of_order`` is not set."""
+        ...
+
+    async def discard(self, ids: list[int], audit: Audit) -> Settled: ...
+
+    async def actions(self, subject: str) -> list[dict[str, Any]]: ...
+
+
 class DeadLetterRepository(Protocol):
     """The index of the dead-letter topic: a row per record (indexing twice changes nothing),
     and a row per replay."""
@@ -85,6 +110,10 @@ class DeadLetterRepository(Protocol):
         ...
 
     async def replays(self, dead_letter_id: str) -> list[dict[str, Any]]: ...
+
+    async def discard(self, letters: list[DeadLetter], audit: Audit) -> list[str]:
+        """Mark ``letters`` discarded with a record each; the ids it discarded."""
+        ...
 
 
 class Leadership(Protocol):

@@ -240,6 +240,11 @@ def reset() -> None:
     _dirty.clear()
 
 
+def staged_keys(table: Any) -> list[bytes]:
+    """The keys of ``table`` with a value written since the last flush (not in its store yet)."""
+    return [key for name, key in _dirty if name == table.name]
+
+
 def staged() -> int:
     """How many values wait for the next flush."""
     return len(_dirty)

@@ -23,7 +23,7 @@ def test_migrate_creates_the_schema_and_is_repeatable(database_url: str) -> None
     assert schema_revision(database_url) is None
     migrate(database_url)
     migrate(database_url)  # a second run is a no-op, not an error
-    assert schema_revision(database_url) == "0003"
+    assert schema_revision(database_url) == "0004"
 
     async def tables() -> set[str]:
         engine = make_engine(database_url)
@@ -33,7 +33,7 @@ def test_migrate_creates_the_schema_and_is_repeatable(database_url: str) -> None
         return names
 
     assert {"orders", "order_items", "outbox", "dead_letters", "dead_letter_replays",
-            "alembic_version"} <= asyncio.run(tables())  # fmt: skip
+            "operator_actions", "alembic_version"} <= asyncio.run(tables())  # fmt: skip
 
 
 def test_money_round_trips_exactly(database_url: str) -> None:
@@ -76,8 +76,8 @@ def test_migrate_command_reports_the_revision(database_url: str) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert "schema at revision 0003" in result.stdout
-    assert schema_revision(database_url) == "0003"
+    assert "schema at revision 0004" in result.stdout
+    assert schema_revision(database_url) == "0004"
 
 
 def test_the_migrations_build_exactly_the_declared_schema(database_url: str) -> None:

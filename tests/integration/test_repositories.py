@@ -10,9 +10,16 @@ import pytest
 from pipeline.adapters.db.dead_letters import DeadLetterStore
 from pipeline.adapters.db.orders import OrderStore
 from pipeline.adapters.db.outbox import OutboxStore
+from pipeline.adapters.db.outbox_admin import OutboxAdmin
 from pipeline.adapters.db.schema import make_engine, migrate
 from pipeline.services.ports import DeadLetterRepository
-from tests.repository_contract import DeadLetterContract, Repos, RepositoryContract
+from tests.repository_contract import (
+    DeadLetterContract,
+    Operations,
+    OperationsContract,
+    Repos,
+    RepositoryContract,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -36,4 +43,12 @@ class TestSqlDeadLetters(DeadLetterContract):
     async def letters(self, migrated: str) -> AsyncIterator[DeadLetterRepository]:
         engine = make_engine(migrated)
         yield DeadLetterStore(engine)
+        await engine.dispose()
+
+
+class TestSqlOperations(OperationsContract):
+    @pytest.fixture
+    async def operations(self, migrated: str) -> AsyncIterator[Operations]:
+        engine = make_engine(migrated)
+        yield OrderStore(engine), OutboxStore(engine), OutboxAdmin(engine)
         await engine.dispose()

@@ -48,8 +48,8 @@ def test_help_lists_every_operator_command(capsys: pytest.CaptureFixture[str]) -
     finally:
         sys.argv = argv
     shown = capsys.readouterr().out
-    for command in ("migrate", "kafka", "dlt", "reconcile", "load", "stock", "outbox", "topics",
-                    "forwarder", "worker", "demo"):  # fmt: skip
+    for command in ("migrate", "kafka", "dlt", "reconcile", "load", "stock", "outbox", "orders",
+                    "topics", "forwarder", "worker", "demo"):  # fmt: skip
         assert f"    {command} " in shown, command
 
 

@@ -8,10 +8,17 @@ from pipeline.adapters.memory import (
     MemoryDatabase,
     MemoryDeadLetterStore,
     MemoryOrderStore,
+    MemoryOutboxAdmin,
     MemoryOutboxStore,
 )
 from pipeline.services.ports import DeadLetterRepository
-from tests.repository_contract import DeadLetterContract, Repos, RepositoryContract
+from tests.repository_contract import (
+    DeadLetterContract,
+    Operations,
+    OperationsContract,
+    Repos,
+    RepositoryContract,
+)
 
 
 class TestMemoryRepositories(RepositoryContract):
@@ -25,3 +32,10 @@ class TestMemoryDeadLetters(DeadLetterContract):
     @pytest.fixture
     def letters(self) -> DeadLetterRepository:
         return MemoryDeadLetterStore(MemoryDatabase())
+
+
+class TestMemoryOperations(OperationsContract):
+    @pytest.fixture
+    def operations(self) -> Operations:
+        db = MemoryDatabase()
+        return MemoryOrderStore(db), MemoryOutboxStore(db), MemoryOutboxAdmin(db)

@@ -13,8 +13,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pipeline.adapters.db.errors import translated
-from pipeline.adapters.db.schema import dead_letter_replays, dead_letters
-from pipeline.domain.dead_letters import REPLAYED, DeadLetter, Filter
+from pipeline.adapters.db.schema import dead_letter_replays, dead_letters, operator_actions
+from pipeline.domain.audit import DEAD_LETTER_DISCARD, Audit
+from pipeline.domain.dead_letters import DISCARDED, REPLAYED, DeadLetter, Filter
 
 
 @translated
@@ -84,6 +85,37 @@ class DeadLetterStore:
             await conn.execute(
                 update(dead_letters).where(dead_letters.c.id == letter.id).values(status=REPLAYED)
             )
+
+    async def discard(self, letters: list[DeadLetter], audit: Audit) -> list[str]:
+        """Mark ``letters`` discarded, each with its record, in one transaction; the ids of
+        those it discarded (one discarded meanwhile is left as it is)."""
+        c = dead_letters.c
+        done: list[str] = []
+        async with self.engine.begin() as conn:
+            for letter in letters:
+                changed = await conn.execute(
+                    update(dead_letters)
+                    .where(c.id == letter.id, c.status != DISCARDED)
+                    .values(status=DISCARDED)
+                )
+                if not changed.rowcount:
+                    continue
+                detail = {
+                    "agent": letter.agent,
+                    "event_id": letter.event_id,
+                    "event_type": letter.event_type,
+                    "dead_letter_reason": letter.reason,
+                    "error_type": letter.error_type,
+                    "status_before": letter.status,
+                }
+                await conn.execute(
+                    insert(operator_actions).values(
+                        at=audit.at, actor=audit.by, action=DEAD_LETTER_DISCARD,
+                        subject=letter.id, reason=audit.reason, detail=json.dumps(detail),
+                    )
+                )  # fmt: skip
+                done.append(letter.id)
+        return done
 
     async def replays(self, dead_letter_id: str) -> list[dict[str, Any]]:
         r = dead_letter_replays.c

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -23,6 +23,7 @@ from pipeline.domain.orders import (
     IdempotencyConflict,
     OrderRow,
     StoredResponse,
+    order_summary,
 )
 
 # Built once (see ``pipeline.adapters.db.outbox``): the hot statements' construction and cache
@@ -186,6 +187,26 @@ class OrderStore:
                 for i in items
             ],
         }
+
+    async def customer_orders(
+        self, customer_id: str, before: tuple[datetime, str] | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """A customer's orders, newest first (time, then id), those after the cursor
+        ``before``: one seek on ``ix_orders_customer_id_created_at`` per page."""
+        c = orders.c
+        query = select(c.order_id, c.status, c.total, c.created_at, c.updated_at).where(
+            c.customer_id == customer_id
+        )
+        if before is not None:
+            at, order_id = before
+            query = query.where(
+                or_(c.created_at < at, and_(c.created_at == at, c.order_id < order_id))
+            )
+        query = query.order_by(c.created_at.desc(), c.order_id.desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [order_summary(r.order_id, r.status, r.total, r.created_at, r.updated_at)
+                for r in rows]  # fmt: skip
 
     async def purge_idempotency_keys(self, older_than: datetime | None = None) -> int:
         cutoff = older_than or utc_now()

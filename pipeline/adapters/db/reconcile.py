@@ -62,7 +62,12 @@ class ReconcileStore:
                         dead_letters.c.record_key,
                         dead_letters.c.event_type,
                         dead_letters.c.record_value,
-                    ).where(dead_letters.c.agent == "analytics", dead_letters.c.status == "open")
+                    )
+                    # Neither an open nor a discarded dead letter was applied.
+                    .where(
+                        dead_letters.c.agent == "analytics",
+                        dead_letters.c.status.in_(("open", "discarded")),
+                    )
                 )
             ).all()
         per_customer: dict[str, list[Any]] = defaultdict(list)

@@ -81,7 +81,8 @@ orders = Table(
     Column("total", Money, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
-    Index("ix_orders_customer_id", "customer_id"),
+    # A customer's orders, newest first, a page at a time (keyset: time, then id).
+    Index("ix_orders_customer_id_created_at", "customer_id", "created_at", "order_id"),
 )
 
 order_items = Table(
@@ -171,6 +172,24 @@ dead_letter_replays = Table(
     Column("replayed_at", UTCDateTime(), nullable=False),
     Column("requested_by", String(32), nullable=False),
     Index("ix_dead_letter_replays_agent", "agent", "event_key"),
+)
+
+
+# What operators did by hand to outbox rows and dead letters (pipeline.domain.audit): written in
+# the transaction that does it, never updated or deleted by the pipeline.
+operator_actions = Table(
+    "operator_actions",
+    metadata,
+    Column("id", Serial, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("action", String(32), nullable=False),
+    # The outbox row's id, or the dead letter's.
+    Column("subject", String(40), nullable=False),
+    Column("reason", Text, nullable=True),
+    # What the row was (its event, key, why it was parked): JSON, for whoever reads it later.
+    Column("detail", Text, nullable=False),
+    Index("ix_operator_actions_subject", "subject"),
 )
 
 
