@@ -16,7 +16,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pipeline.adapters.db.errors import translated
 from pipeline.adapters.db.schema import outbox
-from pipeline.domain.events import SCHEMA_VERSION, OrderCancelled, OrderCreated, encode
+from pipeline.domain.events import (
+    DEFAULT_WRITE_VERSION,
+    OrderCancelled,
+    OrderCreated,
+    encode,
+    written_version,
+)
 from pipeline.domain.outbox import MAX_ERROR_LENGTH, PARKED, PENDING, PUBLISHED, PendingRow
 
 NOTIFY_CHANNEL = "pipeline_outbox"
@@ -32,9 +38,15 @@ _INSERT_ROW_AND_NOTIFY = insert(outbox).returning(
 )
 
 
-async def add_event(conn: AsyncConnection, event: OrderCreated | OrderCancelled) -> None:
+async def add_event(
+    conn: AsyncConnection,
+    event: OrderCreated | OrderCancelled,
+    write_version: int = DEFAULT_WRITE_VERSION,
+) -> None:
     """Write ``event``'s outbox row inside the caller's transaction, and (on PostgreSQL) a
-    NOTIFY that is delivered when, and only if, that transaction commits."""
+    NOTIFY that is delivered when, and only if, that transaction commits. The payload is in
+    the event's newest shape at or below ``write_version``, as every reader of the topic must
+    take it (docs/schema-evolution.md)."""
     created_at = event.created_at if isinstance(event, OrderCreated) else event.cancelled_at
     row = {
         "event_id": event.event_id,
@@ -42,8 +54,8 @@ async def add_event(conn: AsyncConnection, event: OrderCreated | OrderCancelled)
         "aggregate_id": event.order_id,
         "partition_key": event.customer_id,
         "event_type": event.event_type,
-        "schema_version": SCHEMA_VERSION,
-        "payload": encode(event).decode(),
+        "schema_version": written_version(event, write_version),
+        "payload": encode(event, write_version).decode(),
         "created_at": created_at,
         "status": PENDING,
         "attempts": 0,
