@@ -62,7 +62,7 @@ def make_order(n: int) -> OrderCreated:
 async def insert_order(conn: asyncpg.Connection, order: OrderCreated, notify: bool) -> None:
     async with conn.transaction():
         await conn.execute(INSERT_ORDER, order.order_id, order.customer_id,
-                           order.customer_email, order.total, order.created_at)  # fmt: skip
+                           order.contact.email, order.total, order.created_at)  # fmt: skip
         await conn.executemany(
             INSERT_ITEM,
             [(order.order_id, i, ln.sku, ln.quantity, ln.unit_price)
