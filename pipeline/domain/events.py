@@ -468,10 +468,10 @@ def _shape(cls: type[Any], version: Any) -> type[Any]:
         # Written by a newer release at a write version this worker cannot read: it is kept as
         # a dead letter, to be replayed once this worker is upgraded (docs/schema-evolution.md).
         raise InvalidEvent(
-            f"{cls.event_type} schema_version {version} is newer than this worker reads "
+            f"{cls.event_type} schema_version {version!r:.20} is newer than this worker reads "
             f"(1 to {newest}): upgrade the worker, then replay the dead letter"
         )
-    raise InvalidEvent(f"{cls.event_type} has no schema_version {version} (1 to {newest})")
+    raise InvalidEvent(f"{cls.event_type} has no schema_version {version!r:.20} (1 to {newest})")
 
 
 def decode_order_event(data: bytes | None) -> OrderEvent:

@@ -301,3 +301,10 @@ def test_a_version_newer_than_this_release_says_what_to_do() -> None:
         "OrderCancelled schema_version 7 is newer than this worker reads (1 to 1): "
         "upgrade the worker, then replay the dead letter"
     )
+
+
+def test_a_huge_schema_version_is_refused_in_a_short_message() -> None:
+    body = {**json.loads(encode(order_created())), "schema_version": 10**4000}
+    with pytest.raises(InvalidEvent, match="newer than this worker reads") as refused:
+        decode_order_event(json.dumps(body).encode())
+    assert len(str(refused.value)) < 200
