@@ -51,7 +51,7 @@ def line_commands(
                 caused_by=event.event_id,
                 order_id=event.order_id,
                 customer_id=event.customer_id,
-                customer_email=event.customer_email,
+                customer_email=event.contact.email,
                 line_no=n,
                 line_count=len(event.items),
                 sku=line.sku,

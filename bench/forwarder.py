@@ -28,7 +28,7 @@ from pipeline.adapters.db.leadership import leadership_for
 from pipeline.adapters.db.outbox import NOTIFY_CHANNEL, OutboxStore
 from pipeline.adapters.db.schema import make_bookkeeping_engine
 from pipeline.adapters.kafka.producer import make_producer
-from pipeline.domain.events import OrderCreated, OrderLine, encode, utc_now
+from pipeline.domain.events import Contact, OrderCreated, OrderLine, encode, utc_now
 from pipeline.domain.outbox import PendingRow
 from pipeline.metrics import Metrics
 from pipeline.services.outbox import BatchResult, OutboxForwarder, OutboxPublisher
@@ -52,7 +52,7 @@ def make_order(n: int) -> OrderCreated:
         event_id=str(uuid.uuid4()),
         order_id=str(uuid.uuid4()),
         customer_id=customer,
-        customer_email=f"{customer}@example.com",
+        contact=Contact(f"{customer}@example.com"),
         items=lines,
         total=sum((ln.unit_price * ln.quantity for ln in lines), Decimal("0.00")),
         created_at=utc_now(),
@@ -62,7 +62,7 @@ def make_order(n: int) -> OrderCreated:
 async def insert_order(conn: asyncpg.Connection, order: OrderCreated, notify: bool) -> None:
     async with conn.transaction():
         await conn.execute(INSERT_ORDER, order.order_id, order.customer_id,
-                           order.customer_email, order.total, order.created_at)  # fmt: skip
+                           order.contact.email, order.total, order.created_at)  # fmt: skip
         await conn.executemany(
             INSERT_ITEM,
             [(order.order_id, i, ln.sku, ln.quantity, ln.unit_price)

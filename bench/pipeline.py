@@ -50,7 +50,7 @@ from pipeline.domain.customer_stats import (
     revenue_record,
     stats_updated_event,
 )
-from pipeline.domain.events import OrderCreated, OrderLine, decode_order_event, encode
+from pipeline.domain.events import Contact, OrderCreated, OrderLine, decode_order_event, encode
 from pipeline.domain.horizon import Horizon
 from pipeline.settings import PROJECT_ROOT, load_settings
 from tests.integration.workers import create_topics, free_port, http_get
@@ -76,7 +76,7 @@ def make_events(count: int, seed: int = 42) -> list[tuple[bytes, bytes]]:
         event = OrderCreated(
             event_id=str(uuid.UUID(int=rng.getrandbits(128))),
             order_id=str(uuid.UUID(int=rng.getrandbits(128))),
-            customer_id=customer, customer_email=f"{customer}@example.com", items=(line,),
+            customer_id=customer, contact=Contact(f"{customer}@example.com"), items=(line,),
             total=line.unit_price * line.quantity, created_at=start + timedelta(seconds=n),
         )  # fmt: skip
         out.append((customer.encode(), encode(event)))

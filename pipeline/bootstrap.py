@@ -66,7 +66,7 @@ class Runtime(Service):
 
     @cached_property
     def order_store(self) -> OrderStore:
-        return OrderStore(self.engine)
+        return OrderStore(self.engine, self.settings.event_write_version)
 
     @cached_property
     def outbox_store(self) -> OutboxStore:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import environment as read
+from pipeline.domain.events import DEFAULT_WRITE_VERSION, SCHEMA_VERSION
 from pipeline.environment import ALL_AGENTS as ALL_AGENTS
 from pipeline.environment import MECHANISMS as MECHANISMS
 from pipeline.environment import PROTOCOLS as PROTOCOLS
@@ -169,6 +170,11 @@ class Settings:
         "items per order")
     idempotency_key_ttl_seconds: int = setting("PIPELINE_IDEMPOTENCY_KEY_TTL_SECONDS",
         read.integer(60, 365 * 86400), 86400, "how long an `Idempotency-Key` is remembered")
+    event_write_version: int = setting("PIPELINE_EVENT_WRITE_VERSION",
+        read.integer(1, SCHEMA_VERSION), DEFAULT_WRITE_VERSION,
+        "the schema version events are written at (each in its newest shape at or below it); "
+        f"this release reads 1 to {SCHEMA_VERSION}. Raise it only once every worker runs this "
+        "release: see [schema evolution](schema-evolution.md)")
     forwarder_enabled: bool = setting("PIPELINE_FORWARDER_ENABLED", read.boolean, True,
         "run the outbox forwarder in this worker")
     outbox_batch_size: int = setting("PIPELINE_OUTBOX_BATCH_SIZE", read.integer(1, 100_000), 500,

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from pipeline.domain.events import OrderCancelled, OrderCreated, OrderLine
+from pipeline.domain.events import Contact, OrderCancelled, OrderCreated, OrderLine
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
@@ -25,7 +25,7 @@ def order_created(
         event_id=event_id or str(uuid.uuid4()),
         order_id=order_id or str(uuid.uuid4()),
         customer_id=customer_id,
-        customer_email=f"{customer_id}@example.com",
+        contact=Contact(email=f"{customer_id}@example.com"),
         items=(OrderLine(sku="sku-1", quantity=1, unit_price=Decimal(total)),),
         total=Decimal(total),
         created_at=at or T0,

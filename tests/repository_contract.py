@@ -7,6 +7,7 @@ the operator's outbox repository)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -55,6 +56,9 @@ class RepositoryContract:
         assert (row.event_id, row.partition_key, row.event_type) == (
             event.event_id, "alice", "OrderCreated")  # fmt: skip
         assert decode_order_event(row.payload) == event
+        # Written at the default write version: the shape the previous release reads.
+        assert row.schema_version == 1
+        assert json.loads(row.payload)["customer_email"] == "alice@example.com"
         assert await orders.get_order("nobody") is None
 
     async def test_an_idempotency_key_answers_its_first_request_again(self, repos: Repos) -> None:

@@ -19,12 +19,13 @@ from pipeline.domain.audit import DEAD_LETTER_DISCARD, OUTBOX_DISCARD, OUTBOX_RE
 from pipeline.domain.dead_letters import DISCARDED as LETTER_DISCARDED
 from pipeline.domain.dead_letters import REPLAYED, DeadLetter, Filter
 from pipeline.domain.events import (
-    SCHEMA_VERSION,
+    DEFAULT_WRITE_VERSION,
     OrderCancelled,
     OrderCreated,
     encode,
     money,
     utc_now,
+    written_version,
 )
 from pipeline.domain.orders import (
     CANCELLABLE,
@@ -75,7 +76,9 @@ class MemoryDatabase:
     actions: list[dict[str, Any]] = field(default_factory=list)
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
-    def add_event(self, event: OrderCreated | OrderCancelled) -> None:
+    def add_event(
+        self, event: OrderCreated | OrderCancelled, write_version: int = DEFAULT_WRITE_VERSION
+    ) -> None:
         at = event.created_at if isinstance(event, OrderCreated) else event.cancelled_at
         row_id = next(self.ids)
         self.outbox[row_id] = _OutboxRow(
@@ -84,16 +87,17 @@ class MemoryDatabase:
                 event.event_id,
                 event.customer_id,
                 event.event_type,
-                SCHEMA_VERSION,
-                encode(event),
+                written_version(event, write_version),
+                encode(event, write_version),
                 at,
             )
         )
 
 
 class MemoryOrderStore:
-    def __init__(self, db: MemoryDatabase) -> None:
+    def __init__(self, db: MemoryDatabase, write_version: int = DEFAULT_WRITE_VERSION) -> None:
         self.db = db
+        self.write_version = write_version
 
     async def create_order(
         self, event: OrderCreated, idempotency: Idempotency | None = None
@@ -109,7 +113,7 @@ class MemoryOrderStore:
             stored = StoredResponse(status_code, json.loads(json.dumps(body)))
             self.db.keys[key] = (fingerprint, stored, event.created_at)
         self.db.orders[event.order_id] = _Order(event, "created", event.created_at)
-        self.db.add_event(event)
+        self.db.add_event(event, self.write_version)
         return None
 
     async def cancel_order(
@@ -125,7 +129,7 @@ class MemoryOrderStore:
         row = dataclasses.replace(row, items=tuple(e.items))
         event = make_event(row)
         order.status, order.updated_at = "cancelled", event.cancelled_at
-        self.db.add_event(event)
+        self.db.add_event(event, self.write_version)
         return CancelOutcome.CANCELLED, row
 
     async def decide_order(self, order_id: str, decision: str, at: datetime) -> str | None:
@@ -144,7 +148,7 @@ class MemoryOrderStore:
         return {
             "order_id": e.order_id,
             "customer_id": e.customer_id,
-            "customer_email": e.customer_email,
+            "customer_email": e.contact.email,
             "status": order.status,
             "total": money(e.total),
             "created_at": e.created_at.isoformat(),

@@ -6,6 +6,20 @@ exact :class:`~decimal.Decimal`; times are ISO 8601 in UTC with their offset.
 
 Agents consume raw bytes and decode them here, so a record that does not decode is ours to
 handle (:class:`InvalidEvent`) rather than something the framework drops silently.
+
+How the shapes may change (docs/schema-evolution.md has the rules and the upgrade steps):
+
+- The reader is tolerant: a field it does not know is ignored, so a newer release may add an
+  optional field (with a default here) without a new ``schema_version``. Every field it knows
+  is still checked strictly (type, range, presence).
+- A change an older reader cannot take (a field renamed, moved, removed or retyped) is a new
+  ``schema_version`` of that event type: the class here is the newest shape, each earlier
+  shape stays as a class of its own with ``upcast()`` to the next shape and ``downcast()``
+  from it (:data:`EARLIER_SHAPES`). Readers take every version from 1 to their newest; a
+  newer one is an :class:`InvalidEvent` that says to upgrade the worker and replay it.
+- Writers write each event in its newest shape at or below the write version they are given
+  (``PIPELINE_EVENT_WRITE_VERSION``, :data:`DEFAULT_WRITE_VERSION` by default), so a release
+  can read a new shape before any worker writes it.
 """
 
 from __future__ import annotations
@@ -22,7 +36,11 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, ClassVar, TypeVar
 
-SCHEMA_VERSION = 1
+# The newest schema version this code reads (and may write); it reads every version down to 1.
+SCHEMA_VERSION = 2
+# What is written unless PIPELINE_EVENT_WRITE_VERSION says otherwise: what the previous release
+# reads, so a rolling upgrade from it is safe by default (docs/schema-evolution.md).
+DEFAULT_WRITE_VERSION = 1
 CENTS = Decimal("0.01")
 
 # Namespace for derived event ids: uuid5(namespace, "<cause id>:<derived type>").
@@ -72,8 +90,37 @@ class OrderLine:
 
 
 @dataclass(frozen=True, slots=True)
+class Contact:
+    """How to reach the customer about an order: one object, so a channel can be added as an
+    optional field, and a consumer that must not keep personal data drops one key."""
+
+    email: str
+
+
+@dataclass(frozen=True, slots=True)
 class OrderCreated:
+    """Schema version 2: the customer's email moved into ``contact`` (version 1 had it at the
+    top level as ``customer_email``: :class:`OrderCreatedV1`)."""
+
     event_type: ClassVar[str] = "OrderCreated"
+    schema_version: ClassVar[int] = 2
+    event_id: str
+    order_id: str
+    customer_id: str
+    contact: Contact
+    items: tuple[OrderLine, ...]
+    total: Decimal
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OrderCreatedV1:
+    """``OrderCreated`` as schema version 1 has it. Read from records written before version 2
+    (and upcast at once); written while the write version is 1, for workers of the previous
+    release, which read version 1 only."""
+
+    event_type: ClassVar[str] = "OrderCreated"
+    schema_version: ClassVar[int] = 1
     event_id: str
     order_id: str
     customer_id: str
@@ -81,6 +128,29 @@ class OrderCreated:
     items: tuple[OrderLine, ...]
     total: Decimal
     created_at: datetime
+
+    def upcast(self) -> OrderCreated:
+        return OrderCreated(
+            event_id=self.event_id,
+            order_id=self.order_id,
+            customer_id=self.customer_id,
+            contact=Contact(email=self.customer_email),
+            items=self.items,
+            total=self.total,
+            created_at=self.created_at,
+        )
+
+    @classmethod
+    def downcast(cls, event: OrderCreated) -> OrderCreatedV1:
+        return cls(
+            event_id=event.event_id,
+            order_id=event.order_id,
+            customer_id=event.customer_id,
+            customer_email=event.contact.email,
+            items=event.items,
+            total=event.total,
+            created_at=event.created_at,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +342,32 @@ OrderDecision = OrderConfirmed | OrderRejected
 
 EVENT_TYPES: dict[str, type[Any]] = {cls.event_type: cls for cls in typing.get_args(Event)}
 
+# Every earlier shape of an event type, by (event type, schema version): each has ``upcast()``
+# to the type's next shape and ``downcast(next)`` from it. A type not named here has one shape,
+# version 1. A shape is never deleted while a topic may still hold records of it.
+EARLIER_SHAPES: dict[tuple[str, int], type[Any]] = {("OrderCreated", 1): OrderCreatedV1}
+
+
+def schema_version_of(cls: type[Any]) -> int:
+    """The schema version of an event class's shape (1 unless it says otherwise)."""
+    version = _VERSIONS.get(cls)
+    if version is None:
+        version = _VERSIONS[cls] = int(getattr(cls, "schema_version", 1))
+    return version
+
+
+_VERSIONS: dict[type[Any], int] = {}
+
+
+def _shapes(cls: type[Any]) -> dict[int, type[Any]]:
+    shapes = {v: shape for (t, v), shape in EARLIER_SHAPES.items() if t == cls.event_type}
+    shapes[schema_version_of(cls)] = cls
+    return dict(sorted(shapes.items()))
+
+
+# event type -> {schema version: the class of that shape}, oldest first
+SHAPES: dict[str, dict[int, type[Any]]] = {t: _shapes(cls) for t, cls in EVENT_TYPES.items()}
+
 
 # -- encoding ------------------------------------------------------------------------------------
 
@@ -285,15 +381,41 @@ def _plain(value: Any) -> Any:
         return {"sku": value.sku, "quantity": value.quantity, "unit_price": money(value.unit_price)}
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
+    if isinstance(value, Contact):
+        return {"email": value.email}
     return value
 
 
-def to_dict(event: Event) -> dict[str, Any]:
+def to_dict(event: Any) -> dict[str, Any]:
     return {f.name: _plain(getattr(event, f.name)) for f in dataclasses.fields(event)}
 
 
-def encode(event: Event) -> bytes:
-    body = {"event_type": event.event_type, "schema_version": SCHEMA_VERSION, **to_dict(event)}
+def as_written(event: Event, write_version: int = DEFAULT_WRITE_VERSION) -> Any:
+    """``event`` in the shape a writer at ``write_version`` writes: its newest shape whose
+    schema version is at most ``write_version`` (each event type has a version 1)."""
+    shaped: Any = event
+    while schema_version_of(type(shaped)) > write_version:
+        older = [v for v in SHAPES[event.event_type] if v < schema_version_of(type(shaped))]
+        shaped = SHAPES[event.event_type][older[-1]].downcast(shaped)
+    return shaped
+
+
+def written_version(event: Event, write_version: int = DEFAULT_WRITE_VERSION) -> int:
+    """The ``schema_version`` :func:`encode` gives ``event`` at ``write_version``."""
+    for version in reversed(SHAPES[event.event_type]):
+        if version <= write_version:
+            return version
+    raise ValueError(f"write version {write_version} is below every version of {event!r:.60}")
+
+
+def encode(event: Event, write_version: int = DEFAULT_WRITE_VERSION) -> bytes:
+    """The record value of ``event``, in its newest shape at or below ``write_version``."""
+    shaped = as_written(event, write_version)
+    body = {
+        "event_type": event.event_type,
+        "schema_version": schema_version_of(type(shaped)),
+        **to_dict(shaped),
+    }
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -323,8 +445,33 @@ def _decode(data: bytes | None, allowed: tuple[type[E], ...]) -> E:
     event_type = body.get("event_type")
     cls = EVENT_TYPES.get(event_type) if isinstance(event_type, str) else None
     if cls is None or (allowed and cls not in allowed):
-        raise InvalidEvent(f"unknown event_type {event_type!r}")
-    return typing.cast(E, _build(cls, body, ""))
+        raise InvalidEvent(f"unknown event_type {event_type!r:.80}")
+    version = body.get("schema_version")
+    if version == schema_version_of(cls) and type(version) is int:  # the usual case
+        return typing.cast(E, _build(cls, body, ""))
+    shape = _shape(cls, version)
+    event = _build(shape, body, "")
+    while type(event) is not cls:
+        event = event.upcast()
+    return typing.cast(E, event)
+
+
+def _shape(cls: type[Any], version: Any) -> type[Any]:
+    """The class of ``cls``'s shape at schema ``version``, or why there is none."""
+    if type(version) is not int:  # True and 1.0 equal 1
+        raise InvalidEvent(f"schema_version: expected an integer, got {version!r:.40}")
+    shapes = SHAPES[cls.event_type]
+    if version in shapes:
+        return shapes[version]
+    newest = max(shapes)
+    if version > newest:
+        # Written by a newer release at a write version this worker cannot read: it is kept as
+        # a dead letter, to be replayed once this worker is upgraded (docs/schema-evolution.md).
+        raise InvalidEvent(
+            f"{cls.event_type} schema_version {version!r:.20} is newer than this worker reads "
+            f"(1 to {newest}): upgrade the worker, then replay the dead letter"
+        )
+    raise InvalidEvent(f"{cls.event_type} has no schema_version {version!r:.20} (1 to {newest})")
 
 
 def decode_order_event(data: bytes | None) -> OrderEvent:
@@ -369,7 +516,16 @@ def _read(hint: Any, body: Mapping[str, Any], name: str, prefix: str) -> Any:
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     if typing.get_origin(hint) is tuple:
         return _lines(body, name, prefix)
+    if hint is Contact:
+        return _object(hint, body, name, prefix)
     return _READERS[hint](body, name, prefix)
+
+
+def _object(cls: type[Any], body: Mapping[str, Any], name: str, prefix: str) -> Any:
+    raw = body.get(name)
+    if not isinstance(raw, dict):
+        raise InvalidEvent(f"{prefix}{name}: expected an object, got {raw!r:.80}")
+    return _build(cls, raw, f"{prefix}{name}.")
 
 
 def _lines(body: Mapping[str, Any], name: str, prefix: str) -> tuple[OrderLine, ...]:
@@ -405,9 +561,6 @@ def _json_object(data: bytes | None) -> dict[str, Any]:
         raise InvalidEvent(f"value is not JSON we can read: {exc}"[:300]) from None
     if not isinstance(body, dict):
         raise InvalidEvent("value is not a JSON object")
-    version = body.get("schema_version")
-    if type(version) is not int or version != SCHEMA_VERSION:  # True and 1.0 equal 1
-        raise InvalidEvent(f"unsupported schema_version {version!r:.40}")
     return body
 
 

@@ -17,7 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 from pipeline import logs
-from pipeline.domain.events import OrderCancelled, OrderCreated, money, utc_now
+from pipeline.domain.events import Contact, OrderCancelled, OrderCreated, money, utc_now
 from pipeline.domain.orders import (
     CONTROL_CHARS,
     MAX_IDEMPOTENCY_KEY_LENGTH,
@@ -115,7 +115,7 @@ class OrderService:
             event_id=str(uuid.uuid4()),
             order_id=str(uuid.uuid4()),
             customer_id=order.customer_id,
-            customer_email=order.customer_email,
+            contact=Contact(email=order.customer_email),
             items=order.items,
             total=order.total,
             created_at=now,

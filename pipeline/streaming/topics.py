@@ -18,7 +18,7 @@ from faust.streams import current_event
 from pipeline.adapters.kafka.admin import TopicSpec
 from pipeline.adapters.kafka.egress import Egress, event_headers
 from pipeline.app import app, settings
-from pipeline.domain.events import Event, encode
+from pipeline.domain.events import Event, encode, written_version
 from pipeline.settings import Settings
 from pipeline.streaming import faust_patches
 
@@ -139,7 +139,8 @@ async def publish(
     client refuses at once (over ``max_request_size``) raises here in either case.
     """
     name = topic.get_topic_name()
-    value, headers = encode(event), event_headers(event.event_id, event.event_type)
+    value = encode(event)
+    headers = event_headers(event.event_id, event.event_type, written_version(event))
     timestamp_ms = None if timestamp is None else int(timestamp.timestamp() * 1000)
     batch = faust_patches.current_batch()
     if batch is not None and current_event() is not None:

@@ -7,14 +7,20 @@ import pytest
 
 from pipeline.domain import events
 from pipeline.domain.events import (
+    EARLIER_SHAPES,
+    EVENT_TYPES,
+    SCHEMA_VERSION,
+    Contact,
     InvalidEvent,
     OrderCancelled,
     OrderCreated,
+    OrderLine,
     decode_order_event,
     derived_event_id,
     encode,
+    written_version,
 )
-from tests.conftest import order_cancelled, order_created
+from tests.conftest import T0, order_cancelled, order_created
 
 
 def test_order_events_round_trip_exactly() -> None:
@@ -183,3 +189,122 @@ def test_money_and_times_at_their_bounds_still_decode() -> None:
     assert event.total == Decimal("0.00") and event.items[0].quantity == 2**63 - 1
     assert event.items[0].unit_price == Decimal("12345678901234.50")
     assert decode_order_event(_created_with(created_at="9999-12-31T23:59:59+00:00"))
+
+
+# -- schema evolution (docs/schema-evolution.md) ------------------------------------------------
+
+# An OrderCreated exactly as the release before schema version 2 wrote it (979b32b): this
+# release must read it, and write it byte for byte at write version 1.
+PREVIOUS_RELEASE_ORDER_CREATED = (
+    b'{"event_type":"OrderCreated","schema_version":1,"event_id":"e-1","order_id":"o-1",'
+    b'"customer_id":"alice","customer_email":"alice@example.com","items":[{"sku":"sku-1",'
+    b'"quantity":2,"unit_price":"5.25"}],"total":"10.50","created_at":"2026-11-01T12:00:00+00:00"}'
+)
+
+
+def _previous_release_event() -> OrderCreated:
+    return OrderCreated(
+        event_id="e-1", order_id="o-1", customer_id="alice",
+        contact=Contact(email="alice@example.com"),
+        items=(OrderLine("sku-1", 2, Decimal("5.25")),), total=Decimal("10.50"), created_at=T0,
+    )  # fmt: skip
+
+
+def test_a_version_1_order_created_is_upcast_to_the_version_2_shape() -> None:
+    assert decode_order_event(PREVIOUS_RELEASE_ORDER_CREATED) == _previous_release_event()
+
+
+def test_write_version_1_writes_what_the_previous_release_wrote() -> None:
+    assert encode(_previous_release_event(), 1) == PREVIOUS_RELEASE_ORDER_CREATED
+    assert encode(_previous_release_event()) == PREVIOUS_RELEASE_ORDER_CREATED  # the default
+
+
+def test_write_version_2_writes_the_contact_object_and_reads_back_the_same() -> None:
+    event = order_created("bob")
+    body = json.loads(encode(event, 2))
+    assert body["schema_version"] == 2 and written_version(event, 2) == 2
+    assert body["contact"] == {"email": "bob@example.com"} and "customer_email" not in body
+    assert decode_order_event(encode(event, 2)) == event
+
+
+def test_an_event_type_without_a_version_2_is_written_at_version_1_at_any_write_version() -> None:
+    cancelled = order_cancelled(order_created())
+    for write_version in range(1, SCHEMA_VERSION + 1):
+        assert json.loads(encode(cancelled, write_version))["schema_version"] == 1
+        assert written_version(cancelled, write_version) == 1
+        assert decode_order_event(encode(cancelled, write_version)) == cancelled
+
+
+@pytest.mark.parametrize("write_version", range(1, SCHEMA_VERSION + 1))
+def test_every_write_version_round_trips_and_names_its_version(write_version: int) -> None:
+    created = order_created("carol", "3.10")
+    raw = encode(created, write_version)
+    assert json.loads(raw)["schema_version"] == written_version(created, write_version)
+    assert decode_order_event(raw) == created
+
+
+def test_every_earlier_shape_upcasts_and_downcasts_without_loss() -> None:
+    newest = order_created("dave")
+    for (event_type, version), shape in EARLIER_SHAPES.items():
+        current = EVENT_TYPES[event_type]
+        assert shape.event_type == event_type and version < events.schema_version_of(current)
+        assert events.schema_version_of(shape) == version
+        older = events.as_written(newest, version)
+        assert type(older) is shape
+        upcast = older
+        while type(upcast) is not current:
+            upcast = upcast.upcast()
+        assert upcast == newest
+
+
+def test_fields_a_newer_producer_added_are_ignored() -> None:
+    event = order_created("erin")
+    body = json.loads(encode(event, 2))
+    body["gift_wrap"] = {"paper": "red"}  # an optional field of a later release
+    body["items"][0]["colour"] = "blue"
+    body["contact"]["phone"] = "+44 20 7946 0000"
+    assert decode_order_event(json.dumps(body).encode()) == event
+    v1 = json.loads(PREVIOUS_RELEASE_ORDER_CREATED)
+    v1["loyalty_tier"] = "gold"
+    assert decode_order_event(json.dumps(v1).encode()) == _previous_release_event()
+
+
+@pytest.mark.parametrize(
+    ("version", "change", "reason"),
+    [
+        # Known fields are still checked while unknown ones are ignored.
+        (2, {"unknown": 1, "total": 12.5}, "total: expected a decimal string"),
+        (2, {"contact": "erin@example.com"}, "contact: expected an object"),
+        (2, {"contact": {"mail": "erin@example.com"}}, "contact.email: expected a non-empty"),
+        (2, {"contact": None}, "contact: expected an object"),
+        # A version 2 record in the version 1 shape is not upcast: it is malformed.
+        (2, {"contact": None, "customer_email": "erin@example.com"}, "contact: expected an object"),
+        (1, {"customer_email": None}, "customer_email: expected a non-empty string"),
+        (1, {"schema_version": "1"}, "schema_version: expected an integer"),
+        (1, {"schema_version": 0}, "OrderCreated has no schema_version 0"),
+        (1, {"schema_version": SCHEMA_VERSION + 1}, "newer than this worker reads .* upgrade"),
+    ],
+)
+def test_a_malformed_record_of_either_version_is_still_poison(
+    version: int, change: dict[str, object], reason: str
+) -> None:
+    body = {**json.loads(encode(order_created("erin"), version)), **change}
+    with pytest.raises(InvalidEvent, match=reason):
+        decode_order_event(json.dumps(body).encode())
+
+
+def test_a_version_newer_than_this_release_says_what_to_do() -> None:
+    body = {**json.loads(encode(order_cancelled(order_created()))), "schema_version": 7}
+    with pytest.raises(InvalidEvent) as refused:
+        decode_order_event(json.dumps(body).encode())
+    assert str(refused.value) == (
+        "OrderCancelled schema_version 7 is newer than this worker reads (1 to 1): "
+        "upgrade the worker, then replay the dead letter"
+    )
+
+
+def test_a_huge_schema_version_is_refused_in_a_short_message() -> None:
+    body = {**json.loads(encode(order_created())), "schema_version": 10**4000}
+    with pytest.raises(InvalidEvent, match="newer than this worker reads") as refused:
+        decode_order_event(json.dumps(body).encode())
+    assert len(str(refused.value)) < 200

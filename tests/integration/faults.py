@@ -58,11 +58,12 @@ class Scenario:
                       window_seconds=WINDOW_SECONDS, lifetime_value=LIFETIME_VALUE)  # fmt: skip
 
     def start(self, name: str, data_dir: Path | None = None, *, wait: bool = True,
-              forwarder: bool = True) -> Worker:  # fmt: skip
-        env: dict[str, Any] = {**FAST_FAILOVER, **self.env}
+              forwarder: bool = True, code: Path | None = None,
+              **extra: str) -> Worker:  # fmt: skip
+        env: dict[str, Any] = {**FAST_FAILOVER, **self.env, **extra}
         if not forwarder:
             env["PIPELINE_FORWARDER_ENABLED"] = "false"
-        return self.workers.start(name, data_dir=data_dir, wait=wait, **env)
+        return self.workers.start(name, data_dir=data_dir, wait=wait, code=code, **env)
 
     def start_pair(self) -> list[Worker]:
         live = [self.start("w1"), self.start("w2")]

@@ -13,7 +13,7 @@ from sqlalchemy import insert, inspect, select
 
 from pipeline.adapters.db.orders import OrderStore
 from pipeline.adapters.db.schema import make_engine, migrate, order_items, orders, schema_revision
-from pipeline.domain.events import OrderCreated, OrderLine
+from pipeline.domain.events import Contact, OrderCreated, OrderLine
 from pipeline.domain.failures import Unavailable
 from pipeline.local.postgres import LocalPostgres
 from pipeline.settings import PROJECT_ROOT
@@ -114,7 +114,7 @@ def test_a_restarted_server_costs_one_failed_statement_and_nothing_written(
 
     def order(n: int) -> OrderCreated:
         return OrderCreated(
-            event_id=f"e-{n}", order_id=f"o-{n}", customer_id="c", customer_email="c@example.com",
+            event_id=f"e-{n}", order_id=f"o-{n}", customer_id="c", contact=Contact("c@example.com"),
             items=(OrderLine("sku-1", 1, Decimal("1.00")),), total=Decimal("1.00"),
             created_at=datetime.now(UTC),
         )  # fmt: skip

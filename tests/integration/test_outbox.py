@@ -25,7 +25,7 @@ from pipeline.adapters.db.orders import OrderStore
 from pipeline.adapters.db.outbox import OutboxStore, add_event
 from pipeline.adapters.db.schema import make_engine, migrate, order_items, orders, outbox
 from pipeline.adapters.kafka.producer import make_producer
-from pipeline.domain.events import OrderCreated, OrderLine, decode_order_event, utc_now
+from pipeline.domain.events import Contact, OrderCreated, OrderLine, decode_order_event, utc_now
 from pipeline.metrics import Metrics
 from pipeline.services.orders import (
     Cancelled,
@@ -151,7 +151,7 @@ async def test_a_failed_transaction_writes_nothing(harness: Harness) -> None:
     # its items were written in the same transaction.
     clash = OrderCreated(
         event_id=taken, order_id=str(uuid.uuid4()), customer_id="bob",
-        customer_email="bob@example.com",
+        contact=Contact(email="bob@example.com"),
         items=(OrderLine("sku-1", 1, Decimal("1.00")),), total=Decimal("1.00"),
         created_at=utc_now(),
     )  # fmt: skip
@@ -238,7 +238,7 @@ async def test_late_commit_is_not_skipped(harness: Harness) -> None:
             tx = await slow.begin()
             late = OrderCreated(
                 event_id=str(uuid.uuid4()), order_id=late_order, customer_id="late",
-                customer_email="late@example.com", items=(OrderLine("s", 1, Decimal("1.00")),),
+                contact=Contact("late@example.com"), items=(OrderLine("s", 1, Decimal("1.00")),),
                 total=Decimal("1.00"), created_at=utc_now(),
             )  # fmt: skip
             await slow.execute(

@@ -213,12 +213,12 @@ def _orders(url: str) -> list[Any]:
 def _order(customer: str, n: int) -> Any:
     from datetime import UTC, datetime
 
-    from pipeline.domain.events import OrderCreated, OrderLine
+    from pipeline.domain.events import Contact, OrderCreated, OrderLine
 
     line = OrderLine("sku-a", 1, Decimal("10.00"))
     return OrderCreated(
         event_id=f"00000000-0000-4000-8000-{n:012d}", order_id=f"10000000-0000-4000-8000-{n:012d}",
-        customer_id=customer, customer_email=f"{customer}@example.com", items=(line,),
+        customer_id=customer, contact=Contact(f"{customer}@example.com"), items=(line,),
         total=Decimal("10.00"), created_at=datetime(2026, 11, 1, 12, n, tzinfo=UTC),
     )  # fmt: skip
 

@@ -160,7 +160,11 @@ class WorkerFactory:
         return f"{self.topic_prefix}{base}"
 
     def start(self, name: str = "w1", *, data_dir: Path | None = None, wait: bool = True,
-              **env: str) -> Worker:  # fmt: skip
+              code: Path | None = None, **env: str) -> Worker:  # fmt: skip
+        """Start a worker of this checkout, or of the release whose packages (``pipeline``,
+        ``agents``, ``tables``) are under ``code`` (run from there, so they are imported first)."""
+        if code is not None:
+            env["PYTHONPATH"] = str(code)
         data_dir = data_dir or self.root / name
         data_dir.mkdir(parents=True, exist_ok=True)
         port = free_port()
@@ -168,7 +172,7 @@ class WorkerFactory:
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "pipeline", "worker", "-l", "info", "--web-port", str(port)],
-                cwd=PROJECT_ROOT,
+                cwd=code or PROJECT_ROOT,
                 env=self.env(PIPELINE_DATA_DIR=str(data_dir), **env),
                 stdout=log,
                 stderr=subprocess.STDOUT,

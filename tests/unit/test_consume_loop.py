@@ -220,7 +220,7 @@ async def _no_sleep(_seconds: float) -> None:
 
 
 def test_every_event_record_carries_the_same_headers() -> None:
-    assert dict(event_headers("e-1", "OrderCreated")) == {
+    assert dict(event_headers("e-1", "OrderCreated", 1)) == {
         "event_id": b"e-1", "event_type": b"OrderCreated", "schema_version": b"1"}  # fmt: skip
 
 

@@ -3,12 +3,14 @@ gives each (pipeline.web.answers)."""
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from pipeline.adapters.memory import MemoryDatabase, MemoryOrderStore, MemoryOutboxStore
+from pipeline.domain.events import OrderCreated, decode_order_event
 from pipeline.domain.orders import ValidationFailed
 from pipeline.services.orders import (
     Cancelled,
@@ -50,6 +52,25 @@ async def test_placing_an_order_commits_it_with_its_event_and_wakes_the_forwarde
     assert answer(placed) == (201, placed.body(), {})
     [row] = await MemoryOutboxStore(db).pending(10)
     assert row.event_type == "OrderCreated" and woken == [1]
+
+
+async def test_orders_are_written_at_the_store_write_version(db: MemoryDatabase) -> None:
+    default, raised = (
+        OrderService(MemoryOrderStore(db), max_items=5),
+        OrderService(MemoryOrderStore(db, write_version=2), max_items=5),
+    )
+    first, second = await default.place_order(body("c-1")), await raised.place_order(body("c-2"))
+    rows = {r.partition_key: r for r in await MemoryOutboxStore(db).pending(10)}
+    assert (rows["c-1"].schema_version, rows["c-2"].schema_version) == (1, 2)
+    assert json.loads(rows["c-1"].payload)["customer_email"] == "c-1@example.com"
+    assert json.loads(rows["c-2"].payload)["contact"] == {"email": "c-2@example.com"}
+    for placed, row in ((first, rows["c-1"]), (second, rows["c-2"])):
+        event = decode_order_event(row.payload)
+        assert isinstance(placed, Created) and isinstance(event, OrderCreated)
+        assert (
+            event.order_id == placed.order_id
+            and event.contact.email == row.partition_key + "@example.com"
+        )
 
 
 async def test_a_key_replays_its_answer_and_refuses_another_body(

@@ -49,6 +49,8 @@ def test_local_port_moves_the_default_bootstrap_address() -> None:
         ({"PIPELINE_KAFKA_VERSION": "latest"}, "PIPELINE_KAFKA_VERSION='latest'"),
         ({"DATABASE_URL": "mysql://x/y"}, "DATABASE_URL must be"),
         ({"PIPELINE_STORE": "rocksdb"}, "PIPELINE_STORE='rocksdb'"),
+        # A release cannot write a schema version it does not read (docs/schema-evolution.md).
+        ({"PIPELINE_EVENT_WRITE_VERSION": "3"}, "PIPELINE_EVENT_WRITE_VERSION=3 is out of range"),
         (
             {"PIPELINE_KAFKA_PORT": "9000", "PIPELINE_KAFKA_CONTROLLER_PORT": "9000"},
             "must differ",

@@ -15,7 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pipeline.adapters.db.errors import translated
 from pipeline.adapters.db.outbox import add_event
 from pipeline.adapters.db.schema import idempotency_keys, order_items, orders
-from pipeline.domain.events import OrderCancelled, OrderCreated, OrderLine, money, utc_now
+from pipeline.domain.events import (
+    DEFAULT_WRITE_VERSION,
+    OrderCancelled,
+    OrderCreated,
+    OrderLine,
+    money,
+    utc_now,
+)
 from pipeline.domain.orders import (
     CANCELLABLE,
     CancelOutcome,
@@ -41,8 +48,12 @@ _STATUS = select(orders.c.status).where(orders.c.order_id == bindparam("the_orde
 
 @translated
 class OrderStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    """Orders with their outbox rows. ``write_version`` is the schema version the rows' events
+    are written at (``PIPELINE_EVENT_WRITE_VERSION``)."""
+
+    def __init__(self, engine: AsyncEngine, write_version: int = DEFAULT_WRITE_VERSION) -> None:
         self.engine = engine
+        self.write_version = write_version
 
     async def create_order(
         self, event: OrderCreated, idempotency: Idempotency | None = None
@@ -82,7 +93,7 @@ class OrderStore:
                 {
                     "order_id": event.order_id,
                     "customer_id": event.customer_id,
-                    "customer_email": event.customer_email,
+                    "customer_email": event.contact.email,
                     "status": "created",
                     "total": event.total,
                     "created_at": event.created_at,
@@ -102,7 +113,7 @@ class OrderStore:
                     for n, line in enumerate(event.items, start=1)
                 ],
             )
-            await add_event(conn, event)
+            await add_event(conn, event, self.write_version)
             if idempotency is not None:
                 key, fingerprint, status_code, body = idempotency
                 await conn.execute(
@@ -146,7 +157,7 @@ class OrderStore:
                 .where(orders.c.order_id == order_id, orders.c.status == row.status)
                 .values(status="cancelled", updated_at=event.cancelled_at)
             )
-            await add_event(conn, event)
+            await add_event(conn, event, self.write_version)
         return CancelOutcome.CANCELLED, row
 
     async def decide_order(self, order_id: str, decision: str, at: datetime) -> str | None:

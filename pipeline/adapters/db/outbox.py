@@ -18,7 +18,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from pipeline.adapters.db.errors import translated
 from pipeline.adapters.db.schema import outbox
-from pipeline.domain.events import SCHEMA_VERSION, OrderCancelled, OrderCreated, encode, utc_now
+from pipeline.domain.events import (
+    DEFAULT_WRITE_VERSION,
+    OrderCancelled,
+    OrderCreated,
+    encode,
+    utc_now,
+    written_version,
+)
 from pipeline.domain.outbox import (
     MAX_ERROR_LENGTH,
     PARKED,
@@ -46,14 +53,18 @@ _INSERT_ROW_AND_NOTIFY = insert(outbox).returning(
 
 
 async def add_event(
-    conn: AsyncConnection, event: OrderCreated | OrderCancelled | OutboxEvent
+    conn: AsyncConnection,
+    event: OrderCreated | OrderCancelled | OutboxEvent,
+    write_version: int = DEFAULT_WRITE_VERSION,
 ) -> None:
     """Write ``event``'s outbox row inside the caller's transaction, and (on PostgreSQL) a
     NOTIFY that is delivered when, and only if, that transaction commits.
 
-    An order event goes to ``orders.events`` keyed by its customer; an :class:`OutboxEvent`
-    (another service's, validated by :func:`pipeline.domain.outbox.outbox_event`: use
-    :class:`OutboxWriter`) to its own topic, keyed and with headers as it says."""
+    An order event goes to ``orders.events`` keyed by its customer, its payload in the event's
+    newest shape at or below ``write_version``, as every reader of the topic must take it
+    (docs/schema-evolution.md); an :class:`OutboxEvent` (another service's, validated by
+    :func:`pipeline.domain.outbox.outbox_event`: use :class:`OutboxWriter`) to its own topic,
+    keyed and with headers as it says."""
     if isinstance(event, OutboxEvent):
         row = {
             "event_id": event.event_id,
@@ -76,8 +87,8 @@ async def add_event(
             "aggregate_id": event.order_id,
             "partition_key": event.customer_id,
             "event_type": event.event_type,
-            "schema_version": SCHEMA_VERSION,
-            "payload": encode(event).decode(),
+            "schema_version": written_version(event, write_version),
+            "payload": encode(event, write_version).decode(),
             "created_at": (
                 event.created_at if isinstance(event, OrderCreated) else event.cancelled_at
             ),

@@ -33,7 +33,6 @@ from aiokafka.errors import InvalidTimestampError, KafkaError, MessageSizeTooLar
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from pipeline.adapters.kafka.refusals import refused_for_good
-from pipeline.domain.events import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +41,9 @@ Headers = Sequence[tuple[str, bytes]]
 Staged = tuple[str, bytes, bytes | None, list[tuple[str, bytes]], int | None]
 
 
-def event_headers(event_id: str, event_type: str, schema_version: int = SCHEMA_VERSION) -> Headers:
+def event_headers(event_id: str, event_type: str, schema_version: int) -> Headers:
     """What every event record carries beside its JSON: consumers dedupe by ``event_id``
-    without decoding the value."""
+    without decoding the value. ``schema_version`` is the value's, as written."""
     return [
         ("event_id", event_id.encode()),
         ("event_type", event_type.encode()),
