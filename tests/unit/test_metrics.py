@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import faust.transport.drivers.aiokafka as faust_aiokafka
@@ -250,3 +251,34 @@ def test_the_registry_carries_the_process_platform_and_gc_collectors() -> None:
                  "python_gc_collections_total", "python_info"):  # fmt: skip
         assert f"\n{name}" in text, name
     assert Metrics().registry.get_sample_value("process_resident_memory_bytes", {}) > 0
+
+
+async def test_fausts_driver_commit_answers_false_when_the_coordinator_refuses() -> None:
+    """Pinned: the commit failures counted are the driver's False answers (a commit refused
+    after a rebalance; any other error also crashes the consumer)."""
+    from aiokafka.errors import CommitFailedError, KafkaConnectionError
+    from faust.types import TP
+
+    crashed: list[BaseException] = []
+
+    def thread(error: BaseException | None) -> Any:
+        async def commit(offsets: Any) -> None:
+            if error is not None:
+                raise error
+
+        async def crash(exc: BaseException) -> None:
+            crashed.append(exc)
+
+        consumer = SimpleNamespace(commit=commit)
+        tp = TP("orders.events", 0)
+        return SimpleNamespace(
+            _ensure_consumer=lambda: consumer, assignment=lambda: {tp}, tp_last_committed_at={},
+            log=SimpleNamespace(exception=lambda *a, **k: None), crash=crash,
+        ), {tp: 10}  # fmt: skip
+
+    stock = hooks.STOCK_THREAD_COMMIT
+    assert await stock(*thread(None)) is True
+    rebalanced = CommitFailedError("Commit cannot be completed since the group has already "
+                                   "rebalanced")  # fmt: skip
+    assert await stock(*thread(rebalanced)) is False and not crashed
+    assert await stock(*thread(KafkaConnectionError())) is False and len(crashed) == 1
