@@ -42,9 +42,18 @@ SUFFIXES = {
 
 def promtool() -> str:
     """The path of ``promtool``, or a failure that says how to get it."""
-    found = shutil.which("promtool")
+    return _installed("promtool")
+
+
+def prometheus() -> str:
+    """The path of the Prometheus server (the same package as ``promtool``)."""
+    return _installed("prometheus")
+
+
+def _installed(program: str) -> str:
+    found = shutil.which(program)
     assert found, (
-        "promtool is missing: install Debian's prometheus package (`make promtool`, or "
+        f"{program} is missing: install Debian's prometheus package (`make promtool`, or "
         "`apt-get install -y prometheus` as root)"
     )
     return found
@@ -63,14 +72,15 @@ def dashboard_panels() -> list[dict[str, Any]]:
     return [panel for panel in dashboard()["panels"] if panel["type"] != "row"]
 
 
-def dashboard_expressions(*, as_promql: bool = False) -> list[str]:
+def dashboard_expressions(*, as_promql: bool = False, rate_interval: str = "5m") -> list[str]:
     """Every panel query; ``as_promql``: with Grafana's variables given values."""
+    values = {**GRAFANA_VARIABLES, "$__rate_interval": rate_interval}
     found = []
     for panel in dashboard_panels():
         for target in panel["targets"]:
             expr = target["expr"]
             if as_promql:
-                for variable, value in GRAFANA_VARIABLES.items():
+                for variable, value in values.items():
                     expr = expr.replace(variable, value)
             found.append(expr)
     return found
