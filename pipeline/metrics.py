@@ -62,12 +62,6 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.http_exceptions = Counter(
-            "pipeline_http_exceptions",
-            "Requests whose handler raised (answered 500), by method, route template and exception",
-            ["method", "route", "exception"],
-            registry=r,
-        )
         self.outbox_published = Counter(
             "pipeline_outbox_published", "Outbox rows acknowledged by Kafka", registry=r
         )
@@ -187,15 +181,10 @@ class Metrics:
         for (topic, partition), records in lag.items():
             self.consumer_lag.labels(group, topic, str(partition)).set(records)
 
-    def observe_request(
-        self, method: str, route: str, status: int, seconds: float, exception: str | None = None
-    ) -> None:
-        """One HTTP request answered with ``status`` after ``seconds``; ``exception`` is the
-        type its handler raised, if any."""
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """One HTTP request answered with ``status`` after ``seconds``."""
         self.http_requests.labels(method, route, str(status)).inc()
         self.http_duration.labels(method, route).observe(seconds)
-        if exception is not None:
-            self.http_exceptions.labels(method, route, exception).inc()
 
     def declare_routes(self, routes: Iterable[tuple[str, str]]) -> None:
         """Show each ``(method, route template)`` served at zero before its first request, so
