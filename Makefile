@@ -93,8 +93,9 @@ chromium:
 			"(apt-get install -y chromium as root); the dashboard test will fail"; \
 	}
 
-# promtool (Debian's prometheus package) for the tests that check the alert rules in deploy/,
-# installed when missing (as root), the server itself left stopped. When it cannot be, the suite
+# promtool (Debian's prometheus package) for the tests that check the alert rules in deploy/
+# (and the Prometheus server an integration test scrapes a worker with), installed when missing
+# (as root); the package's own service is left stopped. When it cannot be, the suite
 # still runs and those tests fail saying so.
 promtool:
 	@command -v promtool >/dev/null || { \
@@ -107,7 +108,7 @@ promtool:
 			"installed (apt-get install -y prometheus as root); the alert rule tests will fail"; \
 	}
 
-integration: install kafka-jars postgres-up chromium
+integration: install kafka-jars postgres-up chromium promtool
 	TEST_POSTGRES_PORT=$(TEST_POSTGRES_PORT) $(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
 test: lint kafka-jars postgres-up chromium promtool
