@@ -95,7 +95,8 @@ chromium:
 
 # promtool (Debian's prometheus package) for the tests that check the alert rules in deploy/
 # (and the Prometheus server an integration test scrapes a worker with), installed when missing
-# (as root); the package's own service is left stopped. When it cannot be, the suite
+# (as root). Where systemd runs, the package also starts its own service on port 9090, which the
+# tests do not use (`systemctl disable --now prometheus`). When it cannot be, the suite
 # still runs and those tests fail saying so.
 promtool:
 	@command -v promtool >/dev/null || { \
