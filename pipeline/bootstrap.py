@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from datetime import timedelta
 from functools import cached_property
 from typing import Any
@@ -14,6 +15,7 @@ from urllib.parse import quote
 import aiohttp
 from faust.exceptions import NotReady
 from mode import Service
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pipeline.adapters.db.dead_letters import DeadLetterStore
@@ -27,16 +29,17 @@ from pipeline.adapters.kafka.scan import scan_event_ids
 from pipeline.adapters.kafka.security import client_options
 from pipeline.app import app, settings
 from pipeline.domain.events import utc_now
-from pipeline.domain.failures import AGENT, Headers, original_timestamp_ms
+from pipeline.domain.failures import AGENT, Headers, Unavailable, original_timestamp_ms
 from pipeline.domain.reconcile import Report, TopicIds
 from pipeline.metrics import Metrics
 from pipeline.services.dead_letters import DeadLetters
 from pipeline.services.orders import OrderService
-from pipeline.services.outbox import OutboxForwarder, forwarder_for
+from pipeline.services.outbox import OutboxForwarder, export_outbox_state, forwarder_for
 from pipeline.services.outbox_admin import OutboxOperations
 from pipeline.services.reconcile import reconcile
 from pipeline.settings import Settings
-from pipeline.streaming import consume
+from pipeline.streaming import consume, faust_patches
+from pipeline.streaming.rebalances import RebalanceSensor
 from pipeline.streaming.topics import (
     AGENT_SOURCES,
     ALL_TOPICS,
@@ -46,6 +49,11 @@ from pipeline.streaming.topics import (
     redelivery_topics,
 )
 
+log = logging.getLogger(__name__)
+
+# How long a scrape of /metrics waits for the outbox's state from the database.
+METRICS_DATABASE_SECONDS = 1.0
+
 
 class Runtime(Service):
     def __init__(self, settings: Settings, **kwargs: object) -> None:
@@ -53,6 +61,8 @@ class Runtime(Service):
         self.settings = settings
         self.metrics = Metrics()
         consume.use_metrics(self.metrics)
+        app.sensors.add(RebalanceSensor(self.metrics))
+        faust_patches.after_commit(self.metrics.observe_commit)
         # Set once on_start is done (topics declared, forwarder running): /readyz waits for it.
         self.ready = False
         self._forwarder: OutboxForwarder | None = None
@@ -110,6 +120,19 @@ class Runtime(Service):
             if end is not None:
                 lag[(tp.topic, tp.partition)] = max(0, end - (committed or 0))
         return lag
+
+    async def refresh_metrics(self) -> None:
+        """Bring the gauges a scrape reads up to date: consumer lag, records restored, and the
+        outbox's state from the database (within a second: a scrape must not hang on it)."""
+        with contextlib.suppress(Exception):  # no assignment yet (starting, rebalancing)
+            self.metrics.set_lag(app.conf.id, self.consumer_lag())
+        self.metrics.set_restored(faust_patches.restore.restored)
+        try:
+            async with asyncio.timeout(METRICS_DATABASE_SECONDS):
+                await export_outbox_state(self.outbox_store, self.metrics)
+        except (Unavailable, OSError, TimeoutError, SQLAlchemyError) as exc:
+            # The forwarder reports a database that is down; the gauges keep their last values.
+            log.debug("GET /metrics: the outbox's state is not read (%s)", type(exc).__name__)
 
     async def _send_replay(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers, partition: int

@@ -124,6 +124,7 @@ class RepositoryContract:
         assert [r.id for r in await outbox.pending(10)] == [rows[3].id]
         assert await outbox.backlog() == (1, T0 + timedelta(seconds=3))
         assert await outbox.counts() == {"published": 2, "parked": 1, "pending": 1}
+        assert await outbox.parked_count() == 1
         assert await outbox.published_since(at) == 2
         assert await outbox.published_since(at + timedelta(seconds=1)) == 0
         [parked] = await outbox.parked()

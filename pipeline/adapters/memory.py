@@ -201,6 +201,9 @@ class MemoryOutboxStore:
         rows = self._rows(PENDING)
         return len(rows), min((r.row.created_at for r in rows), default=None)
 
+    async def parked_count(self) -> int:
+        return len(self._rows(PARKED))
+
     async def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for row in self.db.outbox.values():

@@ -34,6 +34,7 @@ from pipeline.domain.events import utc_now
 from pipeline.metrics import Metrics
 from pipeline.services.outbox import OutboxForwarder, forwarder_for
 from pipeline.settings import Settings, web_bind_refusal
+from pipeline.web.instrument import instrument
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ async def _start_web(
         return web.json_response({"status": "ok"})
 
     app = web.Application(client_max_size=1024)
+    instrument(app, metrics)
     app.router.add_get("/metrics", metrics_view)
     app.router.add_get("/healthz", health)
     runner = web.AppRunner(app, access_log=None)

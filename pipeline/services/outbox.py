@@ -240,14 +240,22 @@ class OutboxForwarder:
             await self.purge_keys()
 
     async def refresh_metrics(self) -> None:
-        count, oldest = await self.store.backlog()
-        self.metrics.outbox_backlog.set(count)
-        age = 0.0 if oldest is None else (utc_now() - oldest).total_seconds()
-        self.metrics.outbox_oldest_age.set(max(age, 0.0))
+        await export_outbox_state(self.store, self.metrics)
 
     def stop(self) -> None:
         self.stopping.set()
         self.wakeup.set()
+
+
+async def export_outbox_state(store: OutboxStore, metrics: Metrics) -> None:
+    """Set the outbox gauges from the database: rows waiting, the oldest one's age, rows
+    parked. Any worker can (on each scrape of its ``/metrics``), whether its forwarder leads
+    or not: so a stalled forwarder shows as a growing age rather than as a stale one."""
+    count, oldest = await store.backlog()
+    metrics.outbox_backlog.set(count)
+    age = 0.0 if oldest is None else (utc_now() - oldest).total_seconds()
+    metrics.outbox_oldest_age.set(max(age, 0.0))
+    metrics.outbox_parked_rows.set(await store.parked_count())
 
 
 def forwarder_for(

@@ -7,16 +7,16 @@ worker answers any read. Errors are ``{"error": "<code>", "detail": ...}``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC
-from typing import Any
+from typing import Any, cast
 
 from aiokafka.errors import KafkaError
 from faust.web import Request, Response, View
+from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
 from pipeline.app import app, settings
 from pipeline.bootstrap import runtime
@@ -31,10 +31,10 @@ from pipeline.services.orders import (
     Created,
     Placed,
 )
-from pipeline.streaming import faust_patches
 from pipeline.streaming.topics import inventory_commands_topic, publish
 from pipeline.web.answers import answer
 from pipeline.web.http import HttpError, error, not_sent, read_json, require_token
+from pipeline.web.instrument import instrument
 from tables.customer_stats import customer_stats, customer_stats_table
 from tables.inventory import stock, stock_table
 from tables.revenue import recent_windows, revenue_table
@@ -42,6 +42,9 @@ from tables.revenue import recent_windows, revenue_table
 log = logging.getLogger(__name__)
 DB_DOWN = HttpError(503, "database_unavailable", "the database is unavailable; retry shortly",
                     {"Retry-After": "2"})  # fmt: skip
+
+# Every request counted and timed by its route's template (GET /metrics).
+instrument(cast(AiohttpWeb, app.web).web_app, runtime.metrics)
 
 
 Handler = Callable[..., Awaitable[Response]]
@@ -132,9 +135,7 @@ class Ready(View):
 @app.page("/metrics")
 class MetricsView(View):
     async def get(self, request: Request) -> Response:
-        with contextlib.suppress(Exception):  # no assignment yet (starting, rebalancing)
-            runtime.metrics.set_lag(runtime.consumer_lag())
-        runtime.metrics.set_restored(faust_patches.restore.restored)
+        await runtime.refresh_metrics()
         return self.bytes(runtime.metrics.render(), content_type="text/plain; version=0.0.4")
 
 

@@ -300,6 +300,8 @@ async def test_an_unpublishable_row_is_parked_and_does_not_block(harness: Harnes
     parked = await harness.outbox.parked()
     assert len(parked) == 1 and "MessageSizeTooLarge" in parked[0]["last_error"]
     assert harness.metrics.outbox_parked._value.get() == 1
+    await forwarder.refresh_metrics()  # the gauge an alert watches, read from the database
+    assert harness.metrics.outbox_parked_rows._value.get() == 1
 
 
 async def test_published_rows_are_purged_after_retention_and_backlog_is_measured(

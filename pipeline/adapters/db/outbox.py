@@ -234,6 +234,12 @@ class OutboxStore:
             count, oldest = (await conn.execute(query)).one()
         return int(count), oldest
 
+    async def parked_count(self) -> int:
+        """How many rows are parked (``ix_outbox_status_id`` answers it)."""
+        query = select(func.count()).where(outbox.c.status == PARKED)
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
     async def counts(self) -> dict[str, int]:
         query = select(outbox.c.status, func.count()).group_by(outbox.c.status)
         async with self.engine.connect() as conn:

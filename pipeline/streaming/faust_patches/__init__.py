@@ -34,7 +34,8 @@ found and what the fix does (``docs/faust-patches.md`` lists them all). Each pin
 
 :mod:`.hooks` is no fix: it runs the flush of the staged table values before each offset commit
 and the forgetting of revoked partitions after a revocation (:func:`before_commit`,
-:func:`on_revoked`). :mod:`.guard` refuses to install the patches over other versions of
+:func:`on_revoked`), and tells the metrics how each commit went (:func:`after_commit`).
+:mod:`.guard` refuses to install the patches over other versions of
 faust-streaming and aiokafka than the ones they were tested on.
 """
 
@@ -68,7 +69,7 @@ from pipeline.streaming.faust_patches.failed_sends import (
     settle_delivery,
     track_delivery,
 )
-from pipeline.streaming.faust_patches.hooks import before_commit, on_revoked
+from pipeline.streaming.faust_patches.hooks import after_commit, before_commit, on_revoked
 from pipeline.streaming.faust_patches.producer_buffer import DrainingProducerBuffer
 from pipeline.streaming.faust_patches.recovery_mark import move_recovery_mark
 
@@ -76,6 +77,7 @@ __all__ = [
     "Batch",
     "DeliveryFailed",
     "DrainingProducerBuffer",
+    "after_commit",
     "at_batch_end",
     "before_commit",
     "current_batch",
