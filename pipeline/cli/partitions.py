@@ -148,8 +148,10 @@ class Migration:
             configs = await copy.topic_configs(admin, sorted(old))
             plan = [dataclasses.replace(r, config=configs.get(r.source, {})) for r in plan]
             self.refuse_foreign(progress, plan, existing)
-            await copy.create_targets(admin, plan, {r.source: existing[r.source][1] for r in plan})
+            for route in plan:  # recorded as ours before they exist: a rerun continues
+                progress.topic(route.source)
             progress.save()
+            await copy.create_targets(admin, plan, {r.source: existing[r.source][1] for r in plan})
             print(f"copying {len(plan)} topics to prefix {self.args.to_prefix!r}, app id "
                   f"{self.args.to_app_id!r}, {self.args.partitions} partitions "
                   f"(progress: {self.progress_path})")  # fmt: skip
