@@ -86,12 +86,24 @@ def routes(settings: Settings, args: argparse.Namespace) -> list[Route]:
 
 
 async def outbox_waiting(database_url: str) -> int:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import DBAPIError
+
     from pipeline.adapters.db.outbox import OutboxStore
     from pipeline.adapters.db.schema import make_engine
+    from pipeline.domain.failures import Unavailable
 
     engine = make_engine(database_url)
     try:
         waiting, _ = await OutboxStore(engine).backlog()
+    except (Unavailable, DBAPIError, OSError) as exc:
+        cause = exc.__cause__ or exc  # the driver's error behind Unavailable
+        reason = str(getattr(cause, "orig", None) or cause).splitlines()[0]
+        shown = make_url(database_url).render_as_string(hide_password=True)
+        raise CommandError(
+            f"cannot read the outbox at {shown} ({reason}): the migration must know that no "
+            "row waits; set DATABASE_URL to the pipeline's database"
+        ) from None
     finally:
         await engine.dispose()
     return waiting
@@ -136,10 +148,10 @@ class Migration:
             return 0
         plan = routes(self.settings, self.args)
         admin = self.client("admin")
-        consumer = self.client("consumer")
         await admin.start()
-        await consumer.start()
+        consumer = self.client("consumer")
         try:
+            await consumer.start()
             existing = await copy.describe(admin)
             plan = [r for r in plan if r.source in existing]  # a table never written has none
             old = {r.source: existing[r.source][0] for r in plan}
@@ -261,8 +273,8 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     except (KafkaError, OSError) as exc:
         raise CommandError(
-            f"cannot finish talking to Kafka at {settings.kafka_bootstrap_servers} "
-            f"({type(exc).__name__}: {exc}); {unreachable_hint(settings)}; run this again to "
+            f"cannot reach Kafka at {settings.kafka_bootstrap_servers} "
+            f"({str(exc) or type(exc).__name__}); {unreachable_hint(settings)}; run this again to "
             "continue"
         ) from None
 
