@@ -15,6 +15,7 @@ retries. Not a transactional producer: the workers read uncommitted records (Fau
 
 from __future__ import annotations
 
+import asyncio
 import collections
 from collections.abc import Callable
 from typing import Any
@@ -59,7 +60,7 @@ async def group_state(admin: Any, group: str) -> GroupState:
 
 async def topic_configs(admin: Any, names: list[str]) -> dict[str, dict[str, str]]:
     """Each topic's configuration set on the topic itself (not the broker's defaults)."""
-    from aiokafka.admin import ConfigResource, ConfigResourceType
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
     if not names:
         return {}
@@ -115,6 +116,14 @@ async def create_targets(admin: Any, routes: list[Route], replication: dict[str,
         if error["error_code"] not in (0, 36):  # 36: created meanwhile
             raise CopyError(f"cannot create {error['topic']}: Kafka error "
                             f"{error['error_code']} {error['error_message']}")  # fmt: skip
+    # Created is not yet known to every broker: wait until the metadata has every partition.
+    for _ in range(60):
+        existing = await describe(admin)
+        if all(existing.get(r.target, (0,))[0] == r.partitions for r in routes):
+            return
+        await asyncio.sleep(0.5)
+    raise CopyError("the new topics were created but do not show in the cluster's metadata "
+                    "after 30 s: run this again to continue")  # fmt: skip
 
 
 def _identity(record: Any) -> tuple[Any, ...]:
