@@ -11,7 +11,7 @@ import copy as copying
 import subprocess
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,9 @@ def test_a_running_pipeline_moves_from_4_to_8_partitions(
 
         for worker in old:
             assert worker.stop() == 0, worker.log()[-3000:]
-        before = read_topics(kafka_bootstrap, {"orders.events": factory.topic("orders.events")})
+        derived = ("orders.status", "inventory.events", "inventory.commands")
+        labels = ("orders.events", *derived)
+        before = read_topics(kafka_bootstrap, {label: factory.topic(label) for label in labels})
 
         done = run_migrate(factory, ops, *target)
         assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
@@ -92,10 +94,8 @@ def test_a_running_pipeline_moves_from_4_to_8_partitions(
             scenario.load._stop.set()
         factory.stop_all()
 
-    names = {
-        "orders.events": factory.topic("orders.events"),
-        "stats": f"it8-{test_id}-customer_stats-changelog",
-    }
+    names = {label: factory.topic(label) for label in labels}
+    names["stats"] = f"it8-{test_id}-customer_stats-changelog"
     after = read_topics(kafka_bootstrap, names)
     old_events = by_key(before["orders.events"])
     new_events = by_key(after["orders.events"])
@@ -107,6 +107,14 @@ def test_a_running_pipeline_moves_from_4_to_8_partitions(
         assert [r.raw for r in records[: len(copied)]] == copied, f"{customer!r} out of order"
         both_sides += len(records) > len(copied) > 0
     assert both_sides, "no customer ordered on both sides of the migration"
+    # The new workers handled none of the copied events again: every derived event of an
+    # event from before the migration is there as many times as in the old topic, no more.
+    for label in derived:
+        old_ids = Counter(str((r.value or {}).get("event_id")) for r in before[label])
+        new_ids = Counter(str((r.value or {}).get("event_id")) for r in after[label])
+        assert old_ids, f"no {label} before the migration"
+        assert {i: new_ids[i] for i in old_ids} == dict(old_ids), f"{label}: handled again"
+        assert len(new_ids) > len(old_ids), f"no {label} after the migration"
     # Each customer's stats are in the changelog partition of its events.
     for customer, records in by_key(after["stats"]).items():
         assert {r.partition for r in records} == {new_events[customer][0].partition}, customer
