@@ -47,6 +47,7 @@ from pipeline.streaming.topics import (
     egress,
     redelivery_topic_name,
     redelivery_topics,
+    replay_partition,
 )
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ class Runtime(Service):
             max_age_seconds=self.settings.replay_max_age_seconds,
             redelivery_topic=redelivery_topic_name,
             known_agents=lambda: list(AGENT_SOURCES),
+            replay_partition=replay_partition,
         )
 
     def consumer_lag(self) -> dict[tuple[str, int], int]:

@@ -142,7 +142,7 @@ async def _replay(settings: Settings, where: Any) -> int:
     from pipeline.adapters.db.schema import make_engine
     from pipeline.domain import failures
     from pipeline.services.dead_letters import DeadLetters
-    from pipeline.streaming.topics import AGENT_SOURCES, redelivery_topic_name
+    from pipeline.streaming.topics import AGENT_SOURCES, redelivery_topic_name, replay_partition
 
     for module in settings.extra_modules:  # their agents can be replayed to as well
         importlib.import_module(module)
@@ -173,6 +173,7 @@ async def _replay(settings: Settings, where: Any) -> int:
             DeadLetterStore(engine), send, replay_limit=settings.replay_limit,
             max_age_seconds=settings.replay_max_age_seconds,
             redelivery_topic=redelivery_topic_name, known_agents=lambda: list(AGENT_SOURCES),
+            replay_partition=replay_partition,
         )  # fmt: skip
         result = await service.replay(where, requested_by="cli")
     finally:

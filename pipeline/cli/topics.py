@@ -1,4 +1,5 @@
 """``python -m pipeline topics create``: every topic the pipeline uses, made before the workers.
+(``topics migrate``, which changes the partition count: :mod:`pipeline.cli.partitions`.)
 
 Workers declare the topics they use when they start, with the broker's default retention; an
 operator who creates them first chooses retention and replication once, for all of them, and
@@ -22,6 +23,14 @@ from pipeline.streaming.topics import topic_plan
 
 
 def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
+    if args.action == "migrate":
+        from pipeline.cli.partitions import cmd_migrate
+
+        return cmd_migrate(settings, args)
+    return cmd_create(settings, args)
+
+
+def cmd_create(settings: Settings, args: argparse.Namespace) -> int:
     from aiokafka.errors import KafkaError
 
     # aiokafka logs each failed connection; the error below says it once, with what to do.
@@ -66,7 +75,9 @@ def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    topics = sub.add_parser("topics", help="create the pipeline's Kafka topics")
+    topics = sub.add_parser(
+        "topics", help="create the pipeline's Kafka topics, or move them to another partition count"
+    )
     topic_actions = topics.add_subparsers(dest="action", required=True)
     create = topic_actions.add_parser(
         "create",
@@ -80,3 +91,6 @@ def add_parser(sub: Any) -> None:
     )
     create.add_argument("--dry-run", action="store_true", help="show what would be created")
     create.add_argument("--timeout", type=float, default=30.0, help="Kafka request timeout (s)")
+    from pipeline.cli import partitions
+
+    partitions.add_parser(topic_actions)

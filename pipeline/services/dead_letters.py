@@ -56,6 +56,7 @@ class DeadLetters:
         self, store: DeadLetterRepository, send: Send, *, replay_limit: int,
         redelivery_topic: Callable[[str], str], known_agents: Callable[[], Sequence[str]],
         max_age_seconds: float | None = None,
+        replay_partition: Callable[[str, bytes | None, int], int] | None = None,
     ) -> None:  # fmt: skip
         self.max_age_seconds = max_age_seconds
         self.store = store
@@ -63,6 +64,9 @@ class DeadLetters:
         self.replay_limit = replay_limit
         self.redelivery_topic = redelivery_topic
         self.known_agents = known_agents
+        # (agent, key, partition it first came from) -> the redelivery partition to send to:
+        # another than the first after ``topics migrate`` changed the partition count.
+        self.replay_partition = replay_partition or (lambda _agent, _key, first: first)
 
     async def list(self, where: Filter) -> list[DeadLetter]:
         return await self.store.find(where)
@@ -94,9 +98,13 @@ class DeadLetters:
                               f"times (PIPELINE_REPLAY_LIMIT={self.replay_limit})",
                 })  # fmt: skip
                 continue
+            partition = self.replay_partition(letter.agent, letter.record_key,
+                                              letter.original_partition)  # fmt: skip
+            # Sent, and retried if it fails again, in the partition its key's state is in now.
+            sent = replace(letter, original_partition=partition)
             await self.send(
                 self.redelivery_topic(letter.agent), letter.record_key, letter.record_value,
-                replay_headers(letter, done + 1), letter.original_partition,
+                replay_headers(sent, done + 1), partition,
             )  # fmt: skip
             await self.store.record_replay(letter, datetime.now(UTC), requested_by)
             result.replayed.append(letter.id)

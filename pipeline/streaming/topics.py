@@ -17,6 +17,7 @@ from faust.streams import current_event
 
 from pipeline.adapters.kafka.admin import TopicSpec
 from pipeline.adapters.kafka.egress import Egress, event_headers
+from pipeline.adapters.kafka.migration import Route, target_partition
 from pipeline.app import app, settings
 from pipeline.domain.events import Event, encode, written_version
 from pipeline.settings import Settings
@@ -30,6 +31,23 @@ INVENTORY_EVENTS = "inventory.events"  # key: order id
 ORDER_STATUS = "orders.status"  # key: order id
 ANALYTICS_EVENTS = "analytics.events"  # key: customer id
 ANALYTICS_REVENUE = "analytics.revenue"  # one partition: the revenue windows have one owner
+
+# Topics whose partition count is part of the design rather than PIPELINE_PARTITIONS: a partition
+# migration (``topics migrate``) keeps it, and their agents' redelivery topics' and tables'.
+FIXED_PARTITIONS = {ANALYTICS_REVENUE: 1}
+
+# The topic feeding the agent that writes each table. A table's changelog record goes to the
+# partition of the event being handled (pipeline.streaming.versions.write, as Faust's own
+# Table), and each table's key bytes are that topic's record key bytes, so a key's state lives
+# in the partition its events hash to; ``topics migrate`` copies the changelogs by that rule.
+# An agent of PIPELINE_EXTRA_MODULES that writes a table of its own adds it here.
+TABLE_SOURCES: dict[str, str] = {
+    "customer_stats": ORDER_EVENTS,  # key: customer id
+    "stock": INVENTORY_COMMANDS,  # key: SKU
+    "order_progress": INVENTORY_EVENTS,  # key: order id
+    "notifications_sent": ORDER_STATUS,  # key: order id
+    "revenue": ANALYTICS_REVENUE,  # one partition
+}
 
 
 def _topic(base: str, partitions: int | None = None) -> faust.TopicT:
@@ -52,7 +70,7 @@ inventory_commands_topic = _topic(INVENTORY_COMMANDS)
 inventory_events_topic = _topic(INVENTORY_EVENTS)
 order_status_topic = _topic(ORDER_STATUS)
 analytics_events_topic = _topic(ANALYTICS_EVENTS)
-analytics_revenue_topic = _topic(ANALYTICS_REVENUE, partitions=1)
+analytics_revenue_topic = _topic(ANALYTICS_REVENUE, partitions=FIXED_PARTITIONS[ANALYTICS_REVENUE])
 
 DEAD_LETTERS = "dead-letters"  # key: the failed record's own key
 dead_letters_topic = _topic(DEAD_LETTERS)
@@ -96,6 +114,17 @@ def agent_source(agent: str, source: faust.TopicT | None = None) -> faust.TopicT
         replicas=settings.replication_factor,
         internal=True,
     )
+
+
+def replay_partition(agent: str, key: bytes | None, first: int) -> int:
+    """The partition of ``agent``'s redelivery topic a replayed dead letter goes to: where its
+    key hashes to among the source's partitions, which is the partition it first came from
+    (every producer of ours sends by key) unless ``topics migrate`` changed the count since;
+    without a key, the one it came from."""
+    source = AGENT_SOURCES[agent]
+    fixed = fixed_partitions(source.get_topic_name().removeprefix(settings.topic_prefix))
+    partitions = source.partitions or settings.partitions
+    return target_partition(Route("", "", partitions, keyed=fixed is None), key, first)
 
 
 def redelivery_topics() -> list[faust.TopicT]:
@@ -192,6 +221,28 @@ async def _send_staged(batch: faust_patches.Batch) -> None:
 
 
 faust_patches.at_batch_end(_send_staged)
+
+
+def consumed_topic_names() -> set[str]:
+    """The topics the pipeline's consumer group reads: its agents' sources and redelivery
+    topics, the retry topics and the dead letters (not analytics.events: nobody of ours)."""
+    return {
+        *(source.get_topic_name() for source in AGENT_SOURCES.values()),
+        *(redelivery_topic_name(agent) for agent in AGENT_SOURCES),
+        *(topic.get_topic_name() for topic in retry_topics),
+        dead_letters_topic.get_topic_name(),
+    }
+
+
+def fixed_partitions(base: str) -> int | None:
+    """The partition count of topic ``base`` (unprefixed) when the design fixes it."""
+    if base in FIXED_PARTITIONS:
+        return FIXED_PARTITIONS[base]
+    agent = base.removeprefix("redeliver.")
+    if agent != base and agent in AGENT_SOURCES:
+        source = AGENT_SOURCES[agent].get_topic_name().removeprefix(settings.topic_prefix)
+        return FIXED_PARTITIONS.get(source)
+    return None
 
 
 def topic_plan(settings: Settings) -> list[TopicSpec]:
