@@ -127,6 +127,11 @@ class Worker(faust.Worker):
         if problem:
             print(f"error: {problem}", file=sys.stderr, flush=True)
             raise SystemExit(2)
+        # What peers route table reads to, with the port and host Faust's options gave (its
+        # --web-port sets canonical_url from the host it would advertise, even 0.0.0.0).
+        app.conf.canonical_url = settings.advertised_url(  # type: ignore[assignment]  # a str is parsed to a URL
+            app.conf.web_port, app.conf.web_host
+        )
         super().__init__(app, *services, **kwargs)
 
     async def on_first_start(self) -> None:
