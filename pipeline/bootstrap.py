@@ -19,19 +19,22 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pipeline.adapters.db.dead_letters import DeadLetterStore
 from pipeline.adapters.db.orders import OrderStore
 from pipeline.adapters.db.outbox import OutboxStore
+from pipeline.adapters.db.ping import make_ping_engine, ping
 from pipeline.adapters.db.reconcile import ReconcileStore
 from pipeline.adapters.db.schema import make_bookkeeping_engine, make_engine
+from pipeline.adapters.kafka.ping import KafkaPing
 from pipeline.adapters.kafka.producer import producer_for
 from pipeline.adapters.kafka.scan import scan_event_ids
 from pipeline.adapters.kafka.security import client_options
 from pipeline.app import app, settings
 from pipeline.domain.events import utc_now
-from pipeline.domain.failures import AGENT, Headers, original_timestamp_ms
+from pipeline.domain.failures import AGENT, Headers, Unavailable, original_timestamp_ms
 from pipeline.domain.reconcile import Report, TopicIds
 from pipeline.metrics import Metrics
 from pipeline.services.dead_letters import DeadLetters
 from pipeline.services.orders import OrderService
 from pipeline.services.outbox import OutboxForwarder, forwarder_for
+from pipeline.services.readiness import Check, Readiness, readiness
 from pipeline.services.reconcile import reconcile
 from pipeline.settings import Settings
 from pipeline.streaming import consume
@@ -51,8 +54,10 @@ class Runtime(Service):
         self.settings = settings
         self.metrics = Metrics()
         consume.use_metrics(self.metrics)
-        # Set once on_start is done (topics declared, forwarder running): /readyz waits for it.
+        # Set once on_start is done (topics declared, forwarder running): /readyz and
+        # /readyz/tables wait for it.
         self.ready = False
+        self._kafka_ping = KafkaPing(settings)
         self._forwarder: OutboxForwarder | None = None
         self._forwarder_task: asyncio.Task[None] | None = None
 
@@ -69,6 +74,27 @@ class Runtime(Service):
     @cached_property
     def outbox_store(self) -> OutboxStore:
         return OutboxStore(make_bookkeeping_engine(self.settings.database_url))
+
+    @cached_property
+    def _ping_engine(self) -> AsyncEngine:
+        return make_ping_engine(self.settings.database_url)
+
+    @cached_property
+    def _checks(self) -> list[Check]:
+        async def started() -> None:
+            if not self.ready:
+                raise Unavailable("starting: topics not declared or forwarder not started yet")
+
+        return [
+            Check("database", lambda: ping(self._ping_engine)),
+            Check("kafka", self._kafka_ping),
+            Check("services", started, remember=0),
+        ]
+
+    async def readiness(self) -> Readiness:
+        """Whether this worker can take requests now (``GET /readyz``): the database and Kafka
+        answer and its services have started. Partitions and tables are not asked."""
+        return await readiness(self._checks)
 
     @cached_property
     def dead_letter_store(self) -> DeadLetterStore:
@@ -198,6 +224,9 @@ class Runtime(Service):
             await self.engine.dispose()
         if "outbox_store" in self.__dict__:
             await self.outbox_store.engine.dispose()
+        if "_ping_engine" in self.__dict__:
+            await self._ping_engine.dispose()
+        await self._kafka_ping.close()
 
 
 runtime = Runtime(settings)
