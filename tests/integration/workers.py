@@ -115,7 +115,7 @@ class Worker:
                     f"worker {self.name} exited with {self.proc.returncode}:\n{self.log()[-4000:]}"
                 )
             try:
-                return self.get("/readyz")[0] == 200
+                return self.get("/readyz/tables")[0] == 200
             except OSError:
                 return False
 
