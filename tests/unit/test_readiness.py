@@ -4,9 +4,16 @@ for a moment, and saying what failed."""
 from __future__ import annotations
 
 import asyncio
+import socket
+from pathlib import Path
 
+import pytest
+
+from pipeline.adapters.db.ping import make_ping_engine, ping
+from pipeline.adapters.kafka.ping import KafkaPing
 from pipeline.domain.failures import Unavailable
 from pipeline.services.readiness import Check, readiness
+from pipeline.settings import load_settings
 
 
 class Clock:
@@ -86,3 +93,29 @@ async def test_readiness_names_every_check_and_what_failed() -> None:
     }
     ok_again = await readiness([Check("database", ok)])
     assert ok_again.ready and ok_again.to_json()["status"] == "ready"
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_the_database_check_answers_on_sqlite_and_names_a_refusal(tmp_path: Path) -> None:
+    engine = make_ping_engine(f"sqlite+aiosqlite:///{tmp_path / 'ping.db'}")
+    await ping(engine)
+    await engine.dispose()
+    url = f"postgresql+asyncpg://someone:s3cret@127.0.0.1:{_closed_port()}/orders"
+    engine = make_ping_engine(url)
+    with pytest.raises(Unavailable) as caught:
+        await ping(engine)
+    await engine.dispose()
+    assert str(caught.value) == "the database is unavailable (ConnectionRefusedError)"
+
+
+async def test_the_kafka_check_names_an_unreachable_broker() -> None:
+    kafka = KafkaPing(load_settings({"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{_closed_port()}"}))
+    for _ in range(2):  # and again, from a fresh client
+        with pytest.raises(Unavailable, match=r"^Kafka is unavailable \(KafkaConnectionError\)$"):
+            await kafka()
+    await kafka.close()
