@@ -42,8 +42,10 @@ def _call(request: urllib.request.Request | str, timeout: float) -> tuple[int, A
             return err.code, raw.decode(errors="replace")
 
 
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, Any]:
-    return _call(url, timeout)
+def http_get(
+    url: str, timeout: float = 5.0, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    return _call(urllib.request.Request(url, headers=headers or {}), timeout)
 
 
 def http_post(
@@ -160,10 +162,10 @@ class WorkerFactory:
         return f"{self.topic_prefix}{base}"
 
     def start(self, name: str = "w1", *, data_dir: Path | None = None, wait: bool = True,
-              **env: str) -> Worker:  # fmt: skip
+              port: int | None = None, **env: str) -> Worker:  # fmt: skip
         data_dir = data_dir or self.root / name
         data_dir.mkdir(parents=True, exist_ok=True)
-        port = free_port()
+        port = port or free_port()
         log_path = data_dir / f"worker-{len(self.started)}.log"
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
