@@ -237,7 +237,7 @@ def _measure(
         for proc, port in started_procs:
             while port is not None:
                 try:
-                    if http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200:
+                    if http_get(f"http://127.0.0.1:{port}/readyz/tables")[0] == 200:
                         break
                 except OSError:
                     pass
@@ -279,7 +279,7 @@ def _measure(
 def _wait_all_ready(
     started_procs: Sequence[tuple[subprocess.Popen[bytes], int | None]], deadline: float
 ) -> None:
-    """Every process answers ``/readyz`` 200 twice, a second apart: each joining worker moves
+    """Every process answers ``/readyz/tables`` 200 twice, a second apart: each joining worker moves
     the partitions again, and a worker is not ready while they move."""
     ports = [port for _, port in started_procs if port is not None]
     steady = 0
@@ -293,7 +293,7 @@ def _wait_all_ready(
 
 def _ready(port: int) -> bool:
     try:
-        return http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200
+        return http_get(f"http://127.0.0.1:{port}/readyz/tables")[0] == 200
     except OSError:
         return False
 

@@ -4,10 +4,10 @@ The changelog ``<app_id>-customer_stats-changelog`` is filled directly with the 
 table write produces (key: the customer id's bytes; value: the stats JSON as
 ``tables.customer_stats`` writes it, one applied event per customer), partitioned as the
 producer's default partitioner does. Then:
-- a worker on an empty changelog is started and timed to ``/readyz`` (start-up and group join
+- a worker on an empty changelog is started and timed to ``/readyz/tables`` (start-up and group join
   alone), and its RSS noted;
 - a worker with an empty state directory is started on the filled changelog and timed to
-  ``/readyz``, which answers 200 only once table recovery has completed. Recovery time is the
+  ``/readyz/tables``, which answers 200 only once table recovery has completed. Recovery time is the
   difference, so start-up is not charged to it; RSS after recovery, less the empty worker's,
   per million keys is the memory figure, with the bounded RocksDB options of
   ``pipeline.app.ROCKSDB_OPTIONS``; the same again with five times the keys, and the ratio of the
@@ -95,7 +95,7 @@ def rss_mib(pid: int) -> float:
 def time_to_ready(
     factory: WorkerFactory, name: str, timeout: float = 600, profile_after: float | None = None
 ) -> tuple[Worker, float]:
-    """Start a worker on an empty state directory; seconds until ``/readyz`` answers 200.
+    """Start a worker on an empty state directory; seconds until ``/readyz/tables`` answers 200.
     With ``profile_after``, py-spy samples it from that many seconds after its start."""
     started = time.perf_counter()
     worker = factory.start(name, wait=False, **WORKER_ENV)
@@ -104,7 +104,7 @@ def time_to_ready(
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if worker.get("/readyz")[0] == 200:
+            if worker.get("/readyz/tables")[0] == 200:
                 return worker, time.perf_counter() - started
         except OSError:
             pass

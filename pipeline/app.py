@@ -86,6 +86,9 @@ def create_app(settings: Settings) -> faust.App:
         web_bind=settings.web_host,
         web_host=settings.web_host,
         web_port=settings.web_port,
+        # Where peers send routed table reads: never the bind address when that is 0.0.0.0
+        # (the worker re-derives it once --web-port/--web-host are applied).
+        canonical_url=settings.advertised_url(),
         web_tables_enabled=False,
         web_stats_enabled=False,
         web_graph_enabled=False,

@@ -22,8 +22,10 @@ from pipeline.adapters.db.dead_letters import DeadLetterStore
 from pipeline.adapters.db.orders import OrderStore
 from pipeline.adapters.db.outbox import OutboxStore
 from pipeline.adapters.db.outbox_admin import OutboxAdmin
+from pipeline.adapters.db.ping import make_ping_engine, ping
 from pipeline.adapters.db.reconcile import ReconcileStore
 from pipeline.adapters.db.schema import make_bookkeeping_engine, make_engine
+from pipeline.adapters.kafka.ping import KafkaPing
 from pipeline.adapters.kafka.producer import producer_for
 from pipeline.adapters.kafka.scan import scan_event_ids
 from pipeline.adapters.kafka.security import client_options
@@ -36,6 +38,7 @@ from pipeline.services.dead_letters import DeadLetters
 from pipeline.services.orders import OrderService
 from pipeline.services.outbox import OutboxForwarder, export_outbox_state, forwarder_for
 from pipeline.services.outbox_admin import OutboxOperations
+from pipeline.services.readiness import Check, Readiness, readiness
 from pipeline.services.reconcile import reconcile
 from pipeline.settings import Settings
 from pipeline.streaming import consume, faust_patches
@@ -64,8 +67,10 @@ class Runtime(Service):
         consume.use_metrics(self.metrics)
         app.sensors.add(RebalanceSensor(self.metrics))
         faust_patches.after_commit(self.metrics.observe_commit)
-        # Set once on_start is done (topics declared, forwarder running): /readyz waits for it.
+        # Set once on_start is done (topics declared, forwarder running): /readyz and
+        # /readyz/tables wait for it.
         self.ready = False
+        self._kafka_ping = KafkaPing(settings)
         self._forwarder: OutboxForwarder | None = None
         self._forwarder_task: asyncio.Task[None] | None = None
 
@@ -89,6 +94,27 @@ class Runtime(Service):
         # (autocommit on PostgreSQL) cannot hold.
         retention = timedelta(seconds=self.settings.outbox_retention_seconds)
         return OutboxOperations(OutboxAdmin(self.engine), retention=retention)
+
+    @cached_property
+    def _ping_engine(self) -> AsyncEngine:
+        return make_ping_engine(self.settings.database_url)
+
+    @cached_property
+    def _checks(self) -> list[Check]:
+        async def started() -> None:
+            if not self.ready:
+                raise Unavailable("starting: topics not declared or forwarder not started yet")
+
+        return [
+            Check("database", lambda: ping(self._ping_engine)),
+            Check("kafka", self._kafka_ping),
+            Check("services", started, remember=0),
+        ]
+
+    async def readiness(self) -> Readiness:
+        """Whether this worker can take requests now (``GET /readyz``): the database and Kafka
+        answer and its services have started. Partitions and tables are not asked."""
+        return await readiness(self._checks)
 
     @cached_property
     def dead_letter_store(self) -> DeadLetterStore:
@@ -232,6 +258,9 @@ class Runtime(Service):
             await self.engine.dispose()
         if "outbox_store" in self.__dict__:
             await self.outbox_store.engine.dispose()
+        if "_ping_engine" in self.__dict__:
+            await self._ping_engine.dispose()
+        await self._kafka_ping.close()
 
 
 runtime = Runtime(settings)

@@ -7,10 +7,12 @@ says otherwise, not blank); :mod:`pipeline.settings` declares which reader each 
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pipeline.domain.outbox import InvalidOutboxEvent, check_topic_pattern
 
@@ -204,3 +206,40 @@ def topic_patterns(name: str, raw: str) -> tuple[str, ...]:
 
 def module_list(name: str, raw: str) -> tuple[str, ...]:
     return tuple(m.strip() for m in raw.split(",") if m.strip())
+
+
+def advertised_url(name: str, raw: str) -> str:
+    """The URL other workers reach this one on: ``http(s)://host[:port]``, nothing after the
+    port, and a host they can route to (not a wildcard such as ``0.0.0.0``)."""
+    value = raw.strip().rstrip("/")
+    expected = (
+        f"{name}={value!r} must be a URL like http://10.0.0.5:6066 that other workers can reach"
+    )
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        raise SettingsError(f"{expected} (bad host or port)") from None
+    if any(c.isspace() for c in value):
+        raise SettingsError(f"{expected} (no spaces)")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(f"{expected} (http or https, with a host)")
+    if parts.path or parts.query or parts.fragment or parts.username or parts.password:
+        raise SettingsError(f"{expected} (no user, path, query or fragment)")
+    if port == 0:
+        raise SettingsError(f"{expected} (port 0)")
+    if is_wildcard(parts.hostname):
+        raise SettingsError(
+            f"{expected} ({parts.hostname} is a bind-all address, not one to reach)"
+        )
+    return value
+
+
+def is_wildcard(host: str) -> bool:
+    """Whether ``host`` is a bind-all address (``0.0.0.0``, ``::`` or empty)."""
+    if not host:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return False

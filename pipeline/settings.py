@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import Field, dataclass, field, fields
 from decimal import Decimal
@@ -136,9 +137,17 @@ class Settings:
         "Faust table store: `rocksdb://` is the versioned RocksDB store "
         "(`pipeline.streaming.versioned_store`); `memory://` only for unit tests")
     web_host: str = setting("PIPELINE_WEB_HOST", read.text, "127.0.0.1",
-        "address the worker's web server binds to and advertises")
+        "address the worker's web server binds to (`0.0.0.0` for every interface, with "
+        "`PIPELINE_API_TOKEN`); also the advertised host unless `PIPELINE_WEB_ADVERTISED_URL` "
+        "is set")
     web_port: int = setting("PIPELINE_WEB_PORT", read.integer(1024, 65535), 6066,
         "web port (the demo uses this and the next ones)")
+    web_advertised_url: str = setting("PIPELINE_WEB_ADVERTISED_URL", read.advertised_url, "",
+        "URL the other workers send this worker's routed table reads to (Faust's "
+        "`canonical_url`), e.g. `http://10.0.0.5:6066`: set it when the bind address is not "
+        "how peers reach this worker (a pod IP, a host name)",
+        note="(unset: `http://$PIPELINE_WEB_HOST:<web port>`; for a bind-all host such as "
+        "`0.0.0.0` or `::`, this machine's host name)")
     api_token: Secret = setting("PIPELINE_API_TOKEN", read.secret, Secret(""),
         "bearer token for write and admin endpoints and for reads of personal data or spend; "
         "required to bind a non-loopback address")
@@ -323,6 +332,25 @@ class Settings:
             address = None  # a host name
         if address is not None and address.is_unspecified:
             host = "127.0.0.1" if address.version == 4 else "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.web_port if port is None else port}"
+
+    def advertised_url(self, port: int | None = None, host: str | None = None) -> str:
+        """The URL other workers reach this worker on (Faust's ``canonical_url``):
+        ``PIPELINE_WEB_ADVERTISED_URL`` when set, else built from ``host`` (default
+        ``web_host``) and ``port`` (default ``web_port``; pass the port Faust really serves
+        on, after ``--web-port``).
+
+        A bind-all host (``0.0.0.0``, ``::``, empty) is never advertised: peers cannot route
+        to it, so this machine's host name stands in (Faust's own default host; in a pod or on
+        a VM it names the machine). Where that name does not resolve from the other workers,
+        set ``PIPELINE_WEB_ADVERTISED_URL``."""
+        if self.web_advertised_url:
+            return self.web_advertised_url
+        host = self.web_host if host is None else host
+        if read.is_wildcard(host):
+            host = socket.gethostname() or "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.web_port if port is None else port}"

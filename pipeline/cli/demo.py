@@ -102,7 +102,7 @@ def wait_ready(workers: list[Worker], timeout: float = 120) -> None:
             if w.proc.poll() is not None:
                 tail = w.log.read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"worker {w.index} exited while starting:\n{tail}")
-            if _get(w.url + "/readyz")[0] == 200:
+            if _get(w.url + "/readyz/tables")[0] == 200:
                 pending.remove(w)
         time.sleep(0.5)
     if pending:

@@ -4,10 +4,10 @@ Every worker runs a forwarder by default, and the database lock lets one of them
 time. Where the order API and the agents should scale apart from publishing (the Procfile's
 ``forwarder`` process type), run this process and start the workers with
 ``PIPELINE_FORWARDER_ENABLED=false``. It needs only ``DATABASE_URL`` and
-``KAFKA_BOOTSTRAP_SERVERS``: no Faust, no tables. It serves ``/metrics`` and ``/healthz`` on
-``--web-port`` (bound to ``PIPELINE_WEB_HOST``; beyond loopback only with
-``PIPELINE_API_TOKEN`` set, as a worker), and stops on SIGTERM or Ctrl-C after its
-current batch.
+``KAFKA_BOOTSTRAP_SERVERS``: no Faust, no tables. It serves ``/metrics`` and ``/livez`` (or
+``/healthz``) on ``--web-port`` (bound to ``PIPELINE_WEB_HOST``; beyond loopback only with
+``PIPELINE_API_TOKEN`` set, as a worker), and stops on SIGTERM or Ctrl-C after its current
+batch.
 
 With PostgreSQL it wakes on the NOTIFY sent with each order; with SQLite it polls every
 ``PIPELINE_OUTBOX_POLL_INTERVAL`` seconds.
@@ -48,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )  # fmt: skip
     parser.add_argument(
         "--web-port", type=int, default=None,
-        help="port for /metrics and /healthz (default: PIPELINE_WEB_PORT)",
+        help="port for /metrics and /livez (default: PIPELINE_WEB_PORT)",
     )  # fmt: skip
 
 
@@ -115,7 +115,8 @@ async def _start_web(
     app = web.Application(client_max_size=1024)
     instrument(app, metrics)
     app.router.add_get("/metrics", metrics_view)
-    app.router.add_get("/healthz", health)
+    app.router.add_get("/livez", health)
+    app.router.add_get("/healthz", health)  # /livez under its older name, as on the workers
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()

@@ -24,6 +24,10 @@ and environment (``-b``, ``--web-bind``, ``WEB_BIND``), refused beyond loopback 
 ``PIPELINE_API_TOKEN``; and the directories the worker writes to, created with their parents
 (Faust's own ``mkdir`` creates no parents). A refused start prints one line and exits 2
 before any service has started, so the web server never listens.
+
+The worker also sets the URL it advertises to the other workers (Faust's ``canonical_url``,
+where they forward table reads) from ``PIPELINE_WEB_ADVERTISED_URL``, or from the host and the
+port Faust's options gave, never a bind-all address (``Settings.advertised_url``).
 """
 
 from __future__ import annotations
@@ -127,6 +131,10 @@ class Worker(faust.Worker):
         if problem:
             print(f"error: {problem}", file=sys.stderr, flush=True)
             raise SystemExit(2)
+        # What peers route table reads to, with the port and host Faust's options gave (its
+        # --web-port sets canonical_url from the host it would advertise, even 0.0.0.0).
+        advertised = settings.advertised_url(app.conf.web_port, app.conf.web_host)
+        app.conf.canonical_url = advertised  # type: ignore[assignment]  # Faust parses a str
         super().__init__(app, *services, **kwargs)
 
     async def on_first_start(self) -> None:

@@ -103,18 +103,45 @@ def _answer(view: View, outcome: Placed | CancelResult) -> Response:
     return view.json(body, status=status, headers=headers or None)
 
 
-@app.page("/healthz")
-class Health(View):
-    """Liveness: the process is up and its event loop answers."""
+async def _alive(view: View) -> Response:
+    return view.json({"status": "ok"})
+
+
+@app.page("/livez")
+class Live(View):
+    """Liveness: the process is up and its event loop answers. Nothing else is asked: a
+    database or broker outage is no reason to restart the worker."""
 
     async def get(self, request: Request) -> Response:
-        return self.json({"status": "ok"})
+        return await _alive(self)
+
+
+@app.page("/healthz")
+class Health(View):
+    """``/livez`` under its older name."""
+
+    async def get(self, request: Request) -> Response:
+        return await _alive(self)
 
 
 @app.page("/readyz")
 class Ready(View):
-    """Readiness: partitions assigned, tables recovered and the worker's own services (topics,
-    forwarder) started, so requests and reads are answered here."""
+    """Readiness for traffic: the database and Kafka answer and the worker's services have
+    started (:mod:`pipeline.services.readiness`). A rebalance does not change it: order intake
+    needs no table, and table reads answer ``503 rebalancing`` themselves meanwhile."""
+
+    async def get(self, request: Request) -> Response:
+        state = await runtime.readiness()
+        if not state.ready:
+            return self.json(state.to_json(), status=503, headers={"Retry-After": "2"})
+        return self.json(state.to_json())
+
+
+@app.page("/readyz/tables")
+class TablesReady(View):
+    """Table readiness: partitions assigned, tables recovered and the worker's services
+    started, so routed table reads are answered (``503`` + ``Retry-After`` while partitions
+    move)."""
 
     async def get(self, request: Request) -> Response:
         recovered = app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]

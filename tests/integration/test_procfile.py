@@ -74,7 +74,7 @@ def test_the_procfile_runs_web_worker_and_forwarder_under_honcho(
         )  # fmt: skip
     web, worker, forwarder = (f"http://127.0.0.1:{base + step}" for step in (0, 100, 200))
     try:
-        for url in (web + "/readyz", worker + "/readyz", forwarder + "/healthz"):
+        for url in (web + "/readyz/tables", worker + "/readyz/tables", forwarder + "/livez"):
             wait_for(lambda u=url: _up_under(honcho, u, log_path), 120,
                      f"{url} ({log_path.read_text(errors='replace')[-3000:]})")  # fmt: skip
         assert (tmp_path / f"state-{base}").is_dir()  # each worker its own state dir

@@ -186,7 +186,7 @@ def test_a_data_dir_that_does_not_exist_yet_is_created(launcher: Launcher, tmp_p
 
     def ready() -> bool:
         assert proc.poll() is None, f"exited {proc.returncode}:\n{_output(log_path)[-3000:]}"
-        return _answers(f"http://127.0.0.1:{port}/readyz")
+        return _answers(f"http://127.0.0.1:{port}/readyz/tables")
 
     wait_for(ready, 120, "the worker to be ready")
     assert (data_dir / "state").is_dir()
@@ -207,7 +207,7 @@ def test_a_directory_that_cannot_be_created_is_one_clear_line(
     )  # fmt: skip
     deadline = time.monotonic() + 90
     while proc.poll() is None:
-        assert not _answers(f"http://127.0.0.1:{port}/readyz"), "started with an unusable dir"
+        assert not _answers(f"http://127.0.0.1:{port}/livez"), "started with an unusable dir"
         assert time.monotonic() < deadline, f"still running:\n{_output(log_path)[-3000:]}"
         time.sleep(0.2)
     out = _output(log_path)

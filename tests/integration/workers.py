@@ -42,8 +42,10 @@ def _call(request: urllib.request.Request | str, timeout: float) -> tuple[int, A
             return err.code, raw.decode(errors="replace")
 
 
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, Any]:
-    return _call(url, timeout)
+def http_get(
+    url: str, timeout: float = 5.0, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    return _call(urllib.request.Request(url, headers=headers or {}), timeout)
 
 
 def http_post(
@@ -87,6 +89,9 @@ class Worker:
     web_port: int
     data_dir: Path
     log_path: Path
+    # Where "partitions assigned and tables recovered" is asked: the previous release (run by
+    # the rolling-upgrade test) answered it on /readyz.
+    ready_path: str = "/readyz/tables"
 
     @property
     def url(self) -> str:
@@ -115,7 +120,7 @@ class Worker:
                     f"worker {self.name} exited with {self.proc.returncode}:\n{self.log()[-4000:]}"
                 )
             try:
-                return self.get("/readyz")[0] == 200
+                return self.get(self.ready_path)[0] == 200
             except OSError:
                 return False
 
@@ -160,14 +165,15 @@ class WorkerFactory:
         return f"{self.topic_prefix}{base}"
 
     def start(self, name: str = "w1", *, data_dir: Path | None = None, wait: bool = True,
-              code: Path | None = None, **env: str) -> Worker:  # fmt: skip
+              code: Path | None = None, port: int | None = None, **env: str
+              ) -> Worker:  # fmt: skip
         """Start a worker of this checkout, or of the release whose packages (``pipeline``,
         ``agents``, ``tables``) are under ``code`` (run from there, so they are imported first)."""
         if code is not None:
             env["PYTHONPATH"] = str(code)
         data_dir = data_dir or self.root / name
         data_dir.mkdir(parents=True, exist_ok=True)
-        port = free_port()
+        port = port or free_port()
         log_path = data_dir / f"worker-{len(self.started)}.log"
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
@@ -178,7 +184,8 @@ class WorkerFactory:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
-        worker = Worker(name, proc, port, data_dir, log_path)
+        worker = Worker(name, proc, port, data_dir, log_path,
+                        ready_path="/readyz" if code is not None else "/readyz/tables")  # fmt: skip
         self.started.append(worker)
         if wait:
             worker.wait_ready()

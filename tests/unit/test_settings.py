@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import socket
 from dataclasses import fields
 from pathlib import Path
 
@@ -289,3 +290,51 @@ def test_only_this_projects_pyproject_makes_a_checkout(tmp_path: Path) -> None:
     assert not _is_checkout(tmp_path)  # a stray file some wheel left in site-packages
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "orders-pipeline"\n')
     assert _is_checkout(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("env", "url"),
+    [
+        ({}, "http://127.0.0.1:6066"),
+        ({"PIPELINE_WEB_HOST": "10.1.2.3", "PIPELINE_WEB_PORT": "7000"}, "http://10.1.2.3:7000"),
+        ({"PIPELINE_WEB_HOST": "fd00::5"}, "http://[fd00::5]:6066"),
+        ({"PIPELINE_WEB_HOST": "0.0.0.0"}, f"http://{socket.gethostname()}:6066"),
+        ({"PIPELINE_WEB_HOST": "::"}, f"http://{socket.gethostname()}:6066"),
+        (
+            {"PIPELINE_WEB_HOST": "0.0.0.0", "PIPELINE_WEB_ADVERTISED_URL": "http://10.0.0.5:80/"},
+            "http://10.0.0.5:80",
+        ),
+    ],
+)
+def test_the_advertised_url_is_never_a_bind_all_address(env: dict[str, str], url: str) -> None:
+    assert load_settings(env).advertised_url() == url
+
+
+def test_a_derived_advertised_url_takes_the_port_and_host_faust_serves_on() -> None:
+    s = load_settings({"PIPELINE_WEB_HOST": "0.0.0.0"})
+    assert s.advertised_url(7003) == f"http://{socket.gethostname()}:7003"
+    assert s.advertised_url(7003, "worker-2.internal") == "http://worker-2.internal:7003"
+    given = load_settings({"PIPELINE_WEB_ADVERTISED_URL": "https://w-1.svc:8443"})
+    assert given.advertised_url(7003, "0.0.0.0") == "https://w-1.svc:8443"  # as the user said
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        ("10.0.0.5:6066", "http or https, with a host"),
+        ("ftp://10.0.0.5", "http or https, with a host"),
+        ("http://:6066", "http or https, with a host"),
+        ("http://0.0.0.0:6066", "0.0.0.0 is a bind-all address"),
+        ("http://[::]:6066", ":: is a bind-all address"),
+        ("http://10.0.0.5:6066/api", "no user, path, query or fragment"),
+        ("http://user:pw@10.0.0.5:6066", "no user, path, query or fragment"),
+        ("http://10.0.0.5:70000", "bad host or port"),
+        ("http://10.0.0.5:0", "port 0"),
+        ("http://worker 1:6066", "no spaces"),
+    ],
+)
+def test_a_bad_advertised_url_is_refused_naming_the_setting(raw: str, why: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"PIPELINE_WEB_ADVERTISED_URL": raw})
+    assert str(caught.value).startswith("PIPELINE_WEB_ADVERTISED_URL=")
+    assert why in str(caught.value)

@@ -51,6 +51,22 @@ async def test_table_reads_answer_503_with_a_retry_hint_while_rebalancing(
     assert json.loads(response.body)["error"] == "rebalancing"
 
 
+@pytest.mark.usefixtures("rebalancing")
+async def test_table_readiness_answers_503_while_rebalancing() -> None:
+    response = await views.TablesReady(app, app.web).get(None)
+    assert response.status == 503
+    assert response.headers["Retry-After"] == "1"
+    assert json.loads(response.body)["rebalancing"] is True
+
+
+@pytest.mark.usefixtures("rebalancing")
+@pytest.mark.parametrize("view", [views.Live, views.Health])
+async def test_liveness_answers_whatever_the_partitions_do(view: type) -> None:
+    response = await view(app, app.web).get(None)
+    assert response.status == 200
+    assert json.loads(response.body) == {"status": "ok"}
+
+
 def _request(pieces: list[bytes], headers: dict[str, str] | None = None) -> Any:
     """An aiohttp request whose body arrives in ``pieces``, one at a time, as a slow client
     or a proxy sends it."""
