@@ -34,6 +34,7 @@ from pipeline.domain.events import utc_now
 from pipeline.metrics import Metrics
 from pipeline.services.outbox import OutboxForwarder, forwarder_for
 from pipeline.settings import Settings, web_bind_refusal
+from pipeline.web.errors import json_errors
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,8 @@ async def _start_web(
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
-    app = web.Application(client_max_size=1024)
+    # Its errors (an unknown route, a wrong method) in the API's one shape (pipeline.web.errors).
+    app = web.Application(client_max_size=1024, middlewares=[json_errors])
     app.router.add_get("/metrics", metrics_view)
     app.router.add_get("/healthz", health)
     runner = web.AppRunner(app, access_log=None)
