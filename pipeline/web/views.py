@@ -34,7 +34,16 @@ from pipeline.services.orders import (
 from pipeline.streaming import faust_patches
 from pipeline.streaming.topics import inventory_commands_topic, publish
 from pipeline.web.answers import answer
-from pipeline.web.http import HttpError, error, not_sent, read_json, require_token
+from pipeline.web.contract import OPENAPI_PATH, openapi_document
+from pipeline.web.errors import json_errors
+from pipeline.web.http import (
+    HttpError,
+    JsonView,
+    error,
+    not_sent,
+    read_json,
+    require_token,
+)
 from tables.customer_stats import customer_stats, customer_stats_table
 from tables.inventory import stock, stock_table
 from tables.revenue import recent_windows, revenue_table
@@ -45,6 +54,10 @@ DB_DOWN = HttpError(503, "database_unavailable", "the database is unavailable; r
 
 
 Handler = Callable[..., Awaitable[Response]]
+
+# Every answer in the one error shape, whoever makes it (pipeline.web.errors); aiohttp freezes the
+# list when the server starts, after the views are imported.
+app.web.web_app.middlewares.append(json_errors)  # type: ignore[attr-defined]  # aiohttp driver
 
 # How long a view waits for the broker to acknowledge what it sends before answering 503: the
 # producer itself would wait for its request timeout (Faust's default: 20 minutes).
@@ -101,7 +114,7 @@ def _answer(view: View, outcome: Placed | CancelResult) -> Response:
 
 
 @app.page("/healthz")
-class Health(View):
+class Health(JsonView):
     """Liveness: the process is up and its event loop answers."""
 
     async def get(self, request: Request) -> Response:
@@ -109,7 +122,7 @@ class Health(View):
 
 
 @app.page("/readyz")
-class Ready(View):
+class Ready(JsonView):
     """Readiness: partitions assigned, tables recovered and the worker's own services (topics,
     forwarder) started, so requests and reads are answered here."""
 
@@ -129,8 +142,19 @@ class Ready(View):
         return self.json({"status": "ready"})
 
 
+@app.page(OPENAPI_PATH)
+class OpenApi(JsonView):
+    """``GET /openapi.json``: the API's contract (pipeline.web.contract); public, like the
+    document in docs/openapi.json it equals."""
+
+    document = openapi_document()
+
+    async def get(self, request: Request) -> Response:
+        return self.json(self.document)
+
+
 @app.page("/metrics")
-class MetricsView(View):
+class MetricsView(JsonView):
     async def get(self, request: Request) -> Response:
         with contextlib.suppress(Exception):  # no assignment yet (starting, rebalancing)
             runtime.metrics.set_lag(runtime.consumer_lag())
@@ -139,7 +163,7 @@ class MetricsView(View):
 
 
 @app.page("/orders")
-class Orders(View):
+class Orders(JsonView):
     """``POST /orders``: the order, its items and its event commit together, or nothing."""
 
     async def post(self, request: Request) -> Response:
@@ -163,7 +187,7 @@ class Orders(View):
 
 
 @app.page("/orders/{order_id}/cancel")
-class CancelOrder(View):
+class CancelOrder(JsonView):
     """``POST /orders/{order_id}/cancel``: 200, 404 unknown, 409 already cancelled."""
 
     async def post(self, request: Request, order_id: str) -> Response:
@@ -180,7 +204,7 @@ class CancelOrder(View):
 
 
 @app.page("/orders/{order_id}")
-class OrderDetail(View):
+class OrderDetail(JsonView):
     """``GET /orders/{order_id}``: the order, its items and its status (it shows the
     customer's email: it takes the token when one is set)."""
 
@@ -198,7 +222,7 @@ class OrderDetail(View):
 
 
 @app.page("/customers/{customer_id}/stats")
-class CustomerStatsView(View):
+class CustomerStatsView(JsonView):
     """``GET /customers/{customer_id}/stats``: answered by the worker owning the customer
     (it shows what the customer spent: it takes the token when one is set, and the routed
     request carries it to the owner)."""
@@ -218,7 +242,7 @@ class CustomerStatsView(View):
 
 
 @app.page("/inventory/{sku}")
-class Inventory(View):
+class Inventory(JsonView):
     """``GET /inventory/{sku}`` (routed to the SKU's owner) and ``PUT /inventory/{sku}``."""
 
     @unavailable_while_rebalancing
@@ -268,7 +292,7 @@ class Inventory(View):
 
 
 @app.page("/analytics/revenue")
-class Revenue(View):
+class Revenue(JsonView):
     """``GET /analytics/revenue``: recent windows, newest first, from the windows' owner (the
     shop's revenue: it takes the token when one is set)."""
 
@@ -283,7 +307,7 @@ class Revenue(View):
 
 
 @app.page("/dead-letters")
-class DeadLettersView(View):
+class DeadLettersView(JsonView):
     """``GET /dead-letters``: dead letters, oldest first, filtered by ``agent``, ``error_type``,
     ``reason``, ``status``, ``event_id``, ``since``, ``until`` and ``limit`` (an admin read:
     it shows event payloads, so it takes the token when one is set)."""
@@ -303,7 +327,7 @@ class DeadLettersView(View):
 
 
 @app.page("/dead-letters/replay")
-class ReplayDeadLetters(View):
+class ReplayDeadLetters(JsonView):
     """``POST /dead-letters/replay``: send dead letters back through the agent that failed
     them — by ``ids``, by ``event_id``, by filter, or ``{"all": true}``."""
 
@@ -326,7 +350,7 @@ class ReplayDeadLetters(View):
 
 
 @app.page("/admin/reconcile")
-class Reconcile(View):
+class Reconcile(JsonView):
     """``GET /admin/reconcile``: the database against the tables, the outbox and Kafka (see
     ``pipeline.services.reconcile``); ``?kafka=false`` skips scanning ``orders.events``."""
 
