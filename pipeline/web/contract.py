@@ -55,11 +55,12 @@ ERROR_CODES: dict[str, str] = {
 
 _MONEY = {"type": "string", "pattern": r"^-?[0-9]+\.[0-9]{2}$", "examples": ["20.50"]}
 _TIME = {"type": "string", "format": "date-time"}
+_PRINTABLE = r"^[^\u0000-\u001f\u007f]+$"
 _TEXT_ID = {
     "type": "string",
     "minLength": 1,
     "maxLength": MAX_ID_LENGTH,
-    "pattern": r"^[^\u0000-\u001f\u007f]+$",
+    "pattern": _PRINTABLE,
     "description": f"1 to {MAX_ID_LENGTH} printable characters, stored verbatim",
 }
 
@@ -339,7 +340,8 @@ ROUTES: tuple[Route, ...] = (
           parameters=[{"name": "Idempotency-Key", "in": "header", "required": False,
                        "description": "the same key and body answer the first response again",
                        "schema": {"type": "string", "minLength": 1,
-                                  "maxLength": MAX_IDEMPOTENCY_KEY_LENGTH}}]),
+                                  "maxLength": MAX_IDEMPOTENCY_KEY_LENGTH,
+                                  "pattern": _PRINTABLE}}]),
     Route("post", "/orders/{order_id}/cancel", "Cancel an order",
           {200: ("Cancelled", *_json("OrderCancelled"))}, errors=(401, 404, 409, 503), token=True,
           parameters=[_path_param("order_id", "the order's id")]),

@@ -53,6 +53,14 @@ class JsonView(View):
     """A Faust view whose own errors (``WebError``: Faust's table routing, ``raise
     self.NotFound``) answer in the one shape instead of Faust's ``{"error": reason}``."""
 
+    def get_methods(self) -> set[str]:
+        """Faust registers HEAD for every view, even one without GET, where it can only
+        answer 405 while ``Allow`` claims it: HEAD goes with GET only."""
+        methods = set(super().get_methods())
+        if "GET" not in methods:
+            methods.discard("HEAD")
+        return methods
+
     async def on_request_error(self, request: Request, exc: WebError) -> Response:
         status = exc.code or 500
         code = code_for(status)
