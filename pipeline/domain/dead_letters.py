@@ -15,6 +15,8 @@ from typing import Any
 from pipeline.domain import failures
 
 OPEN, REPLAYED = "open", "replayed"
+STATUSES = (OPEN, REPLAYED)
+REASONS = (failures.POISON, failures.PERMANENT_ERROR, failures.RETRIES_EXHAUSTED)
 
 
 MAX_LIST = 1000
@@ -227,6 +229,12 @@ def parse_filter(raw: dict[str, Any], *, allow: Sequence[str] = FILTER_FIELDS) -
                 problems.append({"field": name, "message": f"must name 1 to {MAX_LIST} ids"})
             else:
                 values[name] = tuple(value)
+        elif name in ("reason", "status"):
+            known = REASONS if name == "reason" else STATUSES
+            if value not in known:
+                problems.append({"field": name, "message": f"must be one of: {', '.join(known)}"})
+            else:
+                values[name] = value
         elif not isinstance(value, str) or not 1 <= len(value) <= 255:
             problems.append({"field": name, "message": "must be a string of 1 to 255 characters"})
         else:

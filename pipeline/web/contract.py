@@ -17,13 +17,15 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.domain.dead_letters import FILTER_FIELDS, MAX_LIST, OPEN, REPLAYED
+from pipeline.domain.dead_letters import FILTER_FIELDS, MAX_LIST, REASONS, STATUSES
 from pipeline.domain.orders import (
     MAX_EMAIL_LENGTH,
     MAX_ID_LENGTH,
     MAX_IDEMPOTENCY_KEY_LENGTH,
+    MAX_PRICE_TEXT_LENGTH,
     MAX_QUANTITY,
     MAX_UNIT_PRICE,
+    PRICE_TEXT_PATTERN,
 )
 
 API_VERSION = "1.0.0"
@@ -98,7 +100,11 @@ ORDER_LINE_IN = _obj(
         "quantity": {"type": "integer", "minimum": 1, "maximum": MAX_QUANTITY},
         "unit_price": {
             "anyOf": [
-                {"type": "string", "pattern": r"^[0-9]+(\.[0-9]{1,2})?$", "maxLength": 12},
+                {
+                    "type": "string",
+                    "pattern": f"^{PRICE_TEXT_PATTERN}$",
+                    "maxLength": MAX_PRICE_TEXT_LENGTH,
+                },
                 {"type": "number", "minimum": 0, "maximum": float(MAX_UNIT_PRICE)},
             ],
             "description": f"a decimal string (or JSON number) from 0 to {MAX_UNIT_PRICE}, at "
@@ -184,7 +190,7 @@ DEAD_LETTER = _obj(
     {
         "id": {"type": "string"},
         "agent": {"type": "string"},
-        "reason": {"type": "string", "enum": ["poison", "permanent", "retries-exhausted"]},
+        "reason": {"type": "string", "enum": list(REASONS)},
         "error_type": _NULLABLE_TEXT,
         "error_message": _NULLABLE_TEXT,
         "event_id": _NULLABLE_TEXT,
@@ -201,7 +207,7 @@ DEAD_LETTER = _obj(
         "replays": {"type": "integer"},
         "first_failure_at": _TIME,
         "dead_lettered_at": _TIME,
-        "status": {"type": "string", "enum": [OPEN, REPLAYED]},
+        "status": {"type": "string", "enum": list(STATUSES)},
         "key": _BYTES,
         "value": _BYTES,
         "stacktrace": _NULLABLE_TEXT,
@@ -212,8 +218,8 @@ _LIMIT = {"type": "integer", "minimum": 1, "maximum": MAX_LIST}
 _FILTER_VALUES: dict[str, Any] = {
     "agent": {"type": "string"},
     "error_type": {"type": "string"},
-    "reason": {"type": "string", "enum": ["poison", "permanent", "retries-exhausted"]},
-    "status": {"type": "string", "enum": [OPEN, REPLAYED]},
+    "reason": {"type": "string", "enum": list(REASONS)},
+    "status": {"type": "string", "enum": list(STATUSES)},
     "event_id": {"type": "string"},
     "since": {**_TIME, "description": "ISO 8601; within years 1 to 9999 in UTC"},
     "until": {**_TIME, "description": "ISO 8601; within years 1 to 9999 in UTC"},
@@ -371,11 +377,11 @@ ROUTES: tuple[Route, ...] = (
           errors=(400, 401, 408, 413, 422, 500, 503), token=True, body="ReplayRequest",
           tag="dead letters"),
     Route("get", "/admin/reconcile", "The database against the tables, the outbox and Kafka",
-          {200: ("The differences found", *_json("ReconcileReport"))}, errors=(401, 503),
+          {200: ("The differences found", *_json("ReconcileReport"))}, errors=(401, 422, 503),
           token=True, tag="admin",
           parameters=[{"name": "kafka", "in": "query", "required": False,
-                       "description": "`false`, `0` or `no` skip scanning `orders.events`",
-                       "schema": {"type": "string"}}]),
+                       "description": "`false` skips scanning `orders.events` (default `true`)",
+                       "schema": {"type": "string", "enum": ["true", "false"]}}]),
     Route("get", "/healthz", "Liveness: the process answers",
           {200: ("Alive", *_json("Probe"))}, tag="probes"),
     Route("get", "/readyz", "Readiness: partitions assigned, tables recovered, services started",

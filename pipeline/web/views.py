@@ -352,14 +352,21 @@ class ReplayDeadLetters(JsonView):
 @app.page("/admin/reconcile")
 class Reconcile(JsonView):
     """``GET /admin/reconcile``: the database against the tables, the outbox and Kafka (see
-    ``pipeline.services.reconcile``); ``?kafka=false`` skips scanning ``orders.events``."""
+    ``pipeline.services.reconcile``); ``?kafka=false`` skips scanning ``orders.events``
+    (``true``, the default, scans it; anything else is a 422)."""
 
     async def get(self, request: Request) -> Response:
         try:
             require_token(request, settings)
         except HttpError as exc:
             return exc.response(self)
-        scan = request.query.get("kafka", "true").lower() not in ("false", "0", "no")
+        problems = [{"field": name, "message": "unknown parameter; known: kafka"}
+                    for name in sorted(set(request.query) - {"kafka"})]  # fmt: skip
+        if request.query.get("kafka", "true") not in ("true", "false"):
+            problems.append({"field": "kafka", "message": "must be true or false"})
+        if problems:
+            return error(self, 422, "validation_failed", problems)
+        scan = request.query.get("kafka", "true") == "true"
         try:
             report = await runtime.reconcile(scan_kafka=scan)
         except (Unavailable, OSError):

@@ -284,6 +284,13 @@ def test_filters_name_every_field_at_fault() -> None:
     assert {p["field"] for p in bad.value.problems} == {"since", "limit", "colour"}
 
 
+def test_reason_and_status_filters_take_only_known_values() -> None:
+    assert parse_filter({"reason": "poison", "status": "replayed"}).status == "replayed"
+    with pytest.raises(BadFilter) as bad:
+        parse_filter({"reason": "bad-luck", "status": "AAA"})
+    assert {p["field"] for p in bad.value.problems} == {"reason", "status"}
+
+
 def test_a_replay_request_must_say_what_to_replay() -> None:
     with pytest.raises(BadFilter, match="say what to replay"):
         parse_replay_request({})
