@@ -306,7 +306,8 @@ _ERRORS_BY_STATUS: dict[int, tuple[str, list[str]]] = {
     503: ("Unavailable for now; retry after `Retry-After`",
           ["database_unavailable", "kafka_unavailable", "rebalancing", "owner_unavailable"]),
 }  # fmt: skip
-_BODY_ERRORS = (400, 408, 413, 422)
+# Reads of table state: partitions moving, or the key's owner not answering.
+_ROUTED = ["rebalancing", "owner_unavailable"]
 
 
 @dataclass(frozen=True)
@@ -318,6 +319,7 @@ class Route:
     summary: str
     ok: dict[int, tuple[str, str, dict[str, Any] | None]]  # status: (description, type, schema)
     errors: tuple[int, ...] = ()
+    codes: dict[int, list[str]] = field(default_factory=dict)  # the status' codes, narrowed
     token: bool = False
     body: str | None = None  # the request body's schema name
     parameters: list[dict[str, Any]] = field(default_factory=list)
@@ -343,6 +345,7 @@ ROUTES: tuple[Route, ...] = (
           {201: ("Created; also the replay of a known `Idempotency-Key` "
                  "(with `Idempotent-Replayed: true`)", *_json("OrderCreated"))},
           errors=(400, 401, 408, 409, 413, 422, 503), token=True, body="NewOrder",
+          codes={409: ["idempotency_key_reused"], 503: ["database_unavailable"]},
           parameters=[{"name": "Idempotency-Key", "in": "header", "required": False,
                        "description": "the same key and body answer the first response again",
                        "schema": {"type": "string", "minLength": 1,
@@ -350,34 +353,42 @@ ROUTES: tuple[Route, ...] = (
                                   "pattern": _PRINTABLE}}]),
     Route("post", "/orders/{order_id}/cancel", "Cancel an order",
           {200: ("Cancelled", *_json("OrderCancelled"))}, errors=(401, 404, 409, 503), token=True,
+          codes={409: ["conflict"], 503: ["database_unavailable"]},
           parameters=[_path_param("order_id", "the order's id")]),
     Route("get", "/orders/{order_id}", "An order, its items and its status",
           {200: ("The order", *_json("Order"))}, errors=(401, 404, 503), token=True,
+          codes={503: ["database_unavailable"]},
           parameters=[_path_param("order_id", "the order's id")]),
     Route("get", "/customers/{customer_id}/stats", "A customer's figures (from its owner)",
           {200: ("The figures", *_json("CustomerStats"))}, errors=(401, 404, 503), token=True,
+          codes={503: _ROUTED},
           parameters=[_path_param("customer_id", "the customer's id")], tag="tables"),
     Route("get", "/inventory/{sku}", "A SKU's stock (from its owner)",
-          {200: ("The stock", *_json("Stock"))}, errors=(404, 503),
+          {200: ("The stock", *_json("Stock"))}, errors=(404, 503), codes={503: _ROUTED},
           parameters=[_path_param("sku", "the SKU")], tag="tables"),
     Route("put", "/inventory/{sku}", "Set the units available of a SKU",
           {202: ("Accepted: applied by the SKU's owner in order with reservations",
                  *_json("StockSetAccepted"))},
           errors=(400, 401, 408, 413, 422, 500, 503), token=True, body="StockSet",
+          codes={503: ["kafka_unavailable"]},
           parameters=[_path_param("sku", f"the SKU, 1 to {MAX_ID_LENGTH} characters")],
           tag="tables"),
     Route("get", "/analytics/revenue", "Recent revenue windows, newest first",
-          {200: ("The windows", *_json("Revenue"))}, errors=(401, 503), token=True, tag="tables"),
+          {200: ("The windows", *_json("Revenue"))}, errors=(401, 503), token=True, tag="tables",
+          codes={503: _ROUTED}),
     Route("get", "/dead-letters", "Dead letters, oldest first",
           {200: ("The dead letters", *_json("DeadLetters"))}, errors=(401, 422, 503), token=True,
+          codes={503: ["database_unavailable"]},
           parameters=[{"name": k, "in": "query", "required": False, "schema": v}
                       for k, v in _FILTER_VALUES.items()], tag="dead letters"),
     Route("post", "/dead-letters/replay", "Replay dead letters through the agent that failed them",
           {200: ("What was replayed and what was refused, with why", *_json("ReplayResult"))},
           errors=(400, 401, 408, 413, 422, 500, 503), token=True, body="ReplayRequest",
+          codes={503: ["database_unavailable", "kafka_unavailable"]},
           tag="dead letters"),
     Route("get", "/admin/reconcile", "The database against the tables, the outbox and Kafka",
           {200: ("The differences found", *_json("ReconcileReport"))}, errors=(401, 422, 503),
+          codes={503: ["database_unavailable"]},
           token=True, tag="admin",
           parameters=[{"name": "kafka", "in": "query", "required": False,
                        "description": "`false` skips scanning `orders.events` (default `true`)",
@@ -402,8 +413,11 @@ ROUTES: tuple[Route, ...] = (
 )  # fmt: skip
 
 
-def _error_response(status: int) -> dict[str, Any]:
+def _error_response(status: int, only: list[str] | None = None) -> dict[str, Any]:
     description, codes = _ERRORS_BY_STATUS[status]
+    if only is not None:
+        assert set(only) <= set(codes), f"{only} are not {status} codes"
+        codes = only
     schema = {"allOf": [_ref("Error"),
                         {"properties": {"error": {"enum": codes}}}]}  # fmt: skip
     response: dict[str, Any] = {
@@ -432,7 +446,7 @@ def _operation(route: Route) -> dict[str, Any]:
         content = {media: {"schema": schema}} if schema is not None else {}
         responses[str(status)] = {"description": description, "content": content}
     for status in route.errors:
-        responses[str(status)] = _error_response(status)
+        responses[str(status)] = _error_response(status, route.codes.get(status))
     op["responses"] = dict(sorted(responses.items()))
     op["security"] = [{"bearerToken": []}] if route.token else []
     return op

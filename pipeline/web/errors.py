@@ -51,7 +51,7 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> web.Re
     code = code_for(status)
     headers = {k: exc.headers[k] for k in _KEPT_HEADERS if k in exc.headers}
     if status == 404:
-        detail: str = f"no route {request.path!r}; the routes are listed at /openapi.json"
+        detail: str = f"no route {request.path!r}"
     elif status == 405:
         allowed = headers.get("Allow", "")
         detail = f"{request.path} does not take {request.method}; it takes {allowed}"
