@@ -13,9 +13,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.domain import failures
+from pipeline.domain.orders import is_storable_text
 
 OPEN, REPLAYED = "open", "replayed"
 STATUSES = (OPEN, REPLAYED)
+MAX_TEXT = 255  # a text filter's length
 REASONS = (failures.POISON, failures.PERMANENT_ERROR, failures.RETRIES_EXHAUSTED)
 
 
@@ -223,7 +225,9 @@ def parse_filter(raw: dict[str, Any], *, allow: Sequence[str] = FILTER_FIELDS) -
             else:
                 values[name] = int(value)
         elif name == "ids":
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            if not isinstance(value, list) or not all(
+                isinstance(v, str) and is_storable_text(v, MAX_TEXT) for v in value
+            ):
                 problems.append({"field": name, "message": "must be a list of dead-letter ids"})
             elif not value or len(value) > MAX_LIST:
                 problems.append({"field": name, "message": f"must name 1 to {MAX_LIST} ids"})
@@ -235,8 +239,9 @@ def parse_filter(raw: dict[str, Any], *, allow: Sequence[str] = FILTER_FIELDS) -
                 problems.append({"field": name, "message": f"must be one of: {', '.join(known)}"})
             else:
                 values[name] = value
-        elif not isinstance(value, str) or not 1 <= len(value) <= 255:
-            problems.append({"field": name, "message": "must be a string of 1 to 255 characters"})
+        elif not isinstance(value, str) or not is_storable_text(value, MAX_TEXT):
+            message = f"must be 1 to {MAX_TEXT} printable characters"
+            problems.append({"field": name, "message": message})
         else:
             values[name] = value
     if problems:

@@ -99,6 +99,12 @@ def _text(value: Any, field: str, max_length: int, errors: list[FieldError]) -> 
     return value
 
 
+def is_storable_text(value: str, max_length: int) -> bool:
+    """1 to ``max_length`` characters that every database stores as given: no control
+    characters (PostgreSQL refuses NUL in text) and no lone surrogates."""
+    return 1 <= len(value) <= max_length and not CONTROL_CHARS.search(value) and is_unicode(value)
+
+
 def is_unicode(value: str) -> bool:
     # A JSON escape such as "\ud800" decodes to a lone surrogate: no database can store it.
     try:

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.domain.dead_letters import FILTER_FIELDS, MAX_LIST, REASONS, STATUSES
+from pipeline.domain.dead_letters import FILTER_FIELDS, MAX_LIST, MAX_TEXT, REASONS, STATUSES
 from pipeline.domain.orders import (
     MAX_EMAIL_LENGTH,
     MAX_ID_LENGTH,
@@ -215,12 +215,13 @@ DEAD_LETTER = _obj(
     }
 )
 _LIMIT = {"type": "integer", "minimum": 1, "maximum": MAX_LIST}
+_FILTER_TEXT = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT, "pattern": _PRINTABLE}
 _FILTER_VALUES: dict[str, Any] = {
-    "agent": {"type": "string"},
-    "error_type": {"type": "string"},
+    "agent": _FILTER_TEXT,
+    "error_type": _FILTER_TEXT,
     "reason": {"type": "string", "enum": list(REASONS)},
     "status": {"type": "string", "enum": list(STATUSES)},
-    "event_id": {"type": "string"},
+    "event_id": _FILTER_TEXT,
     "since": {**_TIME, "description": "ISO 8601; within years 1 to 9999 in UTC"},
     "until": {**_TIME, "description": "ISO 8601; within years 1 to 9999 in UTC"},
     "limit": _LIMIT,
@@ -229,7 +230,7 @@ assert set(_FILTER_VALUES) == set(FILTER_FIELDS), "a dead-letter filter field is
 REPLAY_REQUEST = _obj(
     {},
     {
-        "ids": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": MAX_LIST},
+        "ids": {"type": "array", "items": _FILTER_TEXT, "minItems": 1, "maxItems": MAX_LIST},
         "all": {"type": "boolean"},
         **{k: v for k, v in _FILTER_VALUES.items() if k != "status"},
     },
@@ -371,7 +372,7 @@ ROUTES: tuple[Route, ...] = (
                  *_json("StockSetAccepted"))},
           errors=(400, 401, 408, 413, 422, 500, 503), token=True, body="StockSet",
           codes={503: ["kafka_unavailable"]},
-          parameters=[_path_param("sku", f"the SKU, 1 to {MAX_ID_LENGTH} characters")],
+          parameters=[{**_path_param("sku", "the SKU"), "schema": _TEXT_ID}],
           tag="tables"),
     Route("get", "/analytics/revenue", "Recent revenue windows, newest first",
           {200: ("The windows", *_json("Revenue"))}, errors=(401, 503), token=True, tag="tables",

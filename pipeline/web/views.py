@@ -23,12 +23,13 @@ from pipeline.bootstrap import runtime
 from pipeline.domain.dead_letters import BadFilter, Filter, parse_filter, parse_replay_request
 from pipeline.domain.events import StockSet, utc_now
 from pipeline.domain.failures import Unavailable
-from pipeline.domain.orders import ValidationFailed
+from pipeline.domain.orders import MAX_ID_LENGTH, ValidationFailed, is_storable_text
 from pipeline.domain.revenue import REVENUE_KEY
 from pipeline.services.orders import (
     Cancelled,
     CancelResult,
     Created,
+    NotFound,
     Placed,
 )
 from pipeline.streaming import faust_patches
@@ -193,6 +194,8 @@ class CancelOrder(JsonView):
     async def post(self, request: Request, order_id: str) -> Response:
         try:
             require_token(request, settings)
+            if not is_storable_text(order_id, MAX_ID_LENGTH):  # no such order can exist
+                return _answer(self, NotFound(order_id))
             result = await runtime.orders.cancel_order(order_id)
         except HttpError as exc:
             return exc.response(self)
@@ -211,6 +214,8 @@ class OrderDetail(JsonView):
     async def get(self, request: Request, order_id: str) -> Response:
         try:
             require_token(request, settings)
+            if not is_storable_text(order_id, MAX_ID_LENGTH):  # no such order can exist
+                return error(self, 404, "not_found", f"no order {order_id!r}")
             order = await runtime.order_store.get_order(order_id)
         except HttpError as exc:
             return exc.response(self)
@@ -271,8 +276,9 @@ class Inventory(JsonView):
         elif set(body) - {"available"}:
             problems.extend({"field": k, "message": "unknown field"}
                             for k in sorted(set(body) - {"available"}))  # fmt: skip
-        if not 1 <= len(sku) <= 64:
-            problems.append({"field": "sku", "message": "must be 1 to 64 characters"})
+        if not is_storable_text(sku, MAX_ID_LENGTH):  # as an order's SKUs
+            message = f"must be 1 to {MAX_ID_LENGTH} printable characters"
+            problems.append({"field": "sku", "message": message})
         if problems:
             return error(self, 422, "validation_failed", problems)
         assert isinstance(available, int)

@@ -291,6 +291,12 @@ def test_reason_and_status_filters_take_only_known_values() -> None:
     assert {p["field"] for p in bad.value.problems} == {"reason", "status"}
 
 
+def test_text_filters_the_database_cannot_store_are_refused_before_any_query() -> None:
+    with pytest.raises(BadFilter) as bad:
+        parse_replay_request({"agent": "a\x00b", "ids": ["ok", "nul\x00"], "event_id": "x" * 256})
+    assert {p["field"] for p in bad.value.problems} == {"agent", "ids", "event_id"}
+
+
 def test_a_replay_request_must_say_what_to_replay() -> None:
     with pytest.raises(BadFilter, match="say what to replay"):
         parse_replay_request({})

@@ -252,3 +252,13 @@ async def test_reconcile_refuses_parameters_it_does_not_take() -> None:
     body = json.loads(response.body)
     assert body["error"] == "validation_failed"
     assert [p["field"] for p in body["detail"]] == ["pool_pre_ping", "kafka"]
+
+
+@pytest.mark.parametrize("view", [views.OrderDetail, views.CancelOrder])
+async def test_an_order_id_no_order_can_have_is_a_404_without_a_query(view: type) -> None:
+    # PostgreSQL refuses NUL in text: the query would fail as if the database were down (503).
+    method = "get" if view is views.OrderDetail else "post"
+    request = make_mocked_request(method.upper(), "/orders/x%00y")
+    response = await getattr(view(app, app.web), method)(request, order_id="x\x00y")
+    assert response.status == 404
+    assert json.loads(response.body)["error"] == "not_found"
