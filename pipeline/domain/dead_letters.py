@@ -255,6 +255,9 @@ def parse_replay_request(body: Any) -> Filter:
     that nothing is replayed by accident."""
     if not isinstance(body, dict):
         raise BadFilter([{"field": "body", "message": "must be a JSON object"}])
+    nulls = sorted(name for name, value in body.items() if value is None)
+    if nulls:  # JSON says what it means: a field left out, not a field set to null
+        raise BadFilter([{"field": n, "message": "must not be null (leave it out)"} for n in nulls])
     body = dict(body)
     everything = body.pop("all", None)
     if everything not in (None, True, False):

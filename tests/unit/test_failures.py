@@ -297,6 +297,12 @@ def test_text_filters_the_database_cannot_store_are_refused_before_any_query() -
     assert {p["field"] for p in bad.value.problems} == {"agent", "ids", "event_id"}
 
 
+def test_a_replay_request_says_what_it_means_without_nulls() -> None:
+    with pytest.raises(BadFilter) as bad:
+        parse_replay_request({"agent": "analytics", "limit": None, "all": None})
+    assert [p["field"] for p in bad.value.problems] == ["all", "limit"]
+
+
 def test_a_replay_request_must_say_what_to_replay() -> None:
     with pytest.raises(BadFilter, match="say what to replay"):
         parse_replay_request({})
