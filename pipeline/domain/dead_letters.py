@@ -258,6 +258,13 @@ def parse_replay_request(body: Any) -> Filter:
     nulls = sorted(name for name, value in body.items() if value is None)
     if nulls:  # JSON says what it means: a field left out, not a field set to null
         raise BadFilter([{"field": n, "message": "must not be null (leave it out)"} for n in nulls])
+    # JSON has types, where a query string has only text: a limit is a number, a time a string.
+    limit = body.get("limit")
+    if "limit" in body and (isinstance(limit, bool) or not isinstance(limit, int)):
+        raise BadFilter([{"field": "limit", "message": "must be an integer"}])
+    for name in ("since", "until"):
+        if name in body and not isinstance(body[name], str):
+            raise BadFilter([{"field": name, "message": "must be an ISO 8601 time (a string)"}])
     body = dict(body)
     everything = body.pop("all", None)
     if everything not in (None, True, False):

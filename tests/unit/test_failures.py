@@ -303,6 +303,15 @@ def test_a_replay_request_says_what_it_means_without_nulls() -> None:
     assert [p["field"] for p in bad.value.problems] == ["all", "limit"]
 
 
+@pytest.mark.parametrize(
+    ("field", "value"), [("limit", "5"), ("limit", 5.0), ("since", 20000101), ("until", [])]
+)
+def test_a_replay_request_takes_json_types(field: str, value: Any) -> None:
+    with pytest.raises(BadFilter) as bad:
+        parse_replay_request({"agent": "analytics", field: value})
+    assert [p["field"] for p in bad.value.problems] == [field]
+
+
 def test_a_replay_request_must_say_what_to_replay() -> None:
     with pytest.raises(BadFilter, match="say what to replay"):
         parse_replay_request({})
