@@ -267,7 +267,7 @@ def parse_replay_request(body: Any) -> Filter:
             raise BadFilter([{"field": name, "message": "must be an ISO 8601 time (a string)"}])
     body = dict(body)
     everything = body.pop("all", None)
-    if everything not in (None, True, False):
+    if everything is not None and type(everything) is not bool:  # 0 and 1.0 equal False, True
         raise BadFilter([{"field": "all", "message": "must be true or false"}])
     allowed = ("ids", "agent", "error_type", "reason", "event_id", "since", "until", "limit")
     where = parse_filter(body, allow=allowed)

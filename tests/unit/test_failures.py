@@ -304,7 +304,8 @@ def test_a_replay_request_says_what_it_means_without_nulls() -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "value"), [("limit", "5"), ("limit", 5.0), ("since", 20000101), ("until", [])]
+    ("field", "value"),
+    [("limit", "5"), ("limit", 5.0), ("since", 20000101), ("until", []), ("all", 0), ("all", 1)],
 )
 def test_a_replay_request_takes_json_types(field: str, value: Any) -> None:
     with pytest.raises(BadFilter) as bad:
