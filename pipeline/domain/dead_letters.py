@@ -218,7 +218,7 @@ def parse_filter(raw: dict[str, Any], *, allow: Sequence[str] = FILTER_FIELDS) -
                 continue
             values[name] = when if when.tzinfo else when.replace(tzinfo=UTC)
         elif name == "limit":
-            if isinstance(value, bool) or not str(value).isdigit():
+            if isinstance(value, bool) or not (str(value).isascii() and str(value).isdigit()):
                 problems.append({"field": name, "message": "must be a positive integer"})
             elif not 1 <= int(value) <= MAX_LIST:
                 problems.append({"field": name, "message": f"must be between 1 and {MAX_LIST}"})

@@ -281,6 +281,8 @@ def test_filters_name_every_field_at_fault() -> None:
     assert where.since == datetime(2026, 11, 26, 10, tzinfo=UTC)
     with pytest.raises(BadFilter) as bad:
         parse_filter({"since": "yesterday", "limit": "0", "colour": "red"})
+    with pytest.raises(BadFilter):
+        parse_filter({"limit": "\u0665"})  # an Arabic-Indic 5: str.isdigit() says yes
     assert {p["field"] for p in bad.value.problems} == {"since", "limit", "colour"}
 
 
