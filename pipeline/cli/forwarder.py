@@ -34,6 +34,7 @@ from pipeline.domain.events import utc_now
 from pipeline.metrics import Metrics
 from pipeline.services.outbox import OutboxForwarder, forwarder_for
 from pipeline.settings import Settings, web_bind_refusal
+from pipeline.web.errors import json_errors
 from pipeline.web.instrument import instrument
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,8 @@ async def _start_web(
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
-    app = web.Application(client_max_size=1024)
+    # Its errors (an unknown route, a wrong method) in the API's one shape (pipeline.web.errors).
+    app = web.Application(client_max_size=1024, middlewares=[json_errors])
     instrument(app, metrics)
     app.router.add_get("/metrics", metrics_view)
     app.router.add_get("/livez", health)

@@ -1,5 +1,6 @@
 """The operator commands that are not Faust's own: ``migrate``, ``kafka``, ``postgres``,
-``dlt``, ``reconcile``, ``load``, ``stock``, ``outbox``, ``orders``, ``topics``, ``forwarder``.
+``dlt``, ``reconcile``, ``load``, ``stock``, ``outbox``, ``orders``, ``topics``, ``forwarder``,
+``contracts``.
 
 Everything else (``worker``, ``send``, ...) goes to Faust's command line in ``__main__``.
 Each command exits non-zero with a message saying what to do when it cannot do its job.
@@ -15,7 +16,7 @@ from pipeline import cli
 from pipeline.settings import Settings, SettingsError, load_settings, redact_url
 
 OUR_COMMANDS = {"migrate", "kafka", "postgres", "demo", "dlt", "reconcile", "load", "stock",
-                "outbox", "orders", "topics", "forwarder"}  # fmt: skip
+                "outbox", "orders", "topics", "forwarder", "contracts"}  # fmt: skip
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
@@ -164,6 +165,9 @@ def build_parser(prog: str | None = None, *, with_faust: bool = True) -> argpars
     from pipeline.cli import forwarder
 
     forwarder.add_parser(sub)
+    from pipeline.cli import contracts
+
+    contracts.add_parser(sub)
     sub.add_parser("demo", help="run the whole pipeline locally (see --help)", add_help=False)
     for name, summary in (faust_commands() if with_faust else {}).items():
         if name == "worker":
@@ -179,6 +183,10 @@ def run(argv: Sequence[str]) -> int:
 
         return demo(list(argv[1:]))
     args = build_parser(with_faust=False).parse_args(argv)
+    if args.command == "contracts":  # needs no settings: it renders the code's declarations
+        from pipeline.cli import contracts
+
+        return contracts.run(args)
     try:
         settings = load_settings()
     except SettingsError as exc:

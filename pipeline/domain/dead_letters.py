@@ -14,9 +14,13 @@ from typing import Any
 
 from pipeline.domain import failures
 from pipeline.domain.audit import parse_audit
+from pipeline.domain.orders import is_storable_text
 from pipeline.domain.paging import BadRequest
 
 OPEN, REPLAYED, DISCARDED = "open", "replayed", "discarded"
+STATUSES = (OPEN, REPLAYED, DISCARDED)
+MAX_TEXT = 255  # a text filter's length
+REASONS = (failures.POISON, failures.PERMANENT_ERROR, failures.RETRIES_EXHAUSTED)
 
 
 MAX_LIST = 1000
@@ -214,21 +218,30 @@ def parse_filter(raw: dict[str, Any], *, allow: Sequence[str] = FILTER_FIELDS) -
                 continue
             values[name] = when if when.tzinfo else when.replace(tzinfo=UTC)
         elif name == "limit":
-            if isinstance(value, bool) or not str(value).isdigit():
+            if isinstance(value, bool) or not (str(value).isascii() and str(value).isdigit()):
                 problems.append({"field": name, "message": "must be a positive integer"})
             elif not 1 <= int(value) <= MAX_LIST:
                 problems.append({"field": name, "message": f"must be between 1 and {MAX_LIST}"})
             else:
                 values[name] = int(value)
         elif name == "ids":
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            if not isinstance(value, list) or not all(
+                isinstance(v, str) and is_storable_text(v, MAX_TEXT) for v in value
+            ):
                 problems.append({"field": name, "message": "must be a list of dead-letter ids"})
             elif not value or len(value) > MAX_LIST:
                 problems.append({"field": name, "message": f"must name 1 to {MAX_LIST} ids"})
             else:
                 values[name] = tuple(value)
-        elif not isinstance(value, str) or not 1 <= len(value) <= 255:
-            problems.append({"field": name, "message": "must be a string of 1 to 255 characters"})
+        elif name in ("reason", "status"):
+            known = REASONS if name == "reason" else STATUSES
+            if value not in known:
+                problems.append({"field": name, "message": f"must be one of: {', '.join(known)}"})
+            else:
+                values[name] = value
+        elif not isinstance(value, str) or not is_storable_text(value, MAX_TEXT):
+            message = f"must be 1 to {MAX_TEXT} printable characters"
+            problems.append({"field": name, "message": message})
         else:
             values[name] = value
     if problems:
@@ -242,9 +255,19 @@ def parse_replay_request(body: Any, verb: str = "replay") -> Filter:
     that nothing is replayed (or discarded) by accident."""
     if not isinstance(body, dict):
         raise BadFilter([{"field": "body", "message": "must be a JSON object"}])
+    nulls = sorted(name for name, value in body.items() if value is None)
+    if nulls:  # JSON says what it means: a field left out, not a field set to null
+        raise BadFilter([{"field": n, "message": "must not be null (leave it out)"} for n in nulls])
+    # JSON has types, where a query string has only text: a limit is a number, a time a string.
+    limit = body.get("limit")
+    if "limit" in body and (isinstance(limit, bool) or not isinstance(limit, int)):
+        raise BadFilter([{"field": "limit", "message": "must be an integer"}])
+    for name in ("since", "until"):
+        if name in body and not isinstance(body[name], str):
+            raise BadFilter([{"field": name, "message": "must be an ISO 8601 time (a string)"}])
     body = dict(body)
     everything = body.pop("all", None)
-    if everything not in (None, True, False):
+    if everything is not None and type(everything) is not bool:  # 0 and 1.0 equal False, True
         raise BadFilter([{"field": "all", "message": "must be true or false"}])
     allowed = ("ids", "agent", "error_type", "reason", "event_id", "since", "until", "limit")
     where = parse_filter(body, allow=allowed)

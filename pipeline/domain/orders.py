@@ -37,6 +37,12 @@ MAX_TOTAL = Decimal(f"{'9' * (MONEY_PRECISION - MONEY_SCALE)}.{'9' * MONEY_SCALE
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
 
 
+# A price as text: plain decimal notation ("12.50", "3", "-0"), as long as the largest price
+# could need with leading zeros to spare; no exponent, sign "+", spaces, "NaN" or "1_000" (all
+# of which Decimal() takes). Published in the OpenAPI document (pipeline.web.contract).
+MAX_PRICE_TEXT_LENGTH = 20
+PRICE_TEXT_PATTERN = r"-?[0-9]+(\.[0-9]+)?"
+_DECIMAL_TEXT = re.compile(f"(?=.{{1,{MAX_PRICE_TEXT_LENGTH}}}$){PRICE_TEXT_PATTERN}", re.ASCII)
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
@@ -94,6 +100,12 @@ def _text(value: Any, field: str, max_length: int, errors: list[FieldError]) -> 
     return value
 
 
+def is_storable_text(value: str, max_length: int) -> bool:
+    """1 to ``max_length`` characters that every database stores as given: no control
+    characters (PostgreSQL refuses NUL in text) and no lone surrogates."""
+    return 1 <= len(value) <= max_length and not CONTROL_CHARS.search(value) and is_unicode(value)
+
+
 def is_unicode(value: str) -> bool:
     # A JSON escape such as "\ud800" decodes to a lone surrogate: no database can store it.
     try:
@@ -108,8 +120,11 @@ def _price(value: Any, field: str, errors: list[FieldError]) -> Decimal | None:
     if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
         errors.append(FieldError(field, 'must be a decimal string such as "12.50"'))
         return None
+    if isinstance(value, str) and not _DECIMAL_TEXT.fullmatch(value):
+        errors.append(FieldError(field, f'{value[:40]!r} is not a decimal number such as "12.50"'))
+        return None
     try:
-        price = Decimal(value) if not isinstance(value, str) else Decimal(value.strip())
+        price = Decimal(value)
     except InvalidOperation:
         errors.append(FieldError(field, f"{str(value)[:40]!r} is not a decimal number"))
         return None

@@ -14,6 +14,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from pipeline.domain.orders import is_storable_text
+
 MAX_PAGE = 500
 DEFAULT_PAGE = 100
 MAX_KEY_CHARS = 64  # SKUs and customer ids
@@ -27,11 +29,17 @@ class BadRequest(ValueError):
         self.problems = problems
 
 
+def _digits(raw: Any) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes "²", which ``int`` refuses."""
+    text = str(raw)
+    return text.isascii() and text.isdigit()
+
+
 def page_size(raw: Any, problems: list[dict[str, str]], field: str = "limit") -> int:
     """``raw`` (a query string, a JSON value or None) as a page size; a problem if not one."""
     if raw is None:
         return DEFAULT_PAGE
-    if isinstance(raw, bool) or not str(raw).isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+    if isinstance(raw, bool) or not _digits(raw) or not 1 <= int(raw) <= MAX_PAGE:
         problems.append({"field": field, "message": f"must be an integer from 1 to {MAX_PAGE}"})
         return DEFAULT_PAGE
     return int(raw)
@@ -41,18 +49,20 @@ def row_id(raw: Any, problems: list[dict[str, str]], field: str = "after") -> in
     """A positive row id (the outbox's), or None when not given."""
     if raw is None:
         return None
-    if isinstance(raw, bool) or not str(raw).isdigit() or not 1 <= int(raw) < 2**63:
+    if isinstance(raw, bool) or not _digits(raw) or not 1 <= int(raw) < 2**63:
         problems.append({"field": field, "message": "must be a positive integer row id"})
         return None
     return int(raw)
 
 
 def key(raw: Any, problems: list[dict[str, str]], field: str) -> str | None:
-    """A SKU or customer id: 1 to 64 characters, or None when not given."""
+    """A SKU or customer id: 1 to 64 characters a database stores as given (no control
+    characters: PostgreSQL refuses NUL), or None when not given."""
     if raw is None:
         return None
-    if not isinstance(raw, str) or not 1 <= len(raw) <= MAX_KEY_CHARS:
-        problems.append({"field": field, "message": f"must be 1 to {MAX_KEY_CHARS} characters"})
+    if not isinstance(raw, str) or not is_storable_text(raw, MAX_KEY_CHARS):
+        problems.append({"field": field, "message": f"must be 1 to {MAX_KEY_CHARS} characters, "
+                         "none of them control characters"})  # fmt: skip
         return None
     return raw
 
@@ -79,7 +89,7 @@ def parse_order_cursor(
     except (ValueError, TypeError, binascii.Error, RecursionError):
         problems.append(bad)
         return None
-    if not isinstance(order_id, str) or at.tzinfo is None or len(order_id) > 36:
+    if not isinstance(order_id, str) or at.tzinfo is None or not is_storable_text(order_id, 36):
         problems.append(bad)
         return None
     try:

@@ -25,7 +25,7 @@ from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
-from faust.web import Request, Response, View
+from faust.web import Request, Response
 from yarl import URL
 
 from pipeline.app import app, settings
@@ -46,7 +46,7 @@ from pipeline.domain.paging import (
     row_id,
 )
 from pipeline.streaming.topics import ORDER_EVENTS
-from pipeline.web.http import HttpError, error, read_json, require_token
+from pipeline.web.http import HttpError, JsonView, error, read_json, require_token
 from pipeline.web.views import DB_DOWN, within_calendar
 from tables.inventory import local_skus, stock_table
 
@@ -72,7 +72,7 @@ def _requester(request: Request) -> str:
 
 
 @app.page("/admin/outbox/parked")
-class ParkedOutbox(View):
+class ParkedOutbox(JsonView):
     """``GET /admin/outbox/parked?after=&limit=``: parked rows by id, why each was parked."""
 
     async def get(self, request: Request) -> Response:
@@ -96,7 +96,7 @@ class ParkedOutbox(View):
 
 
 @app.page("/admin/outbox/requeue")
-class RequeueOutbox(View):
+class RequeueOutbox(JsonView):
     """``POST /admin/outbox/requeue`` ``{"ids": [...]}`` or ``{"all": true}``, with
     ``out_of_order``, ``why`` and ``by``: parked rows back to the forwarder."""
 
@@ -117,7 +117,7 @@ class RequeueOutbox(View):
 
 
 @app.page("/admin/outbox/discard")
-class DiscardOutbox(View):
+class DiscardOutbox(JsonView):
     """``POST /admin/outbox/discard`` ``{"ids": [...], "why": "..."}``: parked rows never to
     be published, each recorded with who and why."""
 
@@ -137,7 +137,7 @@ class DiscardOutbox(View):
 
 
 @app.page("/dead-letters/discard")
-class DiscardDeadLetters(View):
+class DiscardDeadLetters(JsonView):
     """``POST /dead-letters/discard``: the selection replay takes (``ids``, ``event_id``, a
     filter, or ``"all": true``) and ``why``: no longer replayed nor counted open."""
 
@@ -158,7 +158,7 @@ class DiscardDeadLetters(View):
 
 
 @app.page("/customers/{customer_id}/orders")
-class CustomerOrders(View):
+class CustomerOrders(JsonView):
     """``GET /customers/{customer_id}/orders?before=&limit=``: newest first, from the database
     (it shows what the customer bought: it takes the token when one is set)."""
 
@@ -202,7 +202,7 @@ def _own_stock_partitions() -> list[int]:
 
 
 @app.page("/worker/inventory")
-class WorkerInventory(View):
+class WorkerInventory(JsonView):
     """``GET /worker/inventory?after=&limit=``: this worker's share of ``GET /inventory``
     (the stock partitions it owns, and its first ``limit`` SKUs after ``after``)."""
 
@@ -249,7 +249,7 @@ async def _peer_share(
 
 
 @app.page("/inventory")
-class InventoryList(View):
+class InventoryList(JsonView):
     """``GET /inventory?after=&limit=``: every SKU with its stock, in SKU order, gathered from
     every worker's share; ``503`` while a worker does not answer or partitions move."""
 

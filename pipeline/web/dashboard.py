@@ -37,7 +37,7 @@ from importlib import resources
 from typing import Any
 
 import aiohttp
-from faust.web import Request, Response, View
+from faust.web import Request, Response
 from prometheus_client import Counter
 from yarl import URL
 
@@ -54,7 +54,7 @@ from pipeline.domain.dashboard import (
 )
 from pipeline.domain.events import utc_now
 from pipeline.domain.failures import Unavailable
-from pipeline.web.http import HttpError, require_token
+from pipeline.web.http import HttpError, JsonView, require_token
 from tables.customer_stats import customer_stats_table, read_figures
 from tables.revenue import recent_windows, revenue_table
 
@@ -233,7 +233,7 @@ async def _own_snapshot() -> dict[str, Any]:
 
 
 @app.page("/dashboard")
-class Dashboard(View):
+class Dashboard(JsonView):
     """``GET /dashboard``: the page (it fetches nothing but ``/dashboard/data``). Open even
     with a token set: it holds no figures."""
 
@@ -242,7 +242,7 @@ class Dashboard(View):
 
 
 @app.page("/dashboard/data")
-class DashboardData(View):
+class DashboardData(JsonView):
     """``GET /dashboard/data``: the whole cluster's figures, exactly as the page shows them."""
 
     async def get(self, request: Request) -> Response:
@@ -254,7 +254,7 @@ class DashboardData(View):
 
 
 @app.page("/dashboard/worker")
-class DashboardWorker(View):
+class DashboardWorker(JsonView):
     """``GET /dashboard/worker``: this worker's part, for the worker that gathers them."""
 
     async def get(self, request: Request) -> Response:

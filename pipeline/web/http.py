@@ -1,4 +1,9 @@
-"""HTTP plumbing shared by the views: JSON errors, the bearer token, bounded JSON bodies."""
+"""HTTP plumbing shared by the views: JSON errors, the bearer token, bounded JSON bodies.
+
+Every error answer is ``{"error": "<code>", "detail": ...}`` (the codes are declared in
+:mod:`pipeline.web.contract`): views raise or return :class:`HttpError`; :class:`JsonView`
+answers the errors Faust's views raise themselves (``WebError``, e.g. when a routed read finds
+no owner) in that shape too; the rest is :mod:`pipeline.web.errors`' middleware."""
 
 from __future__ import annotations
 
@@ -14,9 +19,11 @@ from aiohttp import web
 from aiohttp.http_exceptions import DecompressSizeError, HttpProcessingError
 from aiokafka.errors import KafkaError
 from faust.web import Request, Response, View
+from faust.web.exceptions import WebError
 
 from pipeline.adapters.kafka.refusals import refused_for_good
 from pipeline.settings import Settings
+from pipeline.web.errors import INTERNAL_ERROR, code_for
 
 MAX_INT_DIGITS = sys.get_int_max_str_digits()
 MAX_DECIMAL_EXPONENT = decimal.MAX_EMAX
@@ -40,6 +47,29 @@ class HttpError(Exception):
 
 def error(view: View, status: int, code: str, detail: Any) -> Response:
     return HttpError(status, code, detail).response(view)
+
+
+class JsonView(View):
+    """A Faust view whose own errors (``WebError``: Faust's table routing, ``raise
+    self.NotFound``) answer in the one shape instead of Faust's ``{"error": reason}``."""
+
+    def get_methods(self) -> set[str]:
+        """Faust registers HEAD for every view, even one without GET, where it can only
+        answer 405 while ``Allow`` claims it: HEAD goes with GET only."""
+        methods = set(super().get_methods())
+        if "GET" not in methods:
+            methods.discard("HEAD")
+        return methods
+
+    async def on_request_error(self, request: Request, exc: WebError) -> Response:
+        status = exc.code or 500
+        code = code_for(status)
+        headers = {"Retry-After": "1"} if status == 503 else {}
+        detail = exc.detail if status < 500 or status == 503 else INTERNAL_ERROR
+        if status == 405:  # Faust's says "Method GET not allowed." for a HEAD too
+            aio = cast(web.Request, request)
+            detail = f"{aio.path} does not take {aio.method}"
+        return HttpError(status, code, detail, headers).response(self)
 
 
 def not_sent(exc: KafkaError, what: str) -> HttpError:

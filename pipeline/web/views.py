@@ -23,17 +23,27 @@ from pipeline.bootstrap import runtime
 from pipeline.domain.dead_letters import BadFilter, Filter, parse_filter, parse_replay_request
 from pipeline.domain.events import StockSet, utc_now
 from pipeline.domain.failures import Unavailable
-from pipeline.domain.orders import ValidationFailed
+from pipeline.domain.orders import MAX_ID_LENGTH, ValidationFailed, is_storable_text
 from pipeline.domain.revenue import REVENUE_KEY
 from pipeline.services.orders import (
     Cancelled,
     CancelResult,
     Created,
+    NotFound,
     Placed,
 )
 from pipeline.streaming.topics import inventory_commands_topic, publish
 from pipeline.web.answers import answer
-from pipeline.web.http import HttpError, error, not_sent, read_json, require_token
+from pipeline.web.contract import OPENAPI_PATH, openapi_document
+from pipeline.web.errors import json_errors
+from pipeline.web.http import (
+    HttpError,
+    JsonView,
+    error,
+    not_sent,
+    read_json,
+    require_token,
+)
 from pipeline.web.instrument import instrument
 from tables.customer_stats import customer_stats, customer_stats_table
 from tables.inventory import stock, stock_table
@@ -48,6 +58,10 @@ instrument(cast(AiohttpWeb, app.web).web_app, runtime.metrics)
 
 
 Handler = Callable[..., Awaitable[Response]]
+
+# Every answer in the one error shape, whoever makes it (pipeline.web.errors); aiohttp freezes the
+# list when the server starts, after the views are imported.
+app.web.web_app.middlewares.append(json_errors)  # type: ignore[attr-defined]  # aiohttp driver
 
 # How long a view waits for the broker to acknowledge what it sends before answering 503: the
 # producer itself would wait for its request timeout (Faust's default: 20 minutes).
@@ -108,7 +122,7 @@ async def _alive(view: View) -> Response:
 
 
 @app.page("/livez")
-class Live(View):
+class Live(JsonView):
     """Liveness: the process is up and its event loop answers. Nothing else is asked: a
     database or broker outage is no reason to restart the worker."""
 
@@ -117,7 +131,7 @@ class Live(View):
 
 
 @app.page("/healthz")
-class Health(View):
+class Health(JsonView):
     """``/livez`` under its older name."""
 
     async def get(self, request: Request) -> Response:
@@ -125,7 +139,7 @@ class Health(View):
 
 
 @app.page("/readyz")
-class Ready(View):
+class Ready(JsonView):
     """Readiness for traffic: the database and Kafka answer and the worker's services have
     started (:mod:`pipeline.services.readiness`). A rebalance does not change it: order intake
     needs no table, and table reads answer ``503 rebalancing`` themselves meanwhile."""
@@ -138,7 +152,7 @@ class Ready(View):
 
 
 @app.page("/readyz/tables")
-class TablesReady(View):
+class TablesReady(JsonView):
     """Table readiness: partitions assigned, tables recovered and the worker's services
     started, so routed table reads are answered (``503`` + ``Retry-After`` while partitions
     move)."""
@@ -159,15 +173,26 @@ class TablesReady(View):
         return self.json({"status": "ready"})
 
 
+@app.page(OPENAPI_PATH)
+class OpenApi(JsonView):
+    """``GET /openapi.json``: the API's contract (pipeline.web.contract); public, like the
+    document in docs/openapi.json it equals."""
+
+    document = openapi_document()
+
+    async def get(self, request: Request) -> Response:
+        return self.json(self.document)
+
+
 @app.page("/metrics")
-class MetricsView(View):
+class MetricsView(JsonView):
     async def get(self, request: Request) -> Response:
         await runtime.refresh_metrics()
         return self.bytes(runtime.metrics.render(), content_type="text/plain; version=0.0.4")
 
 
 @app.page("/orders")
-class Orders(View):
+class Orders(JsonView):
     """``POST /orders``: the order, its items and its event commit together, or nothing."""
 
     async def post(self, request: Request) -> Response:
@@ -191,12 +216,14 @@ class Orders(View):
 
 
 @app.page("/orders/{order_id}/cancel")
-class CancelOrder(View):
+class CancelOrder(JsonView):
     """``POST /orders/{order_id}/cancel``: 200, 404 unknown, 409 already cancelled."""
 
     async def post(self, request: Request, order_id: str) -> Response:
         try:
             require_token(request, settings)
+            if not is_storable_text(order_id, MAX_ID_LENGTH):  # no such order can exist
+                return _answer(self, NotFound(order_id))
             result = await runtime.orders.cancel_order(order_id)
         except HttpError as exc:
             return exc.response(self)
@@ -208,13 +235,15 @@ class CancelOrder(View):
 
 
 @app.page("/orders/{order_id}")
-class OrderDetail(View):
+class OrderDetail(JsonView):
     """``GET /orders/{order_id}``: the order, its items and its status (it shows the
     customer's email: it takes the token when one is set)."""
 
     async def get(self, request: Request, order_id: str) -> Response:
         try:
             require_token(request, settings)
+            if not is_storable_text(order_id, MAX_ID_LENGTH):  # no such order can exist
+                return error(self, 404, "not_found", f"no order {order_id!r}")
             order = await runtime.order_store.get_order(order_id)
         except HttpError as exc:
             return exc.response(self)
@@ -226,7 +255,7 @@ class OrderDetail(View):
 
 
 @app.page("/customers/{customer_id}/stats")
-class CustomerStatsView(View):
+class CustomerStatsView(JsonView):
     """``GET /customers/{customer_id}/stats``: answered by the worker owning the customer
     (it shows what the customer spent: it takes the token when one is set, and the routed
     request carries it to the owner)."""
@@ -246,7 +275,7 @@ class CustomerStatsView(View):
 
 
 @app.page("/inventory/{sku}")
-class Inventory(View):
+class Inventory(JsonView):
     """``GET /inventory/{sku}`` (routed to the SKU's owner) and ``PUT /inventory/{sku}``."""
 
     @unavailable_while_rebalancing
@@ -275,8 +304,9 @@ class Inventory(View):
         elif set(body) - {"available"}:
             problems.extend({"field": k, "message": "unknown field"}
                             for k in sorted(set(body) - {"available"}))  # fmt: skip
-        if not 1 <= len(sku) <= 64:
-            problems.append({"field": "sku", "message": "must be 1 to 64 characters"})
+        if not is_storable_text(sku, MAX_ID_LENGTH):  # as an order's SKUs
+            message = f"must be 1 to {MAX_ID_LENGTH} printable characters"
+            problems.append({"field": "sku", "message": message})
         if problems:
             return error(self, 422, "validation_failed", problems)
         assert isinstance(available, int)
@@ -296,7 +326,7 @@ class Inventory(View):
 
 
 @app.page("/analytics/revenue")
-class Revenue(View):
+class Revenue(JsonView):
     """``GET /analytics/revenue``: recent windows, newest first, from the windows' owner (the
     shop's revenue: it takes the token when one is set)."""
 
@@ -311,7 +341,7 @@ class Revenue(View):
 
 
 @app.page("/dead-letters")
-class DeadLettersView(View):
+class DeadLettersView(JsonView):
     """``GET /dead-letters``: dead letters, oldest first, filtered by ``agent``, ``error_type``,
     ``reason``, ``status``, ``event_id``, ``since``, ``until`` and ``limit`` (an admin read:
     it shows event payloads, so it takes the token when one is set)."""
@@ -331,7 +361,7 @@ class DeadLettersView(View):
 
 
 @app.page("/dead-letters/replay")
-class ReplayDeadLetters(View):
+class ReplayDeadLetters(JsonView):
     """``POST /dead-letters/replay``: send dead letters back through the agent that failed
     them — by ``ids``, by ``event_id``, by filter, or ``{"all": true}``."""
 
@@ -354,16 +384,23 @@ class ReplayDeadLetters(View):
 
 
 @app.page("/admin/reconcile")
-class Reconcile(View):
+class Reconcile(JsonView):
     """``GET /admin/reconcile``: the database against the tables, the outbox and Kafka (see
-    ``pipeline.services.reconcile``); ``?kafka=false`` skips scanning ``orders.events``."""
+    ``pipeline.services.reconcile``); ``?kafka=false`` skips scanning ``orders.events``
+    (``true``, the default, scans it; anything else is a 422)."""
 
     async def get(self, request: Request) -> Response:
         try:
             require_token(request, settings)
         except HttpError as exc:
             return exc.response(self)
-        scan = request.query.get("kafka", "true").lower() not in ("false", "0", "no")
+        problems = [{"field": name, "message": "unknown parameter; known: kafka"}
+                    for name in sorted(set(request.query) - {"kafka"})]  # fmt: skip
+        if request.query.get("kafka", "true") not in ("true", "false"):
+            problems.append({"field": "kafka", "message": "must be true or false"})
+        if problems:
+            return error(self, 422, "validation_failed", problems)
+        scan = request.query.get("kafka", "true") == "true"
         try:
             report = await runtime.reconcile(scan_kafka=scan)
         except (Unavailable, OSError):

@@ -69,6 +69,11 @@ def test_injection_strings_are_accepted_verbatim() -> None:
         (body(items=[{"sku": "a", "quantity": 1, "unit_price": "1.005"}]), ["items[0].unit_price"]),
         (body(items=[{"sku": "a", "quantity": 1, "unit_price": "ten"}]), ["items[0].unit_price"]),
         (body(items=[{"sku": "a", "quantity": 1, "unit_price": "NaN"}]), ["items[0].unit_price"]),
+        # Text that Decimal() reads but is not a plain decimal (the OpenAPI document's pattern).
+        *[
+            (body(items=[{"sku": "a", "quantity": 1, "unit_price": text}]), ["items[0].unit_price"])
+            for text in ("1e2", " 12.50", "12.50 ", "+1", "1_000", "\u0661", ".5", "1.", "0" * 21)
+        ],
         (body(items=[{"sku": "a", "quantity": 1, "unit_price": None}]), ["items[0].unit_price"]),
         (body(items=[{"sku": "a", "quantity": 1}]), ["items[0].unit_price"]),
         (body(items=["sku-1"]), ["items[0]"]),
@@ -134,3 +139,8 @@ def test_negative_zero_is_a_plain_zero() -> None:
                            max_items=10)  # fmt: skip
     assert str(order.items[0].unit_price) == "0.00"
     assert str(order.total) == "0.00"
+
+
+def test_a_price_in_plain_notation_up_to_its_length_is_read_exactly() -> None:
+    items = [{"sku": "a", "quantity": 1, "unit_price": "0" * 16 + "7.5"}]
+    assert validate_order(body(items=items), max_items=10).items[0].unit_price == Decimal("7.50")

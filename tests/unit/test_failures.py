@@ -281,7 +281,38 @@ def test_filters_name_every_field_at_fault() -> None:
     assert where.since == datetime(2026, 11, 26, 10, tzinfo=UTC)
     with pytest.raises(BadFilter) as bad:
         parse_filter({"since": "yesterday", "limit": "0", "colour": "red"})
+    with pytest.raises(BadFilter):
+        parse_filter({"limit": "\u0665"})  # an Arabic-Indic 5: str.isdigit() says yes
     assert {p["field"] for p in bad.value.problems} == {"since", "limit", "colour"}
+
+
+def test_reason_and_status_filters_take_only_known_values() -> None:
+    assert parse_filter({"reason": "poison", "status": "replayed"}).status == "replayed"
+    with pytest.raises(BadFilter) as bad:
+        parse_filter({"reason": "bad-luck", "status": "AAA"})
+    assert {p["field"] for p in bad.value.problems} == {"reason", "status"}
+
+
+def test_text_filters_the_database_cannot_store_are_refused_before_any_query() -> None:
+    with pytest.raises(BadFilter) as bad:
+        parse_replay_request({"agent": "a\x00b", "ids": ["ok", "nul\x00"], "event_id": "x" * 256})
+    assert {p["field"] for p in bad.value.problems} == {"agent", "ids", "event_id"}
+
+
+def test_a_replay_request_says_what_it_means_without_nulls() -> None:
+    with pytest.raises(BadFilter) as bad:
+        parse_replay_request({"agent": "analytics", "limit": None, "all": None})
+    assert [p["field"] for p in bad.value.problems] == ["all", "limit"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("limit", "5"), ("limit", 5.0), ("since", 20000101), ("until", []), ("all", 0), ("all", 1)],
+)
+def test_a_replay_request_takes_json_types(field: str, value: Any) -> None:
+    with pytest.raises(BadFilter) as bad:
+        parse_replay_request({"agent": "analytics", field: value})
+    assert [p["field"] for p in bad.value.problems] == [field]
 
 
 def test_a_replay_request_must_say_what_to_replay() -> None:

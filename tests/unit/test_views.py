@@ -259,3 +259,22 @@ async def test_a_body_that_stops_arriving_is_answered_408_and_frees_its_handler(
     assert body["error"] == "body_timeout" and "0.5 s" in body["detail"]
     assert 0.5 <= waited < 5
     assert handled == [408]
+
+
+async def test_reconcile_refuses_parameters_it_does_not_take() -> None:
+    request = make_mocked_request("GET", "/admin/reconcile?kafka=maybe&pool_pre_ping=1")
+    response = await views.Reconcile(app, app.web).get(request)
+    assert response.status == 422
+    body = json.loads(response.body)
+    assert body["error"] == "validation_failed"
+    assert [p["field"] for p in body["detail"]] == ["pool_pre_ping", "kafka"]
+
+
+@pytest.mark.parametrize("view", [views.OrderDetail, views.CancelOrder])
+async def test_an_order_id_no_order_can_have_is_a_404_without_a_query(view: type) -> None:
+    # PostgreSQL refuses NUL in text: the query would fail as if the database were down (503).
+    method = "get" if view is views.OrderDetail else "post"
+    request = make_mocked_request(method.upper(), "/orders/x%00y")
+    response = await getattr(view(app, app.web), method)(request, order_id="x\x00y")
+    assert response.status == 404
+    assert json.loads(response.body)["error"] == "not_found"
