@@ -337,6 +337,11 @@ def _object(body: Any, known: set[str]) -> dict[str, Any]:
                 for k in unknown
             ]
         )
+    nulls = sorted(k for k, v in body.items() if v is None)
+    if nulls:  # JSON says what it means: a field left out, not a field set to null
+        raise BadRequest(
+            [{"field": k, "message": "must not be null (leave it out)"} for k in nulls]
+        )
     return body
 
 

@@ -39,7 +39,7 @@ def fields(exc: pytest.ExceptionInfo[BadRequest]) -> list[str]:
 # -- paging -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("raw", ["0", "501", "-1", "ten", "1.5", True, 3.0, ""])
+@pytest.mark.parametrize("raw", ["0", "501", "-1", "ten", "1.5", True, 3.0, "", "\u00b2", "\u0663"])
 def test_a_page_size_outside_1_to_500_is_refused(raw: Any) -> None:
     problems: list[dict[str, str]] = []
     paging.page_size(raw, problems)
@@ -53,7 +53,8 @@ def test_a_page_size_defaults_and_reads_query_strings() -> None:
     assert problems == []
     paging.row_id("0", problems)
     paging.key("x" * 65, problems, "after")
-    assert [p["field"] for p in problems] == ["after", "after"]
+    paging.key("a\x00b", problems, "customer_id")  # PostgreSQL refuses NUL in text
+    assert [p["field"] for p in problems] == ["after", "after", "customer_id"]
 
 
 def test_an_order_cursor_round_trips_and_anything_else_is_refused() -> None:
@@ -107,6 +108,7 @@ def test_a_requeue_names_its_rows_or_says_all() -> None:
         ({"all": True, "by": ""}, ["by"]),
         ({"all": True, "why": 5}, ["why"]),
         ({"all": True, "force": True}, ["force"]),
+        ({"all": True, "why": None, "by": None}, ["by", "why"]),  # null is not "left out"
     ]:
         with pytest.raises(BadRequest) as exc:
             parse_requeue_request(body, by="cli")
