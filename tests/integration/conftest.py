@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from pipeline.local.kafka import LocalKafka, port_is_free
-from pipeline.local.postgres import LocalPostgres, default_data_dir
+from pipeline.local.postgres import LocalPostgres, LocalPostgresError, default_data_dir
 from pipeline.settings import DEFAULT_KAFKA_VERSION, PROJECT_ROOT
 from tests.integration.workers import WorkerFactory, free_port
 
@@ -65,11 +66,19 @@ def postgres() -> LocalPostgres | None:
 
 
 @pytest.fixture
-def postgres_url(postgres: LocalPostgres | None) -> str:
-    """A fresh, empty PostgreSQL database for this test."""
+def postgres_url(postgres: LocalPostgres | None) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test, dropped after it: left behind, the
+    databases of every run pile up in the private cluster (a thousand made its crash recovery,
+    which the fault tests cause, take longer than a worker's retries)."""
     if postgres is None:
-        return os.environ["TEST_DATABASE_URL"]
-    return postgres.create_database(f"t_{uuid.uuid4().hex[:16]}")
+        yield os.environ["TEST_DATABASE_URL"]
+        return
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    yield postgres.create_database(name)
+    try:
+        postgres.drop_database(name)
+    except LocalPostgresError as exc:  # the server is down after a failed fault test
+        warnings.warn(f"test database {name} left behind: {exc}", stacklevel=1)
 
 
 @pytest.fixture
