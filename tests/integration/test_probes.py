@@ -24,6 +24,7 @@ from tests.integration.workers import (
 )
 
 PROBES = ("/livez", "/healthz", "/readyz", "/readyz/tables")
+SKUS = ("sku-0", "sku-1", "sku-2")
 
 
 class Poller(threading.Thread):
@@ -63,7 +64,7 @@ def _order(worker: Worker, n: int) -> dict[str, Any]:
     try:
         status, body = worker.post("/orders", {
             "customer_id": f"cust-{n % 7}", "customer_email": f"c{n % 7}@example.com",
-            "items": [{"sku": f"sku-{n % 3}", "quantity": 1, "unit_price": "2.50"}],
+            "items": [{"sku": SKUS[n % 3], "quantity": 1, "unit_price": "2.50"}],
         })  # fmt: skip
     except OSError as exc:
         return {"placed": f"{type(exc).__name__}: {exc}"}
@@ -84,6 +85,12 @@ def test_a_rebalance_takes_no_worker_out_of_service(
 ) -> None:
     migrate(sqlite_url)
     w1 = workers.start("w1")
+    # Stock for every order, set before the first: no order is rejected, so a cancellation
+    # never races inventory's decision (a rejected order is rightly a 409 to cancel).
+    for sku in SKUS:
+        assert w1.put(f"/inventory/{sku}", {"available": 1_000_000})[0] == 202
+    wait_for(lambda: all((w1.get(f"/inventory/{s}")[1] or {}).get("available") == 1_000_000
+                         for s in SKUS), 30, "the stock to be set")  # fmt: skip
     counter = iter(range(1_000_000))
     probes = Poller(lambda: _probe(w1), 0.05)
     orders = Poller(lambda: _order(w1, next(counter)), 0.05)
@@ -125,6 +132,7 @@ def test_a_rebalance_takes_no_worker_out_of_service(
     # The database, not the answers, says what was taken.
     with sqlite3.connect(_sqlite_path(sqlite_url)) as db:
         rows = dict(db.execute("SELECT order_id, status FROM orders").fetchall())
+    assert "rejected" not in rows.values()  # the stock held: no cancellation raced a rejection
     ids = {a["order_id"]: "cancelled" in a for _, a in order_samples}
     assert set(rows) == set(ids)
     assert {i for i, cancelled in ids.items() if cancelled} == {
