@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Mapping
 from datetime import datetime
@@ -25,7 +26,7 @@ from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
-from faust.web import Request, Response
+from faust.web import Request, Response, View
 from yarl import URL
 
 from pipeline.app import app, settings
@@ -47,7 +48,7 @@ from pipeline.domain.paging import (
 )
 from pipeline.streaming.topics import ORDER_EVENTS
 from pipeline.web.http import HttpError, JsonView, error, read_json, require_token
-from pipeline.web.views import DB_DOWN, within_calendar
+from pipeline.web.views import DB_DOWN, REBALANCING, Handler, within_calendar
 from tables.inventory import local_skus, stock_table
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,24 @@ def _query(request: Request, known: set[str]) -> Mapping[str, str]:
     return query
 
 
+def _answered(handler: Handler) -> Handler:
+    """Every failure of an operator's view in the one error shape: an :class:`HttpError` as
+    itself, bad input as ``422`` naming the fields, the database down as ``503``."""
+
+    @functools.wraps(handler)
+    async def answering(view: View, request: Request, **kwargs: Any) -> Response:
+        try:
+            return await handler(view, request, **kwargs)
+        except HttpError as exc:
+            return exc.response(view)
+        except BadRequest as exc:
+            return error(view, 422, "validation_failed", exc.problems)
+        except Unavailable:
+            return DB_DOWN.response(view)
+
+    return answering
+
+
 def _requester(request: Request) -> str:
     """Who asks, when the body does not say (``by``): the HTTP API and the peer's address."""
     return f"http:{cast(web.Request, request).remote or 'unknown'}"
@@ -75,22 +94,16 @@ def _requester(request: Request) -> str:
 class ParkedOutbox(JsonView):
     """``GET /admin/outbox/parked?after=&limit=``: parked rows by id, why each was parked."""
 
+    @_answered
     async def get(self, request: Request) -> Response:
-        try:
-            require_token(request, settings)
-            query = _query(request, {"after", "limit"})
-            problems: list[dict[str, str]] = []
-            after = row_id(query.get("after"), problems)
-            limit = page_size(query.get("limit"), problems)
-            if problems:
-                raise BadRequest(problems)
-            rows, after_last = await runtime.outbox_operations.parked(after, limit)
-        except HttpError as exc:
-            return exc.response(self)
-        except BadRequest as exc:
-            return error(self, 422, "validation_failed", exc.problems)
-        except Unavailable:
-            return DB_DOWN.response(self)
+        require_token(request, settings)
+        query = _query(request, {"after", "limit"})
+        problems: list[dict[str, str]] = []
+        after = row_id(query.get("after"), problems)
+        limit = page_size(query.get("limit"), problems)
+        if problems:
+            raise BadRequest(problems)
+        rows, after_last = await runtime.outbox_operations.parked(after, limit)
         topic, now = settings.topic_name(ORDER_EVENTS), utc_now()
         return self.json({"parked": [r.to_json(topic, now) for r in rows], "next": after_last})
 
@@ -100,18 +113,12 @@ class RequeueOutbox(JsonView):
     """``POST /admin/outbox/requeue`` ``{"ids": [...]}`` or ``{"all": true}``, with
     ``out_of_order``, ``why`` and ``by``: parked rows back to the forwarder."""
 
+    @_answered
     async def post(self, request: Request) -> Response:
-        try:
-            require_token(request, settings)
-            body = await read_json(request, settings)
-            wanted = parse_requeue_request(body, by=_requester(request))
-            result = await runtime.outbox_operations.requeue(wanted)
-        except HttpError as exc:
-            return exc.response(self)
-        except BadRequest as exc:
-            return error(self, 422, "validation_failed", exc.problems)
-        except Unavailable:
-            return DB_DOWN.response(self)
+        require_token(request, settings)
+        body = await read_json(request, settings)
+        wanted = parse_requeue_request(body, by=_requester(request))
+        result = await runtime.outbox_operations.requeue(wanted)
         # The forwarder finds the rows at its next poll, or at once on PostgreSQL's NOTIFY.
         return self.json(result.to_json("requeued"))
 
@@ -121,18 +128,12 @@ class DiscardOutbox(JsonView):
     """``POST /admin/outbox/discard`` ``{"ids": [...], "why": "..."}``: parked rows never to
     be published, each recorded with who and why."""
 
+    @_answered
     async def post(self, request: Request) -> Response:
-        try:
-            require_token(request, settings)
-            body = await read_json(request, settings)
-            wanted = parse_outbox_discard(body, by=_requester(request))
-            result = await runtime.outbox_operations.discard(wanted)
-        except HttpError as exc:
-            return exc.response(self)
-        except BadRequest as exc:
-            return error(self, 422, "validation_failed", exc.problems)
-        except Unavailable:
-            return DB_DOWN.response(self)
+        require_token(request, settings)
+        body = await read_json(request, settings)
+        wanted = parse_outbox_discard(body, by=_requester(request))
+        result = await runtime.outbox_operations.discard(wanted)
         return self.json(result.to_json("discarded"))
 
 
@@ -141,19 +142,13 @@ class DiscardDeadLetters(JsonView):
     """``POST /dead-letters/discard``: the selection replay takes (``ids``, ``event_id``, a
     filter, or ``"all": true``) and ``why``: no longer replayed nor counted open."""
 
+    @_answered
     async def post(self, request: Request) -> Response:
-        try:
-            require_token(request, settings)
-            body = await read_json(request, settings)
-            where, by, why = parse_discard_request(body, by=_requester(request))
-            where = within_calendar(where)
-            result = await runtime.dead_letters.discard(where, Audit(by, why, utc_now()))
-        except HttpError as exc:
-            return exc.response(self)
-        except BadRequest as exc:
-            return error(self, 422, "validation_failed", exc.problems)
-        except Unavailable:
-            return DB_DOWN.response(self)
+        require_token(request, settings)
+        body = await read_json(request, settings)
+        where, by, why = parse_discard_request(body, by=_requester(request))
+        where = within_calendar(where)
+        result = await runtime.dead_letters.discard(where, Audit(by, why, utc_now()))
         return self.json(result.to_json())
 
 
@@ -162,23 +157,17 @@ class CustomerOrders(JsonView):
     """``GET /customers/{customer_id}/orders?before=&limit=``: newest first, from the database
     (it shows what the customer bought: it takes the token when one is set)."""
 
+    @_answered
     async def get(self, request: Request, customer_id: str) -> Response:
-        try:
-            require_token(request, settings)
-            query = _query(request, {"before", "limit"})
-            problems: list[dict[str, str]] = []
-            key(customer_id, problems, "customer_id")
-            before = parse_order_cursor(query.get("before"), problems)
-            limit = page_size(query.get("limit"), problems)
-            if problems:
-                raise BadRequest(problems)
-            found = await runtime.order_store.customer_orders(customer_id, before, limit + 1)
-        except HttpError as exc:
-            return exc.response(self)
-        except BadRequest as exc:
-            return error(self, 422, "validation_failed", exc.problems)
-        except Unavailable:
-            return DB_DOWN.response(self)
+        require_token(request, settings)
+        query = _query(request, {"before", "limit"})
+        problems: list[dict[str, str]] = []
+        key(customer_id, problems, "customer_id")
+        before = parse_order_cursor(query.get("before"), problems)
+        limit = page_size(query.get("limit"), problems)
+        if problems:
+            raise BadRequest(problems)
+        found = await runtime.order_store.customer_orders(customer_id, before, limit + 1)
         page, cursor = found[:limit], None
         if len(found) > limit:
             last = page[-1]
@@ -206,17 +195,12 @@ class WorkerInventory(JsonView):
     """``GET /worker/inventory?after=&limit=``: this worker's share of ``GET /inventory``
     (the stock partitions it owns, and its first ``limit`` SKUs after ``after``)."""
 
+    @_answered
     async def get(self, request: Request) -> Response:
-        try:
-            require_token(request, settings)
-            after, limit = _sku_page(request)
-        except HttpError as exc:
-            return exc.response(self)
-        except BadRequest as exc:
-            return error(self, 422, "validation_failed", exc.problems)
+        require_token(request, settings)
+        after, limit = _sku_page(request)
         if app.rebalancing:
-            return HttpError(503, "rebalancing", "partitions are being reassigned; retry shortly",
-                             {"Retry-After": "1"}).response(self)  # fmt: skip
+            raise REBALANCING
         partitions = _own_stock_partitions()
         return self.json({"partitions": partitions, "skus": local_skus(after, limit)})
 
@@ -253,17 +237,12 @@ class InventoryList(JsonView):
     """``GET /inventory?after=&limit=``: every SKU with its stock, in SKU order, gathered from
     every worker's share; ``503`` while a worker does not answer or partitions move."""
 
+    @_answered
     async def get(self, request: Request) -> Response:
-        try:
-            require_token(request, settings)
-            after, limit = _sku_page(request)
-        except HttpError as exc:
-            return exc.response(self)
-        except BadRequest as exc:
-            return error(self, 422, "validation_failed", exc.problems)
+        require_token(request, settings)
+        after, limit = _sku_page(request)
         if app.rebalancing:
-            return HttpError(503, "rebalancing", "partitions are being reassigned; retry shortly",
-                             {"Retry-After": "1"}).response(self)  # fmt: skip
+            raise REBALANCING
         own = str(app.conf.canonical_url)
         peers = sorted(u for u in _members() if _ident(u) != _ident(own))
         timeout = aiohttp.ClientTimeout(total=PEER_TIMEOUT_SECONDS)

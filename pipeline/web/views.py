@@ -52,6 +52,8 @@ from tables.revenue import recent_windows, revenue_table
 log = logging.getLogger(__name__)
 DB_DOWN = HttpError(503, "database_unavailable", "the database is unavailable; retry shortly",
                     {"Retry-After": "2"})  # fmt: skip
+REBALANCING = HttpError(503, "rebalancing", "partitions are being reassigned; retry shortly",
+                        {"Retry-After": "1"})  # fmt: skip
 
 # Every request counted and timed by its route's template (GET /metrics).
 instrument(cast(AiohttpWeb, app.web).web_app, runtime.metrics)
@@ -88,8 +90,7 @@ def unavailable_while_rebalancing(handler: Handler) -> Handler:
     @functools.wraps(handler)
     async def guarded(view: View, request: Request, **kwargs: Any) -> Response:
         if app.rebalancing:
-            return HttpError(503, "rebalancing", "partitions are being reassigned; retry shortly",
-                             {"Retry-After": "1"}).response(view)  # fmt: skip
+            return REBALANCING.response(view)
         return await handler(view, request, **kwargs)
 
     return guarded
