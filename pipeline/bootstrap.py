@@ -22,7 +22,7 @@ from pipeline.adapters.db.dead_letters import DeadLetterStore
 from pipeline.adapters.db.orders import OrderStore
 from pipeline.adapters.db.outbox import OutboxStore
 from pipeline.adapters.db.outbox_admin import OutboxAdmin
-from pipeline.adapters.db.ping import make_ping_engine, ping
+from pipeline.adapters.db.ping import known_revisions, make_ping_engine, ping
 from pipeline.adapters.db.reconcile import ReconcileStore
 from pipeline.adapters.db.schema import make_bookkeeping_engine, make_engine
 from pipeline.adapters.kafka.ping import KafkaPing
@@ -105,8 +105,9 @@ class Runtime(Service):
             if not self.ready:
                 raise Unavailable("starting: topics not declared or forwarder not started yet")
 
+        revisions = known_revisions()
         return [
-            Check("database", lambda: ping(self._ping_engine)),
+            Check("database", lambda: ping(self._ping_engine, revisions)),
             Check("kafka", self._kafka_ping),
             Check("services", started, remember=0),
         ]

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sqlite3
 from pathlib import Path
 
 import pytest
 
-from pipeline.adapters.db.ping import make_ping_engine, ping
+from pipeline.adapters.db.ping import known_revisions, make_ping_engine, ping
+from pipeline.adapters.db.schema import migrate
 from pipeline.adapters.kafka.ping import KafkaPing
 from pipeline.domain.failures import Unavailable
 from pipeline.services.readiness import Check, readiness
@@ -102,15 +104,45 @@ def _closed_port() -> int:
 
 
 async def test_the_database_check_answers_on_sqlite_and_names_a_refusal(tmp_path: Path) -> None:
-    engine = make_ping_engine(f"sqlite+aiosqlite:///{tmp_path / 'ping.db'}")
-    await ping(engine)
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ping.db'}"
+    await asyncio.to_thread(migrate, url)
+    engine = make_ping_engine(url)
+    await ping(engine, known_revisions())
     await engine.dispose()
     url = f"postgresql+asyncpg://someone:s3cret@127.0.0.1:{_closed_port()}/orders"
     engine = make_ping_engine(url)
     with pytest.raises(Unavailable) as caught:
-        await ping(engine)
+        await ping(engine, known_revisions())
     await engine.dispose()
     assert str(caught.value) == "the database is unavailable (ConnectionRefusedError)"
+
+
+async def test_the_database_check_fails_until_the_schema_is_migrated(tmp_path: Path) -> None:
+    """A worker deployed before ``migrate`` ran is not ready (every order would fail on a
+    missing table or column); one on a newer release's schema, migrated ahead of a rolling
+    upgrade, is."""
+    revisions = known_revisions()
+    assert len(revisions) >= 2 and revisions[0].startswith("0001")
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ping.db'}"
+    engine = make_ping_engine(url)
+    missing = rf"^the database has no schema; this release needs revision {revisions[-1]}: run "
+    with pytest.raises(Unavailable, match=missing + "`python -m pipeline migrate`$"):
+        await ping(engine, revisions)
+    for older in revisions[:-1]:
+        await asyncio.to_thread(migrate, url, older)
+        with pytest.raises(Unavailable, match=rf"^the database schema is at revision {older}, "
+                           rf"older than this release's {revisions[-1]}: run `python -m "
+                           "pipeline migrate`$"):  # fmt: skip
+            await ping(engine, revisions)
+    await asyncio.to_thread(migrate, url)
+    await ping(engine, revisions)
+    await engine.dispose()
+    # A revision this release does not know: a newer release's, migrated ahead of it.
+    with sqlite3.connect(tmp_path / "ping.db") as db:
+        db.execute("UPDATE alembic_version SET version_num = '9999_from_a_newer_release'")
+    engine = make_ping_engine(url)
+    await ping(engine, revisions)
+    await engine.dispose()
 
 
 async def test_the_kafka_check_names_an_unreachable_broker() -> None:
