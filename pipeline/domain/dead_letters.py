@@ -15,7 +15,7 @@ from typing import Any
 from pipeline.domain import failures
 from pipeline.domain.audit import parse_audit
 from pipeline.domain.orders import is_storable_text
-from pipeline.domain.paging import BadRequest
+from pipeline.domain.paging import BadRequest, digits, json_object
 
 OPEN, REPLAYED, DISCARDED = "open", "replayed", "discarded"
 STATUSES = (OPEN, REPLAYED, DISCARDED)
@@ -218,7 +218,7 @@ def parse_filter(raw: dict[str, Any], *, allow: Sequence[str] = FILTER_FIELDS) -
                 continue
             values[name] = when if when.tzinfo else when.replace(tzinfo=UTC)
         elif name == "limit":
-            if isinstance(value, bool) or not (str(value).isascii() and str(value).isdigit()):
+            if isinstance(value, bool) or not digits(value):
                 problems.append({"field": name, "message": "must be a positive integer"})
             elif not 1 <= int(value) <= MAX_LIST:
                 problems.append({"field": name, "message": f"must be between 1 and {MAX_LIST}"})
@@ -253,11 +253,7 @@ def parse_replay_request(body: Any, verb: str = "replay") -> Filter:
     """``{"ids": [...]}``, ``{"event_id": ...}``, a filter (``agent``, ``error_type``,
     ``reason``, ``since``, ``until``), or ``{"all": true}``; an empty request is refused so
     that nothing is replayed (or discarded) by accident."""
-    if not isinstance(body, dict):
-        raise BadFilter([{"field": "body", "message": "must be a JSON object"}])
-    nulls = sorted(name for name, value in body.items() if value is None)
-    if nulls:  # JSON says what it means: a field left out, not a field set to null
-        raise BadFilter([{"field": n, "message": "must not be null (leave it out)"} for n in nulls])
+    body = json_object(body, error=BadFilter)
     # JSON has types, where a query string has only text: a limit is a number, a time a string.
     limit = body.get("limit")
     if "limit" in body and (isinstance(limit, bool) or not isinstance(limit, int)):

@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from pipeline.domain.audit import parse_audit
-from pipeline.domain.paging import MAX_PAGE, BadRequest
+from pipeline.domain.paging import MAX_PAGE, BadRequest, json_object
 
 PENDING, PUBLISHED, PARKED, DISCARDED = "pending", "published", "parked", "discarded"
 MAX_ERROR_LENGTH = 2000
@@ -326,29 +326,10 @@ def _ids(raw: Any, problems: list[dict[str, str]]) -> tuple[int, ...]:
     return tuple(dict.fromkeys(raw))
 
 
-def _object(body: Any, known: set[str]) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise BadRequest([{"field": "body", "message": "must be a JSON object"}])
-    unknown = sorted(set(body) - known)
-    if unknown:
-        raise BadRequest(
-            [
-                {"field": k, "message": f"unknown field; known: {', '.join(sorted(known))}"}
-                for k in unknown
-            ]
-        )
-    nulls = sorted(k for k, v in body.items() if v is None)
-    if nulls:  # JSON says what it means: a field left out, not a field set to null
-        raise BadRequest(
-            [{"field": k, "message": "must not be null (leave it out)"} for k in nulls]
-        )
-    return body
-
-
 def parse_requeue_request(body: Any, *, by: str) -> Requeue:
     """``{"ids": [...]}`` or ``{"all": true}``, with optional ``out_of_order``, ``why`` and
     ``by`` (default: ``by``); an empty request is refused so nothing moves by accident."""
-    body = _object(body, {"ids", "all", "out_of_order", "why", "by"})
+    body = json_object(body, {"ids", "all", "out_of_order", "why", "by"})
     problems: list[dict[str, str]] = []
     everything = body.get("all", False)
     if not isinstance(everything, bool):  # not `in (True, False)`: 1 == True
@@ -373,7 +354,7 @@ def parse_requeue_request(body: Any, *, by: str) -> Requeue:
 def parse_discard_request(body: Any, *, by: str) -> Discard:
     """``{"ids": [...], "why": "..."}`` with optional ``by``: a discard names its rows one
     by one and says why."""
-    body = _object(body, {"ids", "why", "by"})
+    body = json_object(body, {"ids", "why", "by"})
     problems: list[dict[str, str]] = []
     ids = _ids(body.get("ids"), problems)
     who, reason = parse_audit(body.get("by", by), body.get("why"), problems,

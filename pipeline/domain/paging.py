@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,17 +30,35 @@ class BadRequest(ValueError):
         self.problems = problems
 
 
-def _digits(raw: Any) -> bool:
+def digits(raw: Any) -> bool:
     """ASCII digits only: ``str.isdigit`` also takes "²", which ``int`` refuses."""
     text = str(raw)
     return text.isascii() and text.isdigit()
+
+
+def json_object(
+    body: Any, known: Collection[str] | None = None, error: type[BadRequest] = BadRequest
+) -> dict[str, Any]:
+    """``body`` if it is a JSON object with no field set to null and, when ``known`` is given,
+    no field outside it; else ``error`` naming every field at fault. JSON says what it means:
+    a field left out is not a field set to null."""
+    if not isinstance(body, dict):
+        raise error([{"field": "body", "message": "must be a JSON object"}])
+    listed = ", ".join(sorted(known or ()))
+    problems = [{"field": k, "message": f"unknown field; known: {listed}"}
+                for k in sorted(set(body) - set(known))] if known is not None else []  # fmt: skip
+    problems += [{"field": k, "message": "must not be null (leave it out)"}
+                 for k in sorted(k for k, v in body.items() if v is None)]  # fmt: skip
+    if problems:
+        raise error(problems)
+    return body
 
 
 def page_size(raw: Any, problems: list[dict[str, str]], field: str = "limit") -> int:
     """``raw`` (a query string, a JSON value or None) as a page size; a problem if not one."""
     if raw is None:
         return DEFAULT_PAGE
-    if isinstance(raw, bool) or not _digits(raw) or not 1 <= int(raw) <= MAX_PAGE:
+    if isinstance(raw, bool) or not digits(raw) or not 1 <= int(raw) <= MAX_PAGE:
         problems.append({"field": field, "message": f"must be an integer from 1 to {MAX_PAGE}"})
         return DEFAULT_PAGE
     return int(raw)
@@ -49,7 +68,7 @@ def row_id(raw: Any, problems: list[dict[str, str]], field: str = "after") -> in
     """A positive row id (the outbox's), or None when not given."""
     if raw is None:
         return None
-    if isinstance(raw, bool) or not _digits(raw) or not 1 <= int(raw) < 2**63:
+    if isinstance(raw, bool) or not digits(raw) or not 1 <= int(raw) < 2**63:
         problems.append({"field": field, "message": "must be a positive integer row id"})
         return None
     return int(raw)
