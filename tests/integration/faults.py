@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from pipeline.adapters.db.schema import migrate
 from tests.integration.history import (
     History,
     Load,
@@ -21,7 +24,7 @@ from tests.integration.history import (
     set_stock,
     settle,
 )
-from tests.integration.workers import Worker, WorkerFactory
+from tests.integration.workers import Worker, WorkerFactory, metric
 
 SKUS = [f"sku-{n}" for n in range(8)]
 # Scarce: the load asks for about three times this per SKU, so orders are rejected and their
@@ -147,3 +150,27 @@ def reconciled(worker: Worker, attempts: int = 30) -> dict[str, Any] | None:
             return report
         time.sleep(1)
     return None
+
+
+@contextmanager
+def migrated_workers(
+    bootstrap: str, root: Path, test_id: str, database_url: str
+) -> Iterator[WorkerFactory]:
+    """Workers on ``bootstrap`` and ``database_url`` (migrated first), all stopped after."""
+    migrate(database_url)
+    workers = WorkerFactory(bootstrap, root, f"it-{test_id}", f"t{test_id}.", database_url)
+    try:
+        yield workers
+    finally:
+        workers.stop_all()
+
+
+def events_handled(worker: Worker) -> float:
+    """Events the worker's agents handled, from its ``/metrics`` (0 while it does not answer):
+    what shows that a worker joining under load took a share of the work."""
+    try:
+        text = worker.metrics()
+    except OSError:
+        return 0.0
+    return sum(metric(text, "pipeline_events_processed_total", agent=agent) or 0
+               for agent in ("inventory", "analytics", "order-status"))  # fmt: skip

@@ -25,9 +25,9 @@ from pipeline.adapters.db.schema import migrate
 from pipeline.local.kafka import LocalKafka, broker_answers, new_cluster_id
 from pipeline.local.postgres import LocalPostgres
 from pipeline.settings import PROJECT_ROOT
-from tests.integration.faults import Scenario
+from tests.integration.faults import Scenario, events_handled, migrated_workers
 from tests.integration.history import call, outbox_backlog, read_topics
-from tests.integration.workers import Worker, WorkerFactory, free_port, metric, wait_for
+from tests.integration.workers import WorkerFactory, free_port, wait_for
 
 pytestmark = pytest.mark.faults
 
@@ -36,13 +36,8 @@ pytestmark = pytest.mark.faults
 def factory(kafka_bootstrap: str, tmp_path: Path, test_id: str, database_url: str
             ) -> Iterator[WorkerFactory]:  # fmt: skip
     """Workers on the session's broker and this test's database (SQLite, then PostgreSQL)."""
-    migrate(database_url)
-    workers = WorkerFactory(kafka_bootstrap, tmp_path, f"it-{test_id}", f"t{test_id}.",
-                            database_url)  # fmt: skip
-    try:
+    with migrated_workers(kafka_bootstrap, tmp_path, test_id, database_url) as workers:
         yield workers
-    finally:
-        workers.stop_all()
 
 
 def own_broker(tmp_path: Path, **kwargs: object) -> LocalKafka:
@@ -109,7 +104,7 @@ def test_workers_started_and_stopped_under_load_keep_every_invariant(
         extra = scenario.start(f"extra{round_no}")
         live.append(extra)
         # The fault bit: the extra worker took partitions and handled events while it was up.
-        handled += wait_for(partial(_handled, extra), 30, "the extra worker to handle events")
+        handled += wait_for(partial(events_handled, extra), 30, "the extra worker to handle events")
         time.sleep(2)
         live.remove(extra)
         assert extra.stop() == 0  # a clean stop hands its partitions back
@@ -230,12 +225,6 @@ def test_postgres_stopped_under_load_keeps_every_acknowledged_order(
         scenario.finish(live[0], {"refused_503": refused})
     finally:
         workers.stop_all()
-
-
-def _handled(worker: Worker) -> float:
-    text = worker.metrics()
-    return sum(metric(text, "pipeline_events_processed_total", agent=agent) or 0
-               for agent in ("inventory", "analytics", "order-status"))  # fmt: skip
 
 
 class Backlog:

@@ -27,9 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.adapters.db.schema import migrate
-from tests.integration.faults import Scenario
-from tests.integration.workers import Worker, WorkerFactory, metric, wait_for
+from tests.integration.faults import Scenario, events_handled, migrated_workers
+from tests.integration.workers import WorkerFactory, wait_for
 
 pytestmark = pytest.mark.stress
 
@@ -39,13 +38,8 @@ ROUNDS = int(os.environ.get("STRESS_ROUNDS", "6"))
 @pytest.fixture
 def factory(kafka_bootstrap: str, tmp_path: Path, test_id: str, postgres_url: str
             ) -> Iterator[WorkerFactory]:  # fmt: skip
-    migrate(postgres_url)
-    workers = WorkerFactory(kafka_bootstrap, tmp_path, f"it-{test_id}", f"t{test_id}.",
-                            postgres_url)  # fmt: skip
-    try:
+    with migrated_workers(kafka_bootstrap, tmp_path, test_id, postgres_url) as workers:
         yield workers
-    finally:
-        workers.stop_all()
 
 
 def _burn(stop_at: float) -> None:
@@ -72,15 +66,6 @@ class Contention:
             proc.join(10)
 
 
-def _handled(worker: Worker) -> float:
-    try:
-        text = worker.metrics()
-    except OSError:
-        return 0.0
-    return sum(metric(text, "pipeline_events_processed_total", agent=agent) or 0
-               for agent in ("inventory", "analytics", "order-status"))  # fmt: skip
-
-
 def test_rebalance_churn_under_cpu_contention_keeps_every_invariant(
     factory: WorkerFactory,
 ) -> None:
@@ -96,14 +81,14 @@ def test_rebalance_churn_under_cpu_contention_keeps_every_invariant(
                 case 0:  # joins, works, leaves cleanly
                     extra.wait_ready(120)
                     live.append(extra)
-                    handled_by_extras += wait_for(partial(_handled, extra), 60,
+                    handled_by_extras += wait_for(partial(events_handled, extra), 60,
                                                   f"{extra.name} to handle events")  # fmt: skip
                     live.remove(extra)
                     exits[extra.name] = extra.stop()
                 case 1:  # joins, works, and is SIGKILLed with events in flight
                     extra.wait_ready(120)
                     live.append(extra)
-                    handled_by_extras += wait_for(partial(_handled, extra), 60,
+                    handled_by_extras += wait_for(partial(events_handled, extra), 60,
                                                   f"{extra.name} to handle events")  # fmt: skip
                     live.remove(extra)
                     scenario.kill(extra)
