@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import uuid
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,9 @@ from typing import Any
 import pytest
 
 from pipeline.local.kafka import LocalKafka, port_is_free
-from pipeline.local.postgres import LocalPostgres, LocalPostgresError, default_data_dir
+from pipeline.local.postgres import LocalPostgres, default_data_dir
 from pipeline.settings import DEFAULT_KAFKA_VERSION, PROJECT_ROOT
-from tests.integration.workers import WorkerFactory, free_port
+from tests.integration.workers import WorkerFactory, drop_test_database, free_port
 
 
 @pytest.fixture(scope="session")
@@ -75,10 +74,7 @@ def postgres_url(postgres: LocalPostgres | None) -> Iterator[str]:
         return
     name = f"t_{uuid.uuid4().hex[:16]}"
     yield postgres.create_database(name)
-    try:
-        postgres.drop_database(name)
-    except LocalPostgresError as exc:  # the server is down after a failed fault test
-        warnings.warn(f"test database {name} left behind: {exc}", stacklevel=1)
+    drop_test_database(postgres, name)
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from pipeline.adapters.db.schema import (
     outbox,
 )
 from pipeline.local.postgres import LocalPostgres
-from tests.integration.workers import Worker, WorkerFactory, http_post
+from tests.integration.workers import Worker, WorkerFactory, drop_test_database, http_post
 
 TOKEN = "hostile-token-7c1d"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -50,11 +50,13 @@ def api(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Worker, str]]:
     root = tmp_path_factory.mktemp("hostile")
+    name: str | None = None  # the PostgreSQL database made for the module
     if request.param == "sqlite":
         url = f"sqlite+aiosqlite:///{root / 'pipeline.db'}"
     else:
         assert postgres is not None
-        url = postgres.create_database(f"hostile_{uuid.uuid4().hex[:12]}")
+        name = f"hostile_{uuid.uuid4().hex[:12]}"
+        url = postgres.create_database(name)
     migrate(url)
     test_id = uuid.uuid4().hex[:10]
     factory = WorkerFactory(
@@ -66,6 +68,7 @@ def api(
         yield worker, url
     finally:
         factory.stop_all()
+        drop_test_database(postgres, name)
 
 
 def written(url: str) -> tuple[int, ...]:

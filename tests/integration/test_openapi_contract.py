@@ -52,6 +52,7 @@ from tests.integration.workers import (
     Worker,
     WorkerFactory,
     consume,
+    drop_test_database,
     free_port,
     http_get,
     http_post,
@@ -106,11 +107,13 @@ def factory(
     kafka_bootstrap: str, postgres: LocalPostgres | None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerFactory]:
     root = tmp_path_factory.mktemp("contract")
+    name: str | None = None  # the PostgreSQL database made for the module
     # PostgreSQL, the production database: a fresh one, or the one TEST_DATABASE_URL names.
     if postgres is None:
         url = os.environ["TEST_DATABASE_URL"]
     else:
-        url = postgres.create_database(f"contract_{uuid.uuid4().hex[:12]}")
+        name = f"contract_{uuid.uuid4().hex[:12]}"
+        url = postgres.create_database(name)
     migrate(url)
     test_id = uuid.uuid4().hex[:10]
     made = WorkerFactory(
@@ -121,6 +124,7 @@ def factory(
         yield made
     finally:
         made.stop_all()
+        drop_test_database(postgres, name)
 
 
 @pytest.fixture(scope="module")

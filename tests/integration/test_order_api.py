@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 
 from pipeline.adapters.db.schema import make_engine, migrate, order_items, orders, outbox
 from pipeline.local.postgres import LocalPostgres
-from tests.integration.workers import Worker, WorkerFactory, http_post
+from tests.integration.workers import Worker, WorkerFactory, drop_test_database, http_post
 
 TOKEN = "test-token-5f0c"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -34,11 +34,13 @@ def api(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Worker, str]]:
     root = tmp_path_factory.mktemp("api")
+    name: str | None = None  # the PostgreSQL database made for the module
     if request.param == "sqlite":
         url = f"sqlite+aiosqlite:///{root / 'pipeline.db'}"
     else:
         assert postgres is not None
-        url = postgres.create_database(f"api_{uuid.uuid4().hex[:12]}")
+        name = f"api_{uuid.uuid4().hex[:12]}"
+        url = postgres.create_database(name)
     migrate(url)
     test_id = uuid.uuid4().hex[:10]
     factory = WorkerFactory(
@@ -54,6 +56,7 @@ def api(
         yield worker, url
     finally:
         factory.stop_all()
+        drop_test_database(postgres, name)
 
 
 def counts(url: str) -> tuple[int, int, int]:

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
+from pipeline.local.postgres import LocalPostgres, LocalPostgresError
 from pipeline.settings import PROJECT_ROOT
 
 
@@ -246,3 +248,13 @@ async def consume(bootstrap: str, topic: str, *, count: int, timeout: float = 30
     finally:
         await consumer.stop()
     return records
+
+
+def drop_test_database(postgres: LocalPostgres | None, name: str | None) -> None:
+    """Drop a database a test made (none: it made none), warning when the server is down."""
+    if postgres is None or name is None:
+        return
+    try:
+        postgres.drop_database(name)
+    except LocalPostgresError as exc:  # the server is down after a failed fault test
+        warnings.warn(f"test database {name} left behind: {exc}", stacklevel=1)
