@@ -62,10 +62,11 @@ class OutboxAdmin:
         """Put the parked rows ``ids`` back to ``pending``, in one transaction.
 
         A row goes back only if that cannot send its key's events out of order: no later row
-        of its key (customer) may be published, or pending (the forwarder may be sending it
-        now), and the row must be younger than ``verifiable_since`` (older published rows
-        may have been purged, so what went out after it is no longer known). ``out_of_order``
-        puts such rows back all the same: they are sent after what already went out.
+        of its key (customer) on its topic may be published, or pending (the forwarder may be
+        sending it now), and the row must be younger than ``verifiable_since`` (older published
+        rows may have been purged, so what went out after it is no longer known).
+        ``out_of_order`` puts such rows back all the same: they are sent after what already
+        went out.
 
         On PostgreSQL the transaction first locks the outbox against new rows (SHARE ROW
         EXCLUSIVE conflicts with the inserts' ROW EXCLUSIVE, not with reads): a row committed
@@ -145,6 +146,9 @@ async def _out_of_order(
             select(outbox.c.id, outbox.c.status)
             .where(
                 outbox.c.partition_key == row.partition_key,
+                # Order is kept per topic: a later event of the key on another topic does not
+                # hold this one back (NULL, the order events' topic, matches NULL).
+                outbox.c.topic.is_not_distinct_from(row.topic),
                 outbox.c.id > row.id,
                 outbox.c.status.in_((PUBLISHED, PENDING)),
             )
