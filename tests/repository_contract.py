@@ -321,6 +321,7 @@ class DeadLetterContract:
         await letters.add(one)
         await letters.add(other)
         at = T0 + timedelta(hours=1)
+        assert await letters.claim_replay(one)
         await letters.record_replay(one, at, "cli")
         await letters.record_replay(one, at + timedelta(minutes=1), "http")
         assert await letters.replay_count("analytics", "e-1") == 2
@@ -328,6 +329,24 @@ class DeadLetterContract:
         assert [r["requested_by"] for r in await letters.replays("0-1")] == ["cli", "http"]
         assert [d.id for d in await letters.find(Filter(status="replayed"))] == ["0-1"]
         assert [d.id for d in await letters.find(Filter(status="open"))] == ["0-2"]
+
+    async def test_a_discarded_letter_cannot_be_claimed_for_replay(
+        self, letters: DeadLetterRepository
+    ) -> None:
+        """Replay claims a letter before it sends it: a discard that came first wins, one that
+        comes after finds it replayed; a claim whose send failed is undone."""
+        one, two, three = letter(1), letter(2), letter(3)
+        for made in (one, two, three):
+            await letters.add(made)
+        assert await letters.discard([one], OPERATOR) == ["0-1"]
+        assert not await letters.claim_replay(one)  # found open, discarded before its claim
+        assert await letters.claim_replay(two)
+        assert await letters.discard([two], OPERATOR) == ["0-2"]  # after: it was replayed
+        assert await letters.claim_replay(three)
+        await letters.release_replay(three)  # its send failed: open again, to replay later
+        status = {d.id: d.status for d in await letters.find(Filter())}
+        assert status == {"0-1": "discarded", "0-2": "discarded", "0-3": "open"}
+        assert await letters.replays("0-1") == []
 
     async def test_a_discarded_letter_is_marked_once_and_stays_so(
         self, letters: DeadLetterRepository

@@ -352,12 +352,20 @@ class MemoryDeadLetterStore:
     async def replay_count(self, agent: str, event_key: str) -> int:
         return sum(1 for _, a, k, _, _ in self.db.replays if (a, k) == (agent, event_key))
 
+    async def claim_replay(self, letter: DeadLetter) -> bool:
+        stored = self.db.dead_letters.get(letter.id)
+        if stored is None or stored.status == LETTER_DISCARDED:
+            return False
+        self.db.dead_letters[letter.id] = dataclasses.replace(stored, status=REPLAYED)
+        return True
+
+    async def release_replay(self, letter: DeadLetter) -> None:
+        stored = self.db.dead_letters.get(letter.id)
+        if stored is not None and stored.status == REPLAYED:
+            self.db.dead_letters[letter.id] = dataclasses.replace(stored, status=letter.status)
+
     async def record_replay(self, letter: DeadLetter, at: datetime, requested_by: str) -> None:
         self.db.replays.append((letter.id, letter.agent, letter.event_key, at, requested_by))
-        if letter.id in self.db.dead_letters:
-            self.db.dead_letters[letter.id] = dataclasses.replace(
-                self.db.dead_letters[letter.id], status=REPLAYED
-            )
 
     async def discard(self, letters: list[DeadLetter], audit: Audit) -> list[str]:
         done = []

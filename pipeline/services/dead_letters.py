@@ -98,14 +98,23 @@ class DeadLetters:
                               f"times (PIPELINE_REPLAY_LIMIT={self.replay_limit})",
                 })  # fmt: skip
                 continue
+            # Marked replayed before it is sent: a discard that came in since it was found
+            # wins, and one that comes after finds it replayed (never "discarded" yet sent).
+            if not await self.store.claim_replay(letter):
+                result.refused.append({"id": letter.id, "reason": "discarded: never replayed"})
+                continue
             partition = self.replay_partition(letter.agent, letter.record_key,
                                               letter.original_partition)  # fmt: skip
             # Sent, and retried if it fails again, in the partition its key's state is in now.
             sent = replace(letter, original_partition=partition)
-            await self.send(
-                self.redelivery_topic(letter.agent), letter.record_key, letter.record_value,
-                replay_headers(sent, done + 1), partition,
-            )  # fmt: skip
+            try:
+                await self.send(
+                    self.redelivery_topic(letter.agent), letter.record_key, letter.record_value,
+                    replay_headers(sent, done + 1), partition,
+                )  # fmt: skip
+            except BaseException:
+                await self.store.release_replay(letter)
+                raise
             await self.store.record_replay(letter, datetime.now(UTC), requested_by)
             result.replayed.append(letter.id)
         return result

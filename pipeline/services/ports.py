@@ -107,8 +107,18 @@ class DeadLetterRepository(Protocol):
 
     async def replay_count(self, agent: str, event_key: str) -> int: ...
 
+    async def claim_replay(self, letter: DeadLetter) -> bool:
+        """Mark ``letter`` replayed before it is sent, unless it was discarded meanwhile (then
+        False: it must not be sent). A discard after the claim finds it replayed."""
+        ...
+
+    async def release_replay(self, letter: DeadLetter) -> None:
+        """Undo a claim whose send failed: the letter's status back to ``letter.status``,
+        unless it changed since the claim (a discard meanwhile stands)."""
+        ...
+
     async def record_replay(self, letter: DeadLetter, at: datetime, requested_by: str) -> None:
-        """Record a replay of ``letter`` and mark it replayed."""
+        """Record a replay of ``letter``, once sent (after :meth:`claim_replay`)."""
         ...
 
     async def replays(self, dead_letter_id: str) -> list[dict[str, Any]]: ...

@@ -673,6 +673,12 @@ def test_a_dead_letter_past_the_replay_age_is_refused_saying_why() -> None:
         async def replay_count(self, agent: str, key: str) -> int:
             return 0
 
+        async def claim_replay(self, letter: DeadLetter) -> bool:
+            return True
+
+        async def release_replay(self, letter: DeadLetter) -> None:
+            return None
+
         async def record_replay(self, letter: DeadLetter, at: object, by: str) -> None:
             sent.append(letter.id)
 
@@ -688,3 +694,45 @@ def test_a_dead_letter_past_the_replay_age_is_refused_saying_why() -> None:
     assert result.replayed == ["0-1"] and sent == ["0-1"]
     [refused] = result.refused
     assert refused["id"] == "0-2" and "PIPELINE_REPLAY_MAX_AGE_SECONDS" in refused["reason"]
+
+
+def test_a_letter_discarded_while_a_replay_runs_is_never_sent_and_a_failed_send_reopens() -> None:
+    """The replay finds its letters, then an operator discards one before it is sent: that one
+    is not sent and stays discarded. A send that fails leaves its letter open to replay."""
+    from pipeline.adapters.memory import MemoryDatabase, MemoryDeadLetterStore
+    from pipeline.domain.audit import Audit
+    from pipeline.services.dead_letters import DeadLetters
+
+    headers = failures.dead_letter_headers(
+        [("event_id", b"e")], _failure(3), "permanent", ValueError("v"),
+        datetime(2026, 11, 26, 1, tzinfo=UTC),
+    )  # fmt: skip
+    made = [DeadLetter.from_record(0, n, f"cust-{n}".encode(), encode(order_created(f"c{n}")),
+                                   headers, time.time()) for n in (1, 2, 3)]  # fmt: skip
+    audit = Audit("bob", "worthless", datetime.now(UTC))
+
+    class Racing(MemoryDeadLetterStore):
+        async def find(self, where: Any) -> list[DeadLetter]:
+            found = await super().find(where)
+            await self.discard([found[1]], audit)  # the operator, between find and send
+            return found
+
+    store = Racing(MemoryDatabase())
+    for letter in made:
+        asyncio.run(store.add(letter))
+    sent: list[bytes | None] = []
+
+    async def send(topic: str, key: bytes | None, *_: object) -> None:
+        if key == b"cust-3":
+            raise KafkaConnectionError("the broker is gone")
+        sent.append(key)
+
+    service = DeadLetters(store, send, replay_limit=3, redelivery_topic=lambda a: a,
+                          known_agents=lambda: ["analytics"])  # fmt: skip
+    with pytest.raises(KafkaConnectionError):
+        asyncio.run(service.replay(parse_filter({}), "test"))
+    assert sent == [b"cust-1"]
+    status = {d.id: d.status for d in asyncio.run(store.find(parse_filter({})))}
+    assert status == {made[0].id: "replayed", made[1].id: "discarded", made[2].id: "open"}
+    assert [r["requested_by"] for r in asyncio.run(store.replays(made[0].id))] == ["test"]
+    assert asyncio.run(store.replays(made[2].id)) == []

@@ -248,6 +248,12 @@ def test_a_replay_goes_to_the_partition_its_key_hashes_to_now() -> None:
         async def replay_count(self, agent: str, key: str) -> int:
             return 0
 
+        async def claim_replay(self, letter: DeadLetter) -> bool:
+            return True
+
+        async def release_replay(self, letter: DeadLetter) -> None:
+            return None
+
         async def record_replay(self, letter: DeadLetter, at: object, by: str) -> None:
             return None
 

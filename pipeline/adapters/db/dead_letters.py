@@ -74,6 +74,25 @@ class DeadLetterStore:
         async with self.engine.connect() as conn:
             return int((await conn.execute(query)).scalar_one())
 
+    async def claim_replay(self, letter: DeadLetter) -> bool:
+        c = dead_letters.c
+        async with self.engine.begin() as conn:
+            claimed = await conn.execute(
+                update(dead_letters)
+                .where(c.id == letter.id, c.status != DISCARDED)
+                .values(status=REPLAYED)
+            )
+        return bool(claimed.rowcount)
+
+    async def release_replay(self, letter: DeadLetter) -> None:
+        c = dead_letters.c
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(dead_letters)
+                .where(c.id == letter.id, c.status == REPLAYED)
+                .values(status=letter.status)
+            )
+
     async def record_replay(self, letter: DeadLetter, at: datetime, requested_by: str) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(
@@ -82,9 +101,6 @@ class DeadLetterStore:
                     replayed_at=at, requested_by=requested_by,
                 )
             )  # fmt: skip
-            await conn.execute(
-                update(dead_letters).where(dead_letters.c.id == letter.id).values(status=REPLAYED)
-            )
 
     async def discard(self, letters: list[DeadLetter], audit: Audit) -> list[str]:
         """Mark ``letters`` discarded, each with its record, in one transaction; the ids of
