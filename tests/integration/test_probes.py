@@ -172,6 +172,32 @@ def test_readiness_names_the_database_it_cannot_reach(workers: WorkerFactory) ->
     assert (status, refused["error"]) == (503, "database_unavailable")
 
 
+def test_a_worker_is_not_ready_until_its_database_is_migrated(
+    workers: WorkerFactory, sqlite_url: str
+) -> None:
+    worker = workers.start("w1", wait=False)  # on a database nobody migrated yet
+    wait_for(lambda: _up(worker), 90, "the web server")
+
+    def answer() -> tuple[int, Any] | None:
+        status, body = worker.get("/readyz")
+        return None if "services" in body.get("failed", ["services"]) else (status, body)
+
+    status, body = wait_for(answer, 90, "the worker's services to start")
+    assert (status, body["failed"]) == (503, ["database"]), body
+    assert body["checks"]["database"].startswith("the database has no schema")
+    assert body["checks"]["database"].endswith("run `python -m pipeline migrate`")
+
+    migrate(sqlite_url)
+    wait_for(lambda: worker.get("/readyz")[0] == 200, 30, "readiness once migrated")
+    status, placed = worker.post("/orders", {
+        "customer_id": "c", "customer_email": "c@example.com",
+        "items": [{"sku": "s", "quantity": 1, "unit_price": "1.00"}],
+    })  # fmt: skip
+    assert status == 201, placed
+    with sqlite3.connect(_sqlite_path(sqlite_url)) as db:
+        assert db.execute("SELECT order_id FROM orders").fetchall() == [(placed["order_id"],)]
+
+
 def _up(worker: Worker) -> bool:
     assert worker.proc.poll() is None, f"exited:\n{worker.log()[-3000:]}"
     try:
