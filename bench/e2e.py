@@ -285,7 +285,7 @@ async def find_max(tracker: Tracker, orders: Any, step_s: float) -> tuple[float,
     rate, best, steps = RAMP_START, 0.0, []
     while rate < 5000:
         step = await open_loop(tracker, orders, rate, step_s, f"ramp {rate:.1f}", drain=False)
-        backlog = tracker.in_flight()
+        backlog = step["waiting_at_last_send"]
         steps.append([round(rate, 1), backlog, step["p99_ms"]])
         if not kept_up(backlog, rate, step["errors"]):
             break
@@ -310,6 +310,10 @@ async def open_loop(tracker: Tracker, orders: Any, rate: float, seconds: float, 
         task = asyncio.create_task(tracker.post(url, next(orders), intended, phase))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+    # Right after the last send: orders whose POST has not answered yet, and those answered
+    # but not yet visible. (Counted after the answers instead, a step whose POSTs queue for
+    # seconds looks kept up: the pipeline drains while the last answers come back.)
+    waiting = len(tasks) + tracker.in_flight()
     await asyncio.gather(*list(tasks))
     drained = await tracker.drained(120) if drain else False
     done = tracker.seen.done.get(phase, [])
@@ -319,6 +323,7 @@ async def open_loop(tracker: Tracker, orders: Any, rate: float, seconds: float, 
         "orders": len(schedule),
         "visible": len(done),
         "errors": tracker.errors - errors,
+        "waiting_at_last_send": waiting,
         "drained": drained,
         **phase_figures(done),
     }
