@@ -114,7 +114,7 @@ class Target:
 
 
 TARGETS = {
-    "pipeline.ratio": Target(0.5, True, ">= 0.5x"),
+    "pipeline.ratio": Target(0.8, True, ">= 0.8x"),
     "pipeline.vs_quix": Target(1.0, True, ">= 1.0x"),
     "forwarder.ratio": Target(1.0, True, ">= 1.0x"),
     "forwarder.commit_to_ack_p99_ms": Target(50.0, False, "p99 < 50 ms"),
