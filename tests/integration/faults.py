@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from pipeline.adapters.db.schema import migrate
 from tests.integration.history import (
     History,
     Load,
@@ -150,19 +147,6 @@ def reconciled(worker: Worker, attempts: int = 30) -> dict[str, Any] | None:
             return report
         time.sleep(1)
     return None
-
-
-@contextmanager
-def migrated_workers(
-    bootstrap: str, root: Path, test_id: str, database_url: str
-) -> Iterator[WorkerFactory]:
-    """Workers on ``bootstrap`` and ``database_url`` (migrated first), all stopped after."""
-    migrate(database_url)
-    workers = WorkerFactory(bootstrap, root, f"it-{test_id}", f"t{test_id}.", database_url)
-    try:
-        yield workers
-    finally:
-        workers.stop_all()
 
 
 def events_handled(worker: Worker) -> float:

@@ -25,9 +25,9 @@ from pipeline.adapters.db.schema import migrate
 from pipeline.local.kafka import LocalKafka, broker_answers, new_cluster_id
 from pipeline.local.postgres import LocalPostgres
 from pipeline.settings import PROJECT_ROOT
-from tests.integration.faults import Scenario, events_handled, migrated_workers
+from tests.integration.faults import Scenario, events_handled
 from tests.integration.history import call, outbox_backlog, read_topics
-from tests.integration.workers import WorkerFactory, free_port, wait_for
+from tests.integration.workers import WorkerFactory, free_port, migrated_workers, wait_for
 
 pytestmark = pytest.mark.faults
 

@@ -11,21 +11,17 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from pipeline.adapters.db.schema import make_engine, migrate, outbox
+from pipeline.adapters.db.schema import make_engine, outbox
 from tests.integration.faults import Scenario, reconciled
 from tests.integration.history import check, read_topics
-from tests.integration.workers import WorkerFactory, produce, wait_for
+from tests.integration.workers import WorkerFactory, migrated_workers, produce, wait_for
 
 
 @pytest.fixture
 def factory(kafka_bootstrap: str, tmp_path: Path, test_id: str, sqlite_url: str
             ) -> Iterator[WorkerFactory]:  # fmt: skip
-    migrate(sqlite_url)
-    workers = WorkerFactory(kafka_bootstrap, tmp_path, f"it-{test_id}", f"t{test_id}.", sqlite_url)
-    try:
+    with migrated_workers(kafka_bootstrap, tmp_path, test_id, sqlite_url) as workers:
         yield workers
-    finally:
-        workers.stop_all()
 
 
 def place_orders(scenario: Scenario, seconds: float = 6) -> None:

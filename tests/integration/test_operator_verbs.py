@@ -29,7 +29,6 @@ from sqlalchemy import select
 from pipeline.adapters.db.schema import (
     dead_letter_replays,
     dead_letters,
-    migrate,
     operator_actions,
     orders,
     outbox,
@@ -40,6 +39,7 @@ from tests.integration.workers import (
     WorkerFactory,
     consume,
     free_port,
+    migrated_workers,
     produce,
     wait_for,
 )
@@ -54,12 +54,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 def factory(
     database_url: str, kafka_bootstrap: str, tmp_path: Path, test_id: str
 ) -> Iterator[WorkerFactory]:
-    migrate(database_url)
-    made = WorkerFactory(kafka_bootstrap, tmp_path, f"it-{test_id}", f"t{test_id}.", database_url)
-    try:
+    with migrated_workers(kafka_bootstrap, tmp_path, test_id, database_url) as made:
         yield made
-    finally:
-        made.stop_all()
 
 
 def request(method: str, url: str, body: Any = None, token: str | None = TOKEN) -> tuple[int, Any]:

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.faults import Scenario, events_handled, migrated_workers
-from tests.integration.workers import WorkerFactory, wait_for
+from tests.integration.faults import Scenario, events_handled
+from tests.integration.workers import WorkerFactory, migrated_workers, wait_for
 
 pytestmark = pytest.mark.stress
 

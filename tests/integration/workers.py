@@ -13,7 +13,8 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
+from pipeline.adapters.db.schema import migrate
 from pipeline.local.postgres import LocalPostgres, LocalPostgresError
 from pipeline.settings import PROJECT_ROOT
 
@@ -258,3 +260,16 @@ def drop_test_database(postgres: LocalPostgres | None, name: str | None) -> None
         postgres.drop_database(name)
     except LocalPostgresError as exc:  # the server is down after a failed fault test
         warnings.warn(f"test database {name} left behind: {exc}", stacklevel=1)
+
+
+@contextmanager
+def migrated_workers(
+    bootstrap: str, root: Path, test_id: str, database_url: str
+) -> Iterator[WorkerFactory]:
+    """Workers on ``bootstrap`` and ``database_url`` (migrated first), all stopped after."""
+    migrate(database_url)
+    workers = WorkerFactory(bootstrap, root, f"it-{test_id}", f"t{test_id}.", database_url)
+    try:
+        yield workers
+    finally:
+        workers.stop_all()
