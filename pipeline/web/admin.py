@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import Mapping
 from datetime import datetime
@@ -26,7 +25,7 @@ from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
-from faust.web import Request, Response, View
+from faust.web import Request, Response
 from yarl import URL
 
 from pipeline.app import app, settings
@@ -34,7 +33,6 @@ from pipeline.bootstrap import runtime
 from pipeline.domain.audit import Audit
 from pipeline.domain.dead_letters import parse_discard_request
 from pipeline.domain.events import utc_now
-from pipeline.domain.failures import Unavailable
 from pipeline.domain.outbox import parse_discard_request as parse_outbox_discard
 from pipeline.domain.outbox import parse_requeue_request
 from pipeline.domain.paging import (
@@ -47,8 +45,8 @@ from pipeline.domain.paging import (
     row_id,
 )
 from pipeline.streaming.topics import ORDER_EVENTS
-from pipeline.web.http import HttpError, JsonView, error, read_json, require_token
-from pipeline.web.views import DB_DOWN, REBALANCING, Handler, within_calendar
+from pipeline.web.http import HttpError, JsonView, read_json, require_token
+from pipeline.web.views import REBALANCING, answered, within_calendar
 from tables.inventory import local_skus, stock_table
 
 log = logging.getLogger(__name__)
@@ -67,24 +65,6 @@ def _query(request: Request, known: set[str]) -> Mapping[str, str]:
     return query
 
 
-def _answered(handler: Handler) -> Handler:
-    """Every failure of an operator's view in the one error shape: an :class:`HttpError` as
-    itself, bad input as ``422`` naming the fields, the database down as ``503``."""
-
-    @functools.wraps(handler)
-    async def answering(view: View, request: Request, **kwargs: Any) -> Response:
-        try:
-            return await handler(view, request, **kwargs)
-        except HttpError as exc:
-            return exc.response(view)
-        except BadRequest as exc:
-            return error(view, 422, "validation_failed", exc.problems)
-        except Unavailable:
-            return DB_DOWN.response(view)
-
-    return answering
-
-
 def _requester(request: Request) -> str:
     """Who asks, when the body does not say (``by``): the HTTP API and the peer's address."""
     return f"http:{cast(web.Request, request).remote or 'unknown'}"
@@ -94,7 +74,7 @@ def _requester(request: Request) -> str:
 class ParkedOutbox(JsonView):
     """``GET /admin/outbox/parked?after=&limit=``: parked rows by id, why each was parked."""
 
-    @_answered
+    @answered
     async def get(self, request: Request) -> Response:
         require_token(request, settings)
         query = _query(request, {"after", "limit"})
@@ -113,7 +93,7 @@ class RequeueOutbox(JsonView):
     """``POST /admin/outbox/requeue`` ``{"ids": [...]}`` or ``{"all": true}``, with
     ``out_of_order``, ``why`` and ``by``: parked rows back to the forwarder."""
 
-    @_answered
+    @answered
     async def post(self, request: Request) -> Response:
         require_token(request, settings)
         body = await read_json(request, settings)
@@ -128,7 +108,7 @@ class DiscardOutbox(JsonView):
     """``POST /admin/outbox/discard`` ``{"ids": [...], "why": "..."}``: parked rows never to
     be published, each recorded with who and why."""
 
-    @_answered
+    @answered
     async def post(self, request: Request) -> Response:
         require_token(request, settings)
         body = await read_json(request, settings)
@@ -142,7 +122,7 @@ class DiscardDeadLetters(JsonView):
     """``POST /dead-letters/discard``: the selection replay takes (``ids``, ``event_id``, a
     filter, or ``"all": true``) and ``why``: no longer replayed nor counted open."""
 
-    @_answered
+    @answered
     async def post(self, request: Request) -> Response:
         require_token(request, settings)
         body = await read_json(request, settings)
@@ -157,7 +137,7 @@ class CustomerOrders(JsonView):
     """``GET /customers/{customer_id}/orders?before=&limit=``: newest first, from the database
     (it shows what the customer bought: it takes the token when one is set)."""
 
-    @_answered
+    @answered
     async def get(self, request: Request, customer_id: str) -> Response:
         require_token(request, settings)
         query = _query(request, {"before", "limit"})
@@ -195,7 +175,7 @@ class WorkerInventory(JsonView):
     """``GET /worker/inventory?after=&limit=``: this worker's share of ``GET /inventory``
     (the stock partitions it owns, and its first ``limit`` SKUs after ``after``)."""
 
-    @_answered
+    @answered
     async def get(self, request: Request) -> Response:
         require_token(request, settings)
         after, limit = _sku_page(request)
@@ -237,7 +217,7 @@ class InventoryList(JsonView):
     """``GET /inventory?after=&limit=``: every SKU with its stock, in SKU order, gathered from
     every worker's share; ``503`` while a worker does not answer or partitions move."""
 
-    @_answered
+    @answered
     async def get(self, request: Request) -> Response:
         require_token(request, settings)
         after, limit = _sku_page(request)

@@ -24,6 +24,7 @@ from pipeline.domain.dead_letters import BadFilter, Filter, parse_filter, parse_
 from pipeline.domain.events import StockSet, utc_now
 from pipeline.domain.failures import Unavailable
 from pipeline.domain.orders import MAX_ID_LENGTH, ValidationFailed, is_storable_text
+from pipeline.domain.paging import BadRequest
 from pipeline.domain.revenue import REVENUE_KEY
 from pipeline.services.orders import (
     Cancelled,
@@ -94,6 +95,24 @@ def unavailable_while_rebalancing(handler: Handler) -> Handler:
         return await handler(view, request, **kwargs)
 
     return guarded
+
+
+def answered(handler: Handler) -> Handler:
+    """Every failure of a view in the one error shape: an :class:`HttpError` as
+    itself, bad input as ``422`` naming the fields, the database down as ``503``."""
+
+    @functools.wraps(handler)
+    async def answering(view: View, request: Request, **kwargs: Any) -> Response:
+        try:
+            return await handler(view, request, **kwargs)
+        except HttpError as exc:
+            return exc.response(view)
+        except BadRequest as exc:
+            return error(view, 422, "validation_failed", exc.problems)
+        except Unavailable:
+            return DB_DOWN.response(view)
+
+    return answering
 
 
 def within_calendar(where: Filter) -> Filter:
@@ -347,17 +366,11 @@ class DeadLettersView(JsonView):
     ``reason``, ``status``, ``event_id``, ``since``, ``until`` and ``limit`` (an admin read:
     it shows event payloads, so it takes the token when one is set)."""
 
+    @answered
     async def get(self, request: Request) -> Response:
-        try:
-            require_token(request, settings)
-            where = within_calendar(parse_filter(dict(request.query)))
-            letters = await runtime.dead_letters.list(where)
-        except HttpError as exc:
-            return exc.response(self)
-        except BadFilter as exc:
-            return error(self, 422, "validation_failed", exc.problems)
-        except Unavailable:
-            return DB_DOWN.response(self)
+        require_token(request, settings)
+        where = within_calendar(parse_filter(dict(request.query)))
+        letters = await runtime.dead_letters.list(where)
         return self.json({"dead_letters": [d.to_json(full=True) for d in letters]})
 
 
